@@ -1,0 +1,26 @@
+# Two commands do all set-up: `make run` (the API) and `make test` (the suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(BIN)/.installed  ## Serve the API (embedded in-memory backends unless MONGO_URI/REDIS_URL are set)
+	$(BIN)/flask --app wsgi run --host 0.0.0.0 --port $(PORT)
+
+test: $(BIN)/.installed  ## Lint, then run the whole suite (starts its own redis-server)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""Settings, read from the environment (and a `.env` file in development).
+
+Every variable is documented in README.md ("Configuration"). `load_config()` picks the
+class from `FLASHCART_ENV` (development, testing, production; default development)
+and `check()` refuses a production configuration that would be unsafe.
+"""
+
+import os
+from datetime import timedelta
+
+from dotenv import load_dotenv
+
+load_dotenv()
+
+MEMORY_URI = "memory://"
+DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123456789"  # noqa: S105 (refused in production)
+MIN_SECRET_LENGTH = 32
+
+
+def _env(name, default=None):
+    value = os.environ.get(name)
+    return default if value in (None, "") else value
+
+
+def _int(name, default):
+    return int(_env(name, default))
+
+
+def _float(name, default):
+    return float(_env(name, default))
+
+
+class UnsafeConfigError(RuntimeError):
+    """The configuration must not be used in this mode."""
+
+
+class Config:
+    ENV_NAME = "development"
+    TESTING = False
+    DEBUG = False
+
+    MONGO_URI = _env("MONGO_URI", MEMORY_URI)
+    REDIS_URL = _env("REDIS_URL", MEMORY_URI)
+    # Fail fast when a dependency is down or slow instead of hanging the request.
+    MONGO_TIMEOUT_MS = _int("MONGO_TIMEOUT_MS", 2000)
+    REDIS_TIMEOUT_SECONDS = _float("REDIS_TIMEOUT_SECONDS", 2.0)
+
+    JWT_SECRET_KEY = _env("JWT_SECRET_KEY", _env("JWT_SECRET", DEV_JWT_SECRET))
+    JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_ACCESS_TOKEN_SECONDS", 3600))
+    JWT_TOKEN_LOCATION = ["headers"]
+
+    ADMIN_EMAIL = _env("ADMIN_EMAIL")
+    ADMIN_PASSWORD = _env("ADMIN_PASSWORD")
+
+    # How long a reservation holds its units before they return to stock.
+    HOLD_SECONDS = _int("HOLD_SECONDS", 600)
+    # Bounded optimistic retries for the WATCH/MULTI transactions; past this the
+    # client gets 503 "busy" with Retry-After.
+    RESERVE_MAX_ATTEMPTS = _int("RESERVE_MAX_ATTEMPTS", 64)
+    PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
+    TRENDING_SIZE = 3
+
+    # argon2id parameters (RFC 9106 "second recommended option" by default).
+    ARGON2_TIME_COST = _int("ARGON2_TIME_COST", 3)
+    ARGON2_MEMORY_KIB = _int("ARGON2_MEMORY_KIB", 65536)
+    ARGON2_PARALLELISM = _int("ARGON2_PARALLELISM", 4)
+
+    MAX_CONTENT_LENGTH = 64 * 1024
+
+    API_TITLE = "FlashCart API"
+    API_VERSION = "1.0.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
+    OPENAPI_SWAGGER_UI_PATH = "/docs"
+    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+
+    @classmethod
+    def uses_memory_backends(cls):
+        return MEMORY_URI in (cls.MONGO_URI, cls.REDIS_URL)
+
+    @classmethod
+    def check(cls):
+        """Raise UnsafeConfigError if this configuration must not run."""
+
+
+class DevelopmentConfig(Config):
+    DEBUG = False
+
+
+class TestingConfig(Config):
+    ENV_NAME = "testing"
+    TESTING = True
+    MONGO_URI = MEMORY_URI
+    REDIS_URL = MEMORY_URI
+    JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"  # noqa: S105
+    ADMIN_EMAIL = None
+    ADMIN_PASSWORD = None
+    # Cheap hashing keeps the suite fast; the algorithm is the same.
+    ARGON2_TIME_COST = 1
+    ARGON2_MEMORY_KIB = 1024
+    ARGON2_PARALLELISM = 1
+
+
+class ProductionConfig(Config):
+    ENV_NAME = "production"
+
+    @classmethod
+    def check(cls):
+        problems = []
+        if cls.MONGO_URI == MEMORY_URI:
+            problems.append("MONGO_URI is not set: production needs a real MongoDB")
+        if cls.REDIS_URL == MEMORY_URI:
+            problems.append("REDIS_URL is not set: production needs a real Redis")
+        secret = cls.JWT_SECRET_KEY or ""
+        if secret == DEV_JWT_SECRET or len(secret) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"JWT_SECRET_KEY must be set to a random secret of at least "
+                f"{MIN_SECRET_LENGTH} characters (e.g. `python -c 'import secrets; "
+                f"print(secrets.token_urlsafe(48))'`)"
+            )
+        if problems:
+            raise UnsafeConfigError("refusing to start in production: " + "; ".join(problems))
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def load_config(name=None):
+    """The config class for `name` (or FLASHCART_ENV)."""
+    name = name or _env("FLASHCART_ENV", "development")
+    try:
+        base = CONFIGS[name]
+    except KeyError:
+        raise UnsafeConfigError(
+            f"FLASHCART_ENV={name!r} is unknown; use one of {sorted(CONFIGS)}"
+        ) from None
+    return base

@@ -1,0 +1,77 @@
+"""FlashCart: the backend for limited-edition product drops."""
+
+import logging
+
+from flask import Flask
+
+from config import load_config
+
+
+def create_app(config=None, *, db=None, redis_client=None):
+    """Build the app.
+
+    `config` is a config class or a dict of overrides on top of the class that
+    FLASHCART_ENV names. Tests may hand in ready `db` / `redis_client` objects.
+    """
+    app = Flask(__name__)
+    _configure(app, config)
+    register_extensions(app, db, redis_client)
+    register_blueprints(app)
+    register_errors(app)
+    register_commands(app)
+    bootstrap(app)
+    return app
+
+
+def _configure(app, config):
+    overrides = config if isinstance(config, dict) else {}
+    config_class = config if isinstance(config, type) else load_config(overrides.get("ENV_NAME"))
+    config_class.check()
+    app.config.from_object(config_class)
+    app.config.update(overrides)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def register_extensions(app, db, redis_client):
+    from flashcart.auth.roles import init_jwt
+    from flashcart.extensions import api, jwt, stores
+
+    stores.init_app(app, db=db, redis_client=redis_client)
+    jwt.init_app(app)
+    init_jwt(jwt)
+    api.init_app(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+
+
+def register_blueprints(app):
+    from flashcart import health
+    from flashcart.auth.routes import blp as auth
+    from flashcart.extensions import api
+    from flashcart.orders.routes import blp as orders
+    from flashcart.products.routes import blp as products
+    from flashcart.sales.routes import blp as sales
+
+    for blueprint in (health.blp, auth, products, sales, orders):
+        api.register_blueprint(blueprint)
+
+
+def register_errors(app):
+    from flashcart.errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def register_commands(app):
+    from flashcart.cli import register_commands as register
+
+    register(app)
+
+
+def bootstrap(app):
+    from flashcart.bootstrap import run
+
+    run(app)

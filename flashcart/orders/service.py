@@ -1,0 +1,184 @@
+"""Orders: checkout of a reservation and cancellation, safe against retries and crashes.
+
+Checkout is a small saga. The order is written to MongoDB as `pending` (one per
+reservation, enforced by a unique index), the hold is claimed in Redis (the arbiter:
+an expired hold cannot be claimed), then the order becomes `placed`. Cancel moves a
+placed order to `cancelling`, restores its units exactly once, then marks it
+`cancelled`. A process that dies between steps leaves a state the sweeper finishes.
+"""
+
+from datetime import UTC, datetime
+
+import pymongo.errors
+from pymongo import ReturnDocument
+
+from flashcart.errors import Conflict, NotFound
+from flashcart.extensions import stores
+from flashcart.products import service as products
+from flashcart.sales import service as sales
+from flashcart.sales.inventory import Inventory, ReservationExpired, ReservationNotFound
+from flashcart.stores import as_utc, object_id_or_none, page_of
+
+PENDING, PLACED, CANCELLING, CANCELLED, FAILED = (
+    "pending",
+    "placed",
+    "cancelling",
+    "cancelled",
+    "failed",
+)
+
+
+class OrderNotFound(NotFound):
+    """No order with this id."""
+
+    code = "order_not_found"
+
+
+class OrderAlreadyCancelled(Conflict):
+    """This order has already been cancelled."""
+
+    code = "order_already_cancelled"
+
+
+class OrderNotCancellable(Conflict):
+    """Only a placed order can be cancelled."""
+
+    code = "order_not_cancellable"
+
+
+def _orders():
+    return stores.db.orders
+
+
+def public(doc):
+    return {
+        "id": str(doc["_id"]),
+        "reservation_id": doc["reservation_id"],
+        "user_id": doc["user_id"],
+        "product_id": doc["product_id"],
+        "product_name": doc["product_name"],
+        "quantity": doc["quantity"],
+        "unit_price": products.from_cents(doc["unit_price_cents"]),
+        "total": products.from_cents(doc["unit_price_cents"] * doc["quantity"]),
+        "status": doc["status"],
+        "created_at": as_utc(doc["created_at"]),
+        "updated_at": as_utc(doc["updated_at"]),
+    }
+
+
+def _set_status(order_id, status, expected, **fields):
+    return _orders().find_one_and_update(
+        {"_id": order_id, "status": {"$in": list(expected)}},
+        {"$set": {"status": status, "updated_at": datetime.now(UTC), **fields}},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def _pending_order(hold, product):
+    now = datetime.now(UTC)
+    return {
+        "reservation_id": hold.id,
+        "user_id": hold.user_id,
+        "product_id": hold.product_id,
+        "product_name": product["name"],
+        "quantity": hold.quantity,
+        "unit_price_cents": product["price_cents"],
+        "status": PENDING,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def place_order(*, user_id, reservation_id):
+    """Turn the user's live reservation into a placed order.
+
+    Returns (order, created). A retry for the same reservation returns the same
+    order with created=False; it never makes a second one.
+    """
+    inventory = sales.inventory()
+    order = _orders().find_one({"reservation_id": reservation_id})
+    if order is None:
+        hold = inventory.get_hold(reservation_id)
+        if hold is None or hold.user_id != user_id:
+            raise ReservationNotFound()
+        if hold.expires_at <= inventory.clock():
+            inventory.release(reservation_id)
+            raise ReservationExpired()
+        product = products.find(hold.product_id)
+        order = _pending_order(hold, product)
+        try:
+            _orders().insert_one(order)
+        except pymongo.errors.DuplicateKeyError:
+            order = _orders().find_one({"reservation_id": reservation_id})
+    if order["user_id"] != user_id:
+        raise ReservationNotFound()
+    if order["status"] == FAILED:
+        raise ReservationExpired()
+    if order["status"] != PENDING:
+        return public(order), False
+    return public(_confirm(inventory, order)), True
+
+
+def _confirm(inventory, order):
+    """Claim the pending order's hold, then mark the order placed."""
+    try:
+        inventory.claim(order["reservation_id"], order["user_id"], str(order["_id"]))
+    except (ReservationExpired, ReservationNotFound):
+        _set_status(order["_id"], FAILED, expected=[PENDING])
+        raise ReservationExpired() from None
+    placed = _set_status(order["_id"], PLACED, expected=[PENDING], placed_at=datetime.now(UTC))
+    inventory.settle_claim(order["reservation_id"])
+    return placed or _orders().find_one({"_id": order["_id"]})
+
+
+def _visible_order(order_id, user_id, is_admin):
+    oid = object_id_or_none(order_id)
+    order = _orders().find_one({"_id": oid}) if oid else None
+    # Another user's order is reported as missing, so ids cannot be probed.
+    if order is None or not (is_admin or order["user_id"] == user_id):
+        raise OrderNotFound()
+    return order
+
+
+def get_order(*, order_id, user_id, is_admin=False):
+    return public(_visible_order(order_id, user_id, is_admin))
+
+
+def list_orders(*, user_id, is_admin=False, page=1, per_page=20, status=None):
+    """The caller's orders, newest first; an admin sees everyone's."""
+    query = {} if is_admin else {"user_id": user_id}
+    if status:
+        query["status"] = status
+    return page_of(_orders(), query, page=page, per_page=per_page, render=public)
+
+
+def cancel_order(*, order_id, user_id, is_admin=False):
+    """Cancel a placed order and put its units back on sale, exactly once."""
+    order = _visible_order(order_id, user_id, is_admin)
+    if order["status"] == PLACED:
+        order = _set_status(order["_id"], CANCELLING, expected=[PLACED]) or _orders().find_one(
+            {"_id": order["_id"]}
+        )
+    if order["status"] == CANCELLED:
+        raise OrderAlreadyCancelled()
+    if order["status"] != CANCELLING:
+        raise OrderNotCancellable(f"An order that is {order['status']} cannot be cancelled.")
+    return public(finish_cancel(sales.inventory(), order))
+
+
+def finish_cancel(inventory: Inventory, order):
+    """Restore a cancelling order's units (idempotent) and mark it cancelled."""
+    inventory.restore(order["product_id"], str(order["_id"]), order["user_id"], order["quantity"])
+    done = _set_status(
+        order["_id"], CANCELLED, expected=[CANCELLING], cancelled_at=datetime.now(UTC)
+    )
+    return done or _orders().find_one({"_id": order["_id"]})
+
+
+def units_sold_by_user(product_id):
+    """{user id: units} over the product's placed (and in-flight) orders."""
+    pipeline = [
+        {"$match": {"product_id": product_id, "status": {"$in": [PLACED, CANCELLING]}}},
+        {"$group": {"_id": "$user_id", "units": {"$sum": "$quantity"}}},
+    ]
+    return {row["_id"]: row["units"] for row in _orders().aggregate(pipeline)}

@@ -1,0 +1,48 @@
+from flask_jwt_extended import get_jwt_identity
+from flask_smorest import Blueprint
+
+from flashcart.auth.roles import auth_required
+from flashcart.products import service
+from flashcart.products.schemas import (
+    ProductIn,
+    ProductListQuery,
+    ProductOut,
+    ProductPage,
+    TrendingOut,
+)
+from flashcart.schemas import ProblemSchema
+
+blp = Blueprint("products", __name__, url_prefix="/api/v1/products", description="The catalogue.")
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(ProductListQuery, location="query")
+@blp.response(200, ProductPage)
+def list_products(query):
+    """List products, newest first, a page at a time."""
+    return service.list_products(**query)
+
+
+@blp.route("", methods=["POST"])
+@auth_required("admin")
+@blp.arguments(ProductIn)
+@blp.response(201, ProductOut)
+@blp.alt_response(403, schema=ProblemSchema, description="Admins only.")
+def create_product(data):
+    """Create a product for a drop (admin)."""
+    return service.create_product(**data, created_by=get_jwt_identity())
+
+
+@blp.route("/trending", methods=["GET"])
+@blp.response(200, TrendingOut(many=True))
+def trending():
+    """The three most viewed products."""
+    return service.trending()
+
+
+@blp.route("/<product_id>", methods=["GET"])
+@blp.response(200, ProductOut)
+@blp.alt_response(404, schema=ProblemSchema, description="Unknown product.")
+def get_product(product_id):
+    """One product, from the cache when it is warm; the view counts toward trending."""
+    return service.view_product(product_id)

@@ -1,0 +1,157 @@
+"""The catalogue: products in MongoDB, a read-through cache and view counts in Redis."""
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from flask import current_app
+
+from flashcart.errors import NotFound
+from flashcart.extensions import stores
+from flashcart.sales.inventory import product_prefix
+from flashcart.stores import as_utc, object_id_or_none, page_of
+
+DRAFT, LIVE, ENDED = "draft", "live", "ended"
+TRENDING_KEY = "fc:trending"
+
+
+class ProductNotFound(NotFound):
+    """No product with this id."""
+
+    code = "product_not_found"
+
+
+def cache_key(product_id):
+    return product_prefix(product_id) + "cache"
+
+
+def to_cents(price):
+    return int(Decimal(price) * 100)
+
+
+def from_cents(cents):
+    return (Decimal(cents) / 100).quantize(Decimal("0.01"))
+
+
+def public(doc):
+    return {
+        "id": str(doc["_id"]),
+        "name": doc["name"],
+        "description": doc["description"],
+        "price": from_cents(doc["price_cents"]),
+        "stock": doc["stock"],
+        "per_user_limit": doc["per_user_limit"],
+        "sale_status": doc["sale_status"],
+        "created_at": as_utc(doc["created_at"]),
+    }
+
+
+def _encode(product):
+    return json.dumps(
+        {**product, "price": str(product["price"]), "created_at": product["created_at"].isoformat()}
+    )
+
+
+def _decode(raw):
+    product = json.loads(raw)
+    product["price"] = Decimal(product["price"])
+    product["created_at"] = datetime.fromisoformat(product["created_at"])
+    return product
+
+
+def _products():
+    return stores.db.products
+
+
+def find(product_id):
+    """The product document, or raise ProductNotFound (malformed ids included)."""
+    oid = object_id_or_none(product_id)
+    doc = _products().find_one({"_id": oid}) if oid else None
+    if doc is None:
+        raise ProductNotFound()
+    return doc
+
+
+def create_product(*, name, description, price, stock, per_user_limit, created_by=None):
+    now = datetime.now(UTC)
+    doc = {
+        "name": name,
+        "description": description,
+        "price_cents": to_cents(price),
+        "stock": stock,
+        "per_user_limit": per_user_limit,
+        "sale_status": DRAFT,
+        "created_by": created_by,
+        "created_at": now,
+        "updated_at": now,
+    }
+    _products().insert_one(doc)
+    return public(doc)
+
+
+def list_products(*, page, per_page):
+    return page_of(_products(), {}, page=page, per_page=per_page, render=public)
+
+
+def _cached(product_id):
+    """The public product from the cache, else MongoDB (then cached)."""
+    raw = stores.redis.get(cache_key(product_id))
+    if raw is not None:
+        return _decode(raw)
+    return _fill_cache(product_id)
+
+
+def _fill_cache(product_id):
+    product = public(find(product_id))
+    stores.redis.set(
+        cache_key(product_id), _encode(product), ex=current_app.config["PRODUCT_CACHE_SECONDS"]
+    )
+    return product
+
+
+def view_product(product_id):
+    """One product for a shopper: cache first, and the view counts toward trending."""
+    if object_id_or_none(product_id) is None:
+        raise ProductNotFound()
+    with stores.redis.pipeline(transaction=False) as pipe:
+        pipe.get(cache_key(product_id))
+        pipe.zincrby(TRENDING_KEY, 1, product_id)
+        raw, _ = pipe.execute()
+    if raw is not None:
+        return _decode(raw)
+    try:
+        return _fill_cache(product_id)
+    except ProductNotFound:
+        stores.redis.zrem(TRENDING_KEY, product_id)
+        raise
+
+
+def trending(limit=None):
+    """The most viewed products, most viewed first."""
+    limit = limit or current_app.config["TRENDING_SIZE"]
+    ranked = stores.redis.zrevrange(TRENDING_KEY, 0, limit - 1, withscores=True)
+    result = []
+    for product_id, views in ranked:
+        try:
+            result.append({"product": _cached(product_id), "views": int(views)})
+        except ProductNotFound:
+            stores.redis.zrem(TRENDING_KEY, product_id)
+    return result
+
+
+def set_sale_status(product_id, status, expected):
+    """Move the product's sale status from one of `expected` to `status`.
+
+    Returns the updated document, or None if it was not in an expected state.
+    """
+    doc = _products().find_one_and_update(
+        {"_id": object_id_or_none(product_id), "sale_status": {"$in": list(expected)}},
+        {"$set": {"sale_status": status, "updated_at": datetime.now(UTC)}},
+        return_document=True,
+    )
+    stores.redis.delete(cache_key(product_id))
+    return doc
+
+
+def live_product_ids():
+    return [str(d["_id"]) for d in _products().find({"sale_status": LIVE}, {"_id": 1})]

@@ -1,0 +1,163 @@
+"""MongoDB and Redis connections, built from config, lazily and once per process.
+
+PyMongo clients are not fork-safe, so nothing connects at import or in `create_app`:
+each gunicorn worker opens its own clients on first use. `memory://` selects the
+embedded in-memory backends (mongomock, fakeredis) for development and tests.
+"""
+
+import logging
+import os
+import threading
+from datetime import UTC
+
+import pymongo
+import redis
+from bson import ObjectId
+from flask import current_app
+from pymongo import ASCENDING, DESCENDING
+
+from config import MEMORY_URI
+
+log = logging.getLogger(__name__)
+
+_INDEXES = {
+    "users": [([("email", ASCENDING)], {"unique": True})],
+    "products": [([("created_at", DESCENDING)], {})],
+    "orders": [
+        # One order per reservation: the database refuses a second one.
+        ([("reservation_id", ASCENDING)], {"unique": True}),
+        ([("user_id", ASCENDING), ("created_at", DESCENDING)], {}),
+        ([("product_id", ASCENDING), ("status", ASCENDING)], {}),
+        ([("status", ASCENDING), ("updated_at", ASCENDING)], {}),
+    ],
+}
+
+
+def ensure_indexes(db):
+    for collection, indexes in _INDEXES.items():
+        for keys, options in indexes:
+            db[collection].create_index(keys, **options)
+
+
+def connect_redis(url, timeout=2.0):
+    if url == MEMORY_URI:
+        import fakeredis
+
+        return fakeredis.FakeRedis(decode_responses=True)
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=15,
+    )
+
+
+def connect_mongo(uri, timeout_ms=2000):
+    if uri == MEMORY_URI:
+        import mongomock
+
+        return mongomock.MongoClient().flashcart
+    client = pymongo.MongoClient(
+        uri,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 2, 5000),
+        tz_aware=True,
+        connect=False,
+    )
+    return client.get_default_database("flashcart")
+
+
+class _Connections:
+    def __init__(self, config, db=None, redis_client=None):
+        self.config = config
+        self._db = db
+        self._redis = redis_client
+        self._pid = os.getpid()
+        self._indexed = False
+        self._lock = threading.Lock()
+
+    def _after_fork(self):
+        if self._pid != os.getpid():
+            # A forked worker must not reuse its parent's sockets.
+            self._pid = os.getpid()
+            if self.config["MONGO_URI"] != MEMORY_URI:
+                self._db = None
+                self._indexed = False
+            if self.config["REDIS_URL"] != MEMORY_URI:
+                self._redis = None
+
+    @property
+    def db(self):
+        self._after_fork()
+        if self._db is None or not self._indexed:
+            with self._lock:
+                if self._db is None:
+                    self._db = connect_mongo(
+                        self.config["MONGO_URI"], self.config["MONGO_TIMEOUT_MS"]
+                    )
+                if not self._indexed:
+                    ensure_indexes(self._db)
+                    self._indexed = True
+        return self._db
+
+    @property
+    def redis(self):
+        self._after_fork()
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    self._redis = connect_redis(
+                        self.config["REDIS_URL"], self.config["REDIS_TIMEOUT_SECONDS"]
+                    )
+        return self._redis
+
+
+class Stores:
+    """`stores.db` and `stores.redis` for the current app."""
+
+    def init_app(self, app, db=None, redis_client=None):
+        """Bind to `app`; tests may hand in ready clients (mongomock, a test Redis)."""
+        app.extensions["flashcart.stores"] = _Connections(app.config, db, redis_client)
+
+    @staticmethod
+    def _connections():
+        return current_app.extensions["flashcart.stores"]
+
+    @property
+    def db(self):
+        return self._connections().db
+
+    @property
+    def redis(self):
+        return self._connections().redis
+
+
+def object_id_or_none(value):
+    """The ObjectId spelled by `value`, or None if it is not one."""
+    if isinstance(value, str) and ObjectId.is_valid(value) and len(value) == 24:
+        return ObjectId(value)
+    return None
+
+
+def as_utc(moment):
+    """A timezone-aware UTC datetime (mongomock hands back naive ones)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def page_of(collection, query, *, page, per_page, render):
+    """One page of `collection` matching `query`, newest first, as an envelope."""
+    total = collection.count_documents(query)
+    cursor = (
+        collection.find(query)
+        .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+        .skip((page - 1) * per_page)
+        .limit(per_page)
+    )
+    return {
+        "items": [render(doc) for doc in cursor],
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+    }

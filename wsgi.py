@@ -1,0 +1,3 @@
+from flashcart import create_app
+
+app = create_app()
