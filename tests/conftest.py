@@ -1,0 +1,202 @@
+"""Fixtures: a real redis-server started by the suite, mongomock, the app and helpers.
+
+Redis tests run against a real `redis-server` on a free loopback port (started once
+per session, flushed before each test). Only where no binary exists do they fall
+back to fakeredis, and they say so.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+
+import mongomock
+import pytest
+import redis
+
+from config import TestingConfig
+from flashcart import create_app
+from flashcart.auth import service as accounts
+
+PASSWORD = "correct horse battery"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server process on a free port (restartable, for fault tests)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="flashcart-redis-")
+        self.process = None
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--maxclients",
+                "2000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.process:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    if not shutil.which("redis-server"):
+        warnings.warn("no redis-server binary: falling back to fakeredis", stacklevel=1)
+        yield None
+        return
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    if redis_server is None:
+        import fakeredis
+
+        client = fakeredis.FakeRedis(decode_responses=True)
+    else:
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mongo_db():
+    return mongomock.MongoClient().flashcart
+
+
+@pytest.fixture
+def app_config(redis_server):
+    """Overrides on TestingConfig; a test may change them before `app` is built."""
+    return {"REDIS_URL": redis_server.url if redis_server else "memory://"}
+
+
+@pytest.fixture
+def app(app_config, mongo_db, redis_client):
+    return create_app({**_testing(), **app_config}, db=mongo_db, redis_client=redis_client)
+
+
+def _testing():
+    return {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()} | {
+        "ENV_NAME": "testing"
+    }
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(app):
+    """make_user(role="user", email=None) -> the public user dict."""
+    counter = iter(range(1, 1_000_000))
+
+    def make(role="user", email=None):
+        email = email or f"{role}{next(counter)}-{os.urandom(3).hex()}@example.com"
+        with app.app_context():
+            return accounts.register(email=email, password=PASSWORD, name=role.title(), role=role)
+
+    return make
+
+
+@pytest.fixture
+def headers_for(app):
+    """headers_for(user) -> an Authorization header with a fresh access token."""
+
+    def headers(user):
+        with app.app_context():
+            token = accounts.issue_token(user)["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    return headers
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user()
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user("admin")
+
+
+@pytest.fixture
+def user_headers(user, headers_for):
+    return headers_for(user)
+
+
+@pytest.fixture
+def admin_headers(admin, headers_for):
+    return headers_for(admin)
+
+
+@pytest.fixture
+def make_product(client, admin_headers):
+    """make_product(**fields, live=False) -> the product as the API returned it."""
+
+    def make(live=False, **fields):
+        body = {"name": "Drop", "price": "10.00", "stock": 10, "per_user_limit": 2} | fields
+        response = client.post("/api/v1/products", json=body, headers=admin_headers)
+        assert response.status_code == 201, response.json
+        product = response.json
+        if live:
+            started = client.post(f"/api/v1/sales/start/{product['id']}", headers=admin_headers)
+            assert started.status_code == 200, started.json
+        return product
+
+    return make
