@@ -54,6 +54,9 @@ class Config:
 
     # How long a reservation holds its units before they return to stock.
     HOLD_SECONDS = _int("HOLD_SECONDS", 600)
+    # The sweeper leaves younger half-done checkouts to the requests still running them.
+    SWEEP_GRACE_SECONDS = _int("SWEEP_GRACE_SECONDS", 10)
+    IDEMPOTENCY_TTL_SECONDS = _int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
     # Bounded optimistic retries for the WATCH/MULTI transactions; past this the
     # client gets 503 "busy" with Retry-After.
     RESERVE_MAX_ATTEMPTS = _int("RESERVE_MAX_ATTEMPTS", 64)

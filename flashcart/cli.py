@@ -1,13 +1,24 @@
-"""Operator commands: `flask create-admin`, `flask seed-demo`."""
+"""Operator commands: create-admin, seed-demo, sweep, audit."""
+
+import json
+import logging
+import time
 
 import click
+import pymongo.errors
+import redis.exceptions
 from flask import Flask
+from flask.cli import with_appcontext
 
 from flashcart import demo
 from flashcart.auth import service as accounts
+from flashcart.sales import recovery
+
+log = logging.getLogger("flashcart.cli")
 
 
 @click.command("create-admin")
+@with_appcontext
 @click.argument("email")
 @click.password_option(
     help="Prompted (hidden, twice) when not given; or set FLASHCART_ADMIN_PASSWORD.",
@@ -23,12 +34,73 @@ def create_admin(email, password, name):
 
 
 @click.command("seed-demo")
+@with_appcontext
 def seed_demo():
     """Create the demo products and start their sales (safe to run twice)."""
     for product_id in demo.seed_demo():
         click.echo(f"demo product {product_id} is on sale")
 
 
+@click.command("sweep")
+@with_appcontext
+@click.option("--every", type=click.FloatRange(min=0.1), help="Loop, one pass every SECONDS.")
+def sweep(every):
+    """Return expired holds, finish interrupted checkouts/cancels, close ended sales."""
+    while True:
+        try:
+            done = recovery.sweep()
+            click.echo(
+                "sweep: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
+            )
+        except (redis.exceptions.ConnectionError, pymongo.errors.ConnectionFailure) as error:
+            if not every:
+                raise click.ClickException(f"a store is unavailable: {error}") from error
+            log.error("sweep failed, retrying: %s", error)
+        if not every:
+            return
+        time.sleep(every)
+
+
+AUDIT_COLUMNS = [
+    "product_id",
+    "sale_status",
+    "total",
+    "sold",
+    "held",
+    "available",
+    "expected_available",
+    "drift",
+    "oversold",
+    "users_over_limit",
+    "ok",
+]
+
+
+@click.command("audit")
+@with_appcontext
+@click.option("--repair", is_flag=True, help="Rebuild Redis from MongoDB where they differ.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def audit(repair, as_json):
+    """Compare MongoDB (truth) and Redis for every sale; exit 1 if drift remains."""
+    rows = recovery.audit(repair=repair)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo("  ".join(f"{c:>9}" if c != "product_id" else f"{c:<24}" for c in AUDIT_COLUMNS))
+        for row in rows:
+            click.echo(
+                "  ".join(
+                    f"{row[c]!s:>9}" if c != "product_id" else f"{row[c]:<24}"
+                    for c in AUDIT_COLUMNS
+                )
+                + ("  (repaired)" if row.get("repaired") else "")
+            )
+        bad = sum(1 for row in rows if not row["ok"])
+        click.echo(f"{len(rows)} sales audited, {bad} with drift")
+    if any(not row["ok"] for row in rows):
+        raise SystemExit(1)
+
+
 def register_commands(app: Flask):
-    for command in (create_admin, seed_demo):
+    for command in (create_admin, seed_demo, sweep, audit):
         app.cli.add_command(command)

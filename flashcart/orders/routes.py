@@ -1,6 +1,7 @@
 from flask_smorest import Blueprint
 
 from flashcart.auth.roles import auth_required, current_user_id, current_user_is_admin
+from flashcart.idempotency import idempotent
 from flashcart.orders import service
 from flashcart.orders.schemas import OrderIn, OrderListQuery, OrderOut, OrderPage
 from flashcart.schemas import ProblemSchema
@@ -10,6 +11,7 @@ blp = Blueprint("orders", __name__, url_prefix="/api/v1/orders", description="Ch
 
 @blp.route("", methods=["POST"])
 @auth_required()
+@idempotent
 @blp.arguments(OrderIn)
 @blp.response(201, OrderOut)
 @blp.alt_response(200, schema=OrderOut, description="Retry: the order already placed.")

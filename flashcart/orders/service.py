@@ -7,7 +7,7 @@ placed order to `cancelling`, restores its units exactly once, then marks it
 `cancelled`. A process that dies between steps leaves a state the sweeper finishes.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pymongo.errors
 from pymongo import ReturnDocument
@@ -168,17 +168,52 @@ def cancel_order(*, order_id, user_id, is_admin=False):
 
 def finish_cancel(inventory: Inventory, order):
     """Restore a cancelling order's units (idempotent) and mark it cancelled."""
-    inventory.restore(order["product_id"], str(order["_id"]), order["user_id"], order["quantity"])
+    restored = inventory.restore(
+        order["product_id"], str(order["_id"]), order["user_id"], order["quantity"]
+    )
+    if not restored:
+        # The sale may be closed: its written-back figures take the units instead.
+        products.return_unsold(order["product_id"], order["quantity"])
     done = _set_status(
         order["_id"], CANCELLED, expected=[CANCELLING], cancelled_at=datetime.now(UTC)
     )
     return done or _orders().find_one({"_id": order["_id"]})
 
 
-def units_sold_by_user(product_id):
-    """{user id: units} over the product's placed (and in-flight) orders."""
-    pipeline = [
-        {"$match": {"product_id": product_id, "status": {"$in": [PLACED, CANCELLING]}}},
-        {"$group": {"_id": "$user_id", "units": {"$sum": "$quantity"}}},
-    ]
-    return {row["_id"]: row["units"] for row in _orders().aggregate(pipeline)}
+def recover_pending(inventory: Inventory, order):
+    """Finish a checkout that stopped half-way: placed if its hold can be claimed
+    (or already was), failed otherwise. Returns the order's new status."""
+    try:
+        return _confirm(inventory, order)["status"]
+    except ReservationExpired:
+        return FAILED
+
+
+def stale(status, older_than_seconds):
+    """Orders stuck in `status` for longer than the given time (crash leftovers)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+    return list(_orders().find({"status": status, "updated_at": {"$lt": cutoff}}))
+
+
+def find_order(order_id):
+    oid = object_id_or_none(order_id)
+    return _orders().find_one({"_id": oid}) if oid else None
+
+
+def units_sold_by_user(product_id, restored=(), claimed=()):
+    """{user id: units} sold for the product, by MongoDB's orders.
+
+    Counted: placed orders, cancelling ones whose units are not yet `restored`,
+    and pending ones whose hold Redis has already `claimed` (both sets of order ids).
+    """
+    units = {}
+    query = {"product_id": product_id, "status": {"$in": [PLACED, CANCELLING, PENDING]}}
+    for order in _orders().find(query, {"user_id": 1, "quantity": 1, "status": 1}):
+        order_id = str(order["_id"])
+        if (
+            order["status"] == PLACED
+            or (order["status"] == CANCELLING and order_id not in restored)
+            or (order["status"] == PENDING and order_id in claimed)
+        ):
+            units[order["user_id"]] = units.get(order["user_id"], 0) + order["quantity"]
+    return units

@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from flashcart.schemas import PageQuery, page_schema
 
@@ -33,6 +33,17 @@ class ProductIn(Schema):
         validate=validate.Range(min=1, max=1000),
         metadata={"description": "Most units one customer may hold or buy."},
     )
+    starts_at = fields.AwareDateTime(
+        load_default=None, metadata={"description": "Optional: reservations open at (ISO 8601)."}
+    )
+    ends_at = fields.AwareDateTime(
+        load_default=None, metadata={"description": "Optional: reservations close at (ISO 8601)."}
+    )
+
+    @validates_schema
+    def window_in_order(self, data, **kwargs):
+        if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
+            raise ValidationError("Must be after starts_at.", "ends_at")
 
 
 class ProductOut(Schema):
@@ -42,7 +53,9 @@ class ProductOut(Schema):
     price = fields.Decimal(as_string=True, metadata={"example": "19.99"})
     stock = fields.Integer(metadata={"description": "Units for the drop."})
     per_user_limit = fields.Integer()
-    sale_status = fields.String(metadata={"enum": ["draft", "live", "ended"]})
+    sale_status = fields.String(metadata={"enum": ["draft", "live", "ended", "closed"]})
+    starts_at = fields.DateTime(allow_none=True)
+    ends_at = fields.DateTime(allow_none=True)
     created_at = fields.DateTime()
 
 

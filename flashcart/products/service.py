@@ -6,13 +6,20 @@ from decimal import Decimal
 
 from flask import current_app
 
-from flashcart.errors import NotFound
+from flashcart.errors import Conflict, NotFound
 from flashcart.extensions import stores
 from flashcart.sales.inventory import product_prefix
 from flashcart.stores import as_utc, object_id_or_none, page_of
 
-DRAFT, LIVE, ENDED = "draft", "live", "ended"
+# draft -> live -> ended (no new reservations) -> closed (figures written back).
+DRAFT, LIVE, ENDED, CLOSED = "draft", "live", "ended", "closed"
 TRENDING_KEY = "fc:trending"
+
+
+class SaleClosed(Conflict):
+    """The sale for this product has ended; its stock can no longer change."""
+
+    code = "sale_ended"
 
 
 class ProductNotFound(NotFound):
@@ -42,20 +49,31 @@ def public(doc):
         "stock": doc["stock"],
         "per_user_limit": doc["per_user_limit"],
         "sale_status": doc["sale_status"],
+        "starts_at": _utc_or_none(doc.get("starts_at")),
+        "ends_at": _utc_or_none(doc.get("ends_at")),
         "created_at": as_utc(doc["created_at"]),
     }
 
 
+def _utc_or_none(moment):
+    return as_utc(moment) if moment else None
+
+
+_MOMENTS = ("created_at", "starts_at", "ends_at")
+
+
 def _encode(product):
-    return json.dumps(
-        {**product, "price": str(product["price"]), "created_at": product["created_at"].isoformat()}
-    )
+    encoded = {**product, "price": str(product["price"])}
+    for name in _MOMENTS:
+        encoded[name] = product[name].isoformat() if product[name] else None
+    return json.dumps(encoded)
 
 
 def _decode(raw):
     product = json.loads(raw)
     product["price"] = Decimal(product["price"])
-    product["created_at"] = datetime.fromisoformat(product["created_at"])
+    for name in _MOMENTS:
+        product[name] = datetime.fromisoformat(product[name]) if product[name] else None
     return product
 
 
@@ -72,7 +90,17 @@ def find(product_id):
     return doc
 
 
-def create_product(*, name, description, price, stock, per_user_limit, created_by=None):
+def create_product(
+    *,
+    name,
+    description,
+    price,
+    stock,
+    per_user_limit,
+    starts_at=None,
+    ends_at=None,
+    created_by=None,
+):
     now = datetime.now(UTC)
     doc = {
         "name": name,
@@ -81,6 +109,8 @@ def create_product(*, name, description, price, stock, per_user_limit, created_b
         "stock": stock,
         "per_user_limit": per_user_limit,
         "sale_status": DRAFT,
+        "starts_at": starts_at,
+        "ends_at": ends_at,
         "created_by": created_by,
         "created_at": now,
         "updated_at": now,
@@ -153,5 +183,46 @@ def set_sale_status(product_id, status, expected):
     return doc
 
 
-def live_product_ids():
-    return [str(d["_id"]) for d in _products().find({"sale_status": LIVE}, {"_id": 1})]
+def add_stock(product_id, quantity, allowed):
+    """Add units to the drop's total while the sale is in one of `allowed` states."""
+    find(product_id)
+    doc = _products().find_one_and_update(
+        {"_id": object_id_or_none(product_id), "sale_status": {"$in": list(allowed)}},
+        {"$inc": {"stock": quantity}, "$set": {"updated_at": datetime.now(UTC)}},
+        return_document=True,
+    )
+    if doc is None:
+        raise SaleClosed()
+    stores.redis.delete(cache_key(product_id))
+    return doc
+
+
+def products_in_sale(statuses=(LIVE, ENDED)):
+    """Products whose sale state lives in Redis."""
+    return list(_products().find({"sale_status": {"$in": list(statuses)}}))
+
+
+def return_unsold(product_id, quantity):
+    """A cancel after the sale closed: move its units from sold to unsold."""
+    _products().update_one(
+        {"_id": object_id_or_none(product_id), "sale_status": CLOSED},
+        {"$inc": {"sold": -quantity, "unsold": quantity}},
+    )
+
+
+def record_close(product_id, *, sold, unsold):
+    """Write a finished sale's figures back and mark it closed."""
+    now = datetime.now(UTC)
+    _products().update_one(
+        {"_id": object_id_or_none(product_id), "sale_status": ENDED},
+        {
+            "$set": {
+                "sale_status": CLOSED,
+                "sold": sold,
+                "unsold": unsold,
+                "closed_at": now,
+                "updated_at": now,
+            }
+        },
+    )
+    stores.redis.delete(cache_key(product_id))

@@ -42,6 +42,12 @@ class SaleEnded(Conflict):
     code = "sale_ended"
 
 
+class SaleNotOpen(Conflict):
+    """The sale for this product has not opened yet."""
+
+    code = "sale_not_open"
+
+
 class SoldOut(Conflict):
     """Sold out: no units are available (held units may return if their reservations expire)."""
 
@@ -114,6 +120,22 @@ class SaleSnapshot:
     limit: int
 
 
+@dataclass(frozen=True)
+class SalePlan:
+    """The durable truth a sale's Redis state is built from."""
+
+    status: str
+    limit: int
+    total: int
+    sold_by_user: dict
+    opens_at: float | None = None
+    closes_at: float | None = None
+
+    @property
+    def sold(self):
+        return sum(self.sold_by_user.values())
+
+
 def new_reservation_id(product_id):
     # The product id travels inside the reservation id so that checkout can find
     # the product's keys without a cross-slot index.
@@ -157,8 +179,8 @@ class Inventory:
 
     # -- sale lifecycle -------------------------------------------------------
 
-    def open_sale(self, product_id, available, sold, limit, user_units=None):
-        """Put a sale live in Redis. Returns False if Redis already has it."""
+    def open_sale(self, product_id, plan):
+        """Put a sale live in Redis from `plan`. Returns False if Redis already has it."""
         keys = Keys(product_id)
 
         def body(pipe):
@@ -166,29 +188,124 @@ class Inventory:
             if pipe.exists(keys.sale):
                 return False
             pipe.multi()
-            fields = {"status": LIVE, "limit": limit, "stock": available}
-            fields.update({_user_field(u): n for u, n in (user_units or {}).items() if n})
-            pipe.hset(keys.sale, mapping=fields)
-            pipe.set(keys.sold, sold)
+            self._write_sale(pipe, keys, plan, plan.total - plan.sold)
             return True
 
         return self._transaction(body)
 
-    def snapshot(self, product_id):
-        """The sale's live figures, after returning any expired holds."""
+    @staticmethod
+    def _write_sale(pipe, keys, plan, available, held_by_user=None):
+        fields = {"status": plan.status, "limit": plan.limit, "stock": available}
+        if plan.opens_at is not None:
+            fields["opens_at"] = repr(plan.opens_at)
+        if plan.closes_at is not None:
+            fields["closes_at"] = repr(plan.closes_at)
+        units = dict(plan.sold_by_user)
+        for user_id, quantity in (held_by_user or {}).items():
+            units[user_id] = units.get(user_id, 0) + quantity
+        fields.update({_user_field(u): n for u, n in units.items() if n})
+        pipe.delete(keys.sale)
+        pipe.hset(keys.sale, mapping=fields)
+        pipe.set(keys.sold, plan.sold)
+
+    def rebuild(self, product_id, make_plan):
+        """Rewrite the sale's Redis state from the durable truth in `plan`.
+
+        Live holds are kept (their units stay held); everything else is derived:
+        available = total - sold - held. `make_plan()` is called after the WATCH,
+        so a checkout or cancel racing the repair makes it start over. Returns the
+        snapshot written. Used by `flask audit --repair`, e.g. after Redis lost data.
+        """
         keys = Keys(product_id)
-        self.release_expired(product_id)
+
+        def body(pipe):
+            pipe.watch(keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored)
+            plan = make_plan()
+            holds = self._holds(pipe, product_id)
+            held_by_user = {}
+            for hold in holds:
+                held_by_user[hold.user_id] = held_by_user.get(hold.user_id, 0) + hold.quantity
+            held = sum(held_by_user.values())
+            available = plan.total - plan.sold - held
+            if available < 0:
+                raise Conflict(
+                    f"Holds ({held}) and sales ({plan.sold}) exceed the stock ({plan.total}); "
+                    "release holds before repairing."
+                )
+            pipe.multi()
+            self._write_sale(pipe, keys, plan, available, held_by_user)
+            return SaleSnapshot(plan.status, available, held, plan.sold, plan.limit)
+
+        return self._transaction(body)
+
+    def end_sale(self, product_id):
+        """No new reservations; live holds may still check out until their deadline."""
+        keys = Keys(product_id)
+
+        def body(pipe):
+            pipe.watch(keys.sale)
+            if not pipe.exists(keys.sale):
+                return False
+            pipe.multi()
+            pipe.hset(keys.sale, "status", ENDED)
+            return True
+
+        return self._transaction(body)
+
+    def restock(self, product_id, quantity):
+        """Add units to a sale in Redis. Returns False if the sale is not in Redis."""
+        keys = Keys(product_id)
+
+        def body(pipe):
+            pipe.watch(keys.sale)
+            if not pipe.exists(keys.sale):
+                return False
+            pipe.multi()
+            pipe.hincrby(keys.sale, "stock", quantity)
+            return True
+
+        return self._transaction(body)
+
+    def drop_sale(self, product_id):
+        """Forget a finished sale's keys (after its figures are written to MongoDB)."""
+        keys = Keys(product_id)
+        self.redis.delete(keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored)
+
+    def holds(self, product_id):
+        """Every hold of the product, live or expired but not yet returned."""
+        return self._holds(self.redis, product_id)
+
+    @staticmethod
+    def _holds(client, product_id):
+        keys = Keys(product_id)
+        reservation_ids = client.zrange(keys.deadlines, 0, -1)
+        holds = []
+        for reservation_id in reservation_ids:
+            hold = _hold_from(reservation_id, product_id, client.hgetall(keys.hold(reservation_id)))
+            if hold is not None:
+                holds.append(hold)
+        return holds
+
+    def claims(self, product_id):
+        """{reservation id: order id} for claims not yet settled in MongoDB."""
+        return self.redis.hgetall(Keys(product_id).claimed)
+
+    def restored_orders(self, product_id):
+        return self.redis.smembers(Keys(product_id).restored)
+
+    def user_units(self, product_id):
+        """{user id: units held or bought} as Redis counts them for the limit."""
+        fields = self.redis.hgetall(Keys(product_id).sale)
+        return {k[2:]: int(v) for k, v in fields.items() if k.startswith("u:") and int(v)}
+
+    def snapshot(self, product_id):
+        """What Redis says about the sale now (expired holds are not yet returned)."""
+        keys = Keys(product_id)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.sale, "status", "limit", "stock")
             pipe.get(keys.sold)
-            pipe.zrange(keys.deadlines, 0, -1)
-            (status, limit, stock), sold, holds = pipe.execute()
-        held = 0
-        if holds:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for reservation_id in holds:
-                    pipe.hget(keys.hold(reservation_id), "quantity")
-                held = sum(int(q or 0) for q in pipe.execute())
+            (status, limit, stock), sold = pipe.execute()
+        held = sum(hold.quantity for hold in self.holds(product_id))
         return SaleSnapshot(status, int(stock or 0), held, int(sold or 0), int(limit or 0))
 
     def available(self, product_id):
@@ -215,13 +332,10 @@ class Inventory:
         def body(pipe):
             nonlocal returned_expired
             pipe.watch(keys.sale)
-            status, limit, stock, owned = pipe.hmget(
-                keys.sale, "status", "limit", "stock", user_field
+            status, limit, stock, owned, opens_at, closes_at = pipe.hmget(
+                keys.sale, "status", "limit", "stock", user_field, "opens_at", "closes_at"
             )
-            if status is None:
-                raise SaleNotStarted()
-            if status != LIVE:
-                raise SaleEnded()
+            _check_open(status, opens_at, closes_at, self.clock())
             stock, owned = int(stock), int(owned or 0)
             if owned + quantity > int(limit):
                 raise LimitExceeded(
@@ -347,6 +461,15 @@ class Inventory:
             return True
 
         return self._transaction(body)
+
+
+def _check_open(status, opens_at, closes_at, now):
+    if status is None:
+        raise SaleNotStarted()
+    if status != LIVE or (closes_at is not None and now >= float(closes_at)):
+        raise SaleEnded()
+    if opens_at is not None and now < float(opens_at):
+        raise SaleNotOpen()
 
 
 def _hold_from(reservation_id, product_id, data):

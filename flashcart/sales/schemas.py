@@ -27,4 +27,34 @@ class StockOut(Schema):
 
 
 class SaleOut(StockOut):
-    pass
+    status = fields.String(metadata={"enum": ["live", "ended", "closed"]})
+
+
+class RestockIn(Schema):
+    quantity = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
+    )
+
+
+class RestockOut(Schema):
+    product_id = fields.String()
+    stock = fields.Integer(metadata={"description": "The drop's new total."})
+    available = fields.Integer()
+
+
+class AuditOut(Schema):
+    product_id = fields.String()
+    name = fields.String()
+    sale_status = fields.String()
+    in_redis = fields.Boolean()
+    total = fields.Integer(metadata={"description": "Units in the drop (MongoDB)."})
+    sold = fields.Integer(metadata={"description": "Units sold, by MongoDB's orders."})
+    redis_sold = fields.Integer()
+    held = fields.Integer(metadata={"description": "Units in live holds (Redis)."})
+    available = fields.Integer(metadata={"description": "Available units in Redis."})
+    expected_available = fields.Integer(metadata={"description": "total - sold - held"})
+    drift = fields.Integer(metadata={"description": "available - expected_available"})
+    oversold = fields.Integer()
+    users_over_limit = fields.Integer()
+    limit_counts_off = fields.Integer()
+    ok = fields.Boolean()

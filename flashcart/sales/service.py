@@ -8,8 +8,8 @@ from flashcart.errors import Conflict
 from flashcart.extensions import stores
 from flashcart.orders import service as orders
 from flashcart.products import service as products
-from flashcart.sales.inventory import Inventory, SaleEnded, SaleNotStarted
-from flashcart.stores import object_id_or_none
+from flashcart.sales.inventory import Inventory, SaleEnded, SaleNotStarted, SalePlan
+from flashcart.stores import as_utc, object_id_or_none
 
 
 class SaleAlreadyStarted(Conflict):
@@ -27,31 +27,69 @@ def inventory():
     )
 
 
-def _push_to_redis(product):
-    """Put the product's unsold units live in Redis (no-op if they already are)."""
+def plan_for(product, inventory_=None):
+    """The durable truth for a product's sale: MongoDB's stock and orders.
+
+    Units count as sold when their order is placed, is being cancelled but not yet
+    restored, or is pending on a claim Redis already made (the sweeper settles it).
+    """
     product_id = str(product["_id"])
-    user_units = orders.units_sold_by_user(product_id)
-    sold = sum(user_units.values())
-    return inventory().open_sale(
-        product_id,
-        available=product["stock"] - sold,
-        sold=sold,
+    engine = inventory_ or inventory()
+    return SalePlan(
+        status=products.LIVE if product["sale_status"] == products.LIVE else products.ENDED,
         limit=product["per_user_limit"],
-        user_units=user_units,
+        total=product["stock"],
+        sold_by_user=orders.units_sold_by_user(
+            product_id,
+            restored=engine.restored_orders(product_id),
+            claimed=set(engine.claims(product_id).values()),
+        ),
+        opens_at=_epoch(product.get("starts_at")),
+        closes_at=_epoch(product.get("ends_at")),
     )
+
+
+def _epoch(moment):
+    return as_utc(moment).timestamp() if moment else None
 
 
 def start_sale(product_id):
     """Open the drop: the unsold stock goes live in Redis. Starting twice is a 409."""
     product = products.find(product_id)
-    if product["sale_status"] == products.ENDED:
+    if product["sale_status"] in (products.ENDED, products.CLOSED):
         raise SaleEnded()
     started = products.set_sale_status(product_id, products.LIVE, expected=[products.DRAFT])
-    pushed = _push_to_redis(started or product)
+    engine = inventory()
+    pushed = engine.open_sale(product_id, plan_for(started or product, engine))
     # A start that died between MongoDB and Redis is finished by the retry.
     if started is None and not pushed:
         raise SaleAlreadyStarted()
     return stock(product_id)
+
+
+def end_sale(product_id):
+    """Stop new reservations; live holds may still check out until their deadline.
+
+    The sweeper writes the final figures back to MongoDB once the last hold is
+    settled (see `recovery.close_ended_sale`).
+    """
+    product = products.find(product_id)
+    if product["sale_status"] == products.DRAFT:
+        raise SaleNotStarted()
+    products.set_sale_status(product_id, products.ENDED, expected=[products.LIVE])
+    inventory().end_sale(product_id)
+    status, available = inventory().available(product_id)
+    return {"product_id": product_id, "status": status or products.CLOSED, "available": available}
+
+
+def restock(product_id, quantity):
+    """Add units to a live sale: MongoDB's stock first (the truth), then Redis."""
+    product = products.add_stock(product_id, quantity, allowed=[products.DRAFT, products.LIVE])
+    if product["sale_status"] == products.LIVE and not inventory().restock(product_id, quantity):
+        # Redis has no sale (lost?): rebuild it from MongoDB, which already counts the units.
+        inventory().open_sale(product_id, plan_for(product))
+    status, available = inventory().available(product_id)
+    return {"product_id": product_id, "stock": product["stock"], "available": available}
 
 
 def stock(product_id):

@@ -1,0 +1,111 @@
+"""Recovery: the sweeper and the audit.
+
+The sweeper returns expired holds, finishes checkouts and cancels that a crash left
+half-done, and closes ended sales once their last hold is settled. The audit
+compares MongoDB (the durable truth) with Redis and can rebuild Redis from it.
+Every step is an idempotent transaction, so several sweepers may run at once.
+"""
+
+from collections import Counter
+
+from flask import current_app
+
+from flashcart.orders import service as orders
+from flashcart.products import service as products
+from flashcart.sales import service as sales
+
+
+def sweep():
+    """One pass over everything in flight. Returns counts of what it did."""
+    engine = sales.inventory()
+    grace = current_app.config["SWEEP_GRACE_SECONDS"]
+    done = Counter()
+    for order in orders.stale(orders.PENDING, grace):
+        done[f"checkouts_{orders.recover_pending(engine, order)}"] += 1
+    for order in orders.stale(orders.CANCELLING, grace):
+        orders.finish_cancel(engine, order)
+        done["cancels_finished"] += 1
+    for product in products.products_in_sale():
+        product_id = str(product["_id"])
+        _settle_confirmed_claims(engine, product_id)
+        while returned := engine.release_expired(product_id):
+            done["units_returned"] += returned
+        if product["sale_status"] == products.ENDED and close_ended_sale(engine, product):
+            done["sales_closed"] += 1
+    return done
+
+
+def _settle_confirmed_claims(engine, product_id):
+    # A crash after the order became placed but before Redis forgot the claim.
+    for reservation_id, order_id in engine.claims(product_id).items():
+        order = orders.find_order(order_id)
+        if order is not None and order["status"] != orders.PENDING:
+            engine.settle_claim(reservation_id)
+
+
+def close_ended_sale(engine, product):
+    """Write an ended sale's figures to MongoDB once no hold or claim is left."""
+    product_id = str(product["_id"])
+    if engine.holds(product_id) or engine.claims(product_id):
+        return False
+    plan = sales.plan_for(product, engine)
+    products.record_close(product_id, sold=plan.sold, unsold=plan.total - plan.sold)
+    engine.drop_sale(product_id)
+    return True
+
+
+def audit_product(product, engine=None):
+    """Compare MongoDB's truth with Redis for one product; a dict report row."""
+    engine = engine or sales.inventory()
+    product_id = str(product["_id"])
+    plan = sales.plan_for(product, engine)
+    snapshot = engine.snapshot(product_id)
+    in_redis = snapshot.status is not None
+    held_by_user = Counter()
+    for hold in engine.holds(product_id):
+        held_by_user[hold.user_id] += hold.quantity
+    owned = Counter(plan.sold_by_user) + held_by_user
+    counted = Counter(engine.user_units(product_id))
+    expected_available = plan.total - plan.sold - snapshot.held
+    row = {
+        "product_id": product_id,
+        "name": product["name"],
+        "sale_status": product["sale_status"],
+        "in_redis": in_redis,
+        "total": plan.total,
+        "sold": plan.sold,
+        "redis_sold": snapshot.sold,
+        "held": snapshot.held,
+        "available": snapshot.available,
+        "expected_available": expected_available,
+        "drift": snapshot.available - expected_available if in_redis else -expected_available,
+        "oversold": max(0, plan.sold - plan.total),
+        "users_over_limit": sum(1 for n in owned.values() if n > plan.limit),
+        # Users whose per-user-limit count in Redis disagrees with their holds + orders.
+        "limit_counts_off": sum(1 for u in owned | counted if owned[u] != counted[u])
+        if in_redis
+        else 0,
+    }
+    row["ok"] = (
+        row["drift"] == 0
+        and row["oversold"] == 0
+        and row["users_over_limit"] == 0
+        and row["limit_counts_off"] == 0
+        and (row["redis_sold"] == row["sold"] or not in_redis)
+    )
+    return row
+
+
+def audit(repair=False, product_id=None):
+    """Audit every product in a sale (or one); with `repair`, rebuild Redis first
+    where it drifted. Returns the report rows (after repair)."""
+    engine = sales.inventory()
+    targets = [products.find(product_id)] if product_id else products.products_in_sale()
+    rows = []
+    for product in targets:
+        row = audit_product(product, engine)
+        if repair and not row["ok"] and product["sale_status"] in (products.LIVE, products.ENDED):
+            engine.rebuild(row["product_id"], lambda p=product: sales.plan_for(p, engine))
+            row = {**audit_product(product, engine), "repaired": True}
+        rows.append(row)
+    return rows
