@@ -19,7 +19,7 @@ def create_app(config=None, *, db=None, redis_client=None):
     register_blueprints(app)
     register_errors(app)
     register_commands(app)
-    bootstrap(app)
+    run_startup_tasks(app)
     return app
 
 
@@ -71,7 +71,8 @@ def register_commands(app):
     register(app)
 
 
-def bootstrap(app):
+def run_startup_tasks(app):
+    # Not named `bootstrap`: importing the flashcart.bootstrap submodule would rebind it.
     from flashcart.bootstrap import run
 
     run(app)
