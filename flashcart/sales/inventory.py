@@ -153,11 +153,15 @@ def _user_field(user_id):
 class Inventory:
     """Reservations, claims, expiry and restores for products on sale."""
 
-    def __init__(self, redis_client, hold_seconds=600, max_attempts=64, clock=time.time):
+    def __init__(
+        self, redis_client, hold_seconds=600, max_attempts=64, clock=time.time, on_retry=None
+    ):
         self.redis = redis_client
         self.hold_seconds = hold_seconds
         self.max_attempts = max_attempts
         self.clock = clock
+        # Called once per WatchError retry (metrics, benchmarks).
+        self.on_retry = on_retry
 
     def _transaction(self, body):
         """Run `body(pipe)` under WATCH/MULTI with bounded, jittered retries.
@@ -174,6 +178,8 @@ class Inventory:
                         pipe.execute()
                     return result
                 except redis.WatchError:
+                    if self.on_retry:
+                        self.on_retry()
                     time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
         raise Busy()
 
