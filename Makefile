@@ -24,3 +24,7 @@ lint: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+bench: $(BIN)/.installed  ## Benchmark: Redis level, HTTP level (wrk, gunicorn) and a drop rehearsal
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,108 @@
+"""HTTP level: the app under gunicorn, driven by wrk with many distinct users' tokens."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import redis
+from bson import ObjectId
+
+from flashcart.sales.inventory import Inventory, SalePlan
+
+LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "requests.lua")
+PLENTY = 10**9
+
+
+def make_tokens(count, secret):
+    """Bearer tokens for `count` distinct users, written to a file; returns its path."""
+    os.environ.setdefault("JWT_SECRET_KEY", secret)
+    from flask import Flask
+    from flask_jwt_extended import JWTManager, create_access_token
+
+    app = Flask("tokens")
+    app.config.update(JWT_SECRET_KEY=secret)
+    JWTManager(app)
+    handle, path = tempfile.mkstemp(prefix="flashcart-tokens-", suffix=".txt")
+    with app.app_context(), os.fdopen(handle, "w") as out:
+        for _ in range(count):
+            identity = str(ObjectId())
+            out.write(create_access_token(identity=identity, additional_claims={"role": "user"}))
+            out.write("\n")
+    return path
+
+
+def open_sale(redis_url, stock, limit):
+    """A product on sale straight in Redis (the hot path never reads MongoDB)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    product_id = str(ObjectId())
+    Inventory(client).open_sale(product_id, SalePlan("live", limit, stock, {}))
+    return product_id
+
+
+def cache_product(redis_url, product_id):
+    """A warm product cache entry, as a first view would leave it."""
+    from flashcart.products.service import cache_key
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    product = {
+        "id": product_id,
+        "name": "Bench sneaker",
+        "description": "A product for the benchmark.",
+        "price": "99.00",
+        "stock": 1000,
+        "per_user_limit": 1,
+        "sale_status": "live",
+        "starts_at": None,
+        "ends_at": None,
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
+    client.set(cache_key(product_id), json.dumps(product), ex=3600)
+
+
+def wrk(url, method, path, connections, seconds, tokens=None, threads=2):
+    """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors)."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    env = {**os.environ, "WRK_METHOD": method, "WRK_PATH": path}
+    if tokens:
+        env["WRK_TOKENS"] = tokens
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+         "-s", LUA, url],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    line = next(x for x in output.splitlines() if x.startswith("JSON_RESULT "))
+    raw = json.loads(line[len("JSON_RESULT "):])
+    errors = sum(raw[k] for k in ("errors_connect", "errors_read", "errors_write",
+                                   "errors_timeout"))
+    return {
+        "requests_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "statuses": raw["statuses"],
+        "socket_errors": errors,
+        "requests": raw["requests"],
+    }
+
+
+def watch_sell_out(redis_url, product_id, started):
+    """Poll live stock in the background; returns a dict filled with `sold_out_s`."""
+    result = {}
+    engine = Inventory(redis.Redis.from_url(redis_url, decode_responses=True))
+
+    def poll():
+        while time.perf_counter() - started < 120:
+            _, available = engine.available(product_id)
+            if available <= 0:
+                result["sold_out_s"] = time.perf_counter() - started
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    result["thread"] = thread
+    return result

@@ -1,0 +1,156 @@
+"""FlashCart benchmark: `make bench` (or `python -m bench.run --quick`).
+
+Starts its own redis-server and the app under gunicorn (production settings), then
+measures three things, each against a baseline taken in the same run:
+  1. Redis level: the reservation engine vs a single-script yardstick.
+  2. HTTP level (wrk): reserve, sold-out reserve, stock read and cached product
+     read, each against the bare /healthz endpoint.
+  3. A drop rehearsal: many distinct users race for a fixed stock.
+Prints a table and writes JSON to bench/results/. It asserts nothing about speed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+
+import redis
+
+from bench import http_level, redis_level
+from bench.servers import Gunicorn, RedisServer
+from flashcart.sales.inventory import Inventory
+
+SECRET = "bench-secret-" + "x" * 40
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def redis_table(url, clients_levels, seconds):
+    rows = []
+    for clients in clients_levels:
+        script = redis_level.measure("script", url, clients, seconds)
+        engine = redis_level.measure("engine", url, clients, seconds)
+        rows.append({
+            "clients": clients,
+            "engine": engine,
+            "script": script,
+            "ratio": engine["successes_per_s"] / script["successes_per_s"],
+        })
+    return rows
+
+
+def http_table(server, redis_url, connections_levels, seconds, tokens):
+    plenty = http_level.open_sale(redis_url, stock=http_level.PLENTY, limit=http_level.PLENTY)
+    sold_out = http_level.open_sale(redis_url, stock=0, limit=1)
+    http_level.cache_product(redis_url, plenty)
+    scenarios = [
+        ("reserve", "POST", f"/api/v1/sales/reserve/{plenty}", tokens),
+        ("reserve sold out", "POST", f"/api/v1/sales/reserve/{sold_out}", tokens),
+        ("stock read", "GET", f"/api/v1/sales/stock/{plenty}", None),
+        ("product (cached)", "GET", f"/api/v1/products/{plenty}", None),
+    ]
+    rows = []
+    for connections in connections_levels:
+        health = http_level.wrk(server.url, "GET", "/healthz", connections, seconds)
+        for name, method, path, token_file in scenarios:
+            result = http_level.wrk(server.url, method, path, connections, seconds, token_file)
+            rows.append({
+                "scenario": name,
+                "connections": connections,
+                "result": result,
+                "health": health,
+                "ratio": result["requests_per_s"] / health["requests_per_s"],
+            })
+    return rows
+
+
+def drop_rehearsal(server, redis_url, units, users, connections, tokens):
+    product_id = http_level.open_sale(redis_url, stock=units, limit=1)
+    started = time.perf_counter()
+    watch = http_level.watch_sell_out(redis_url, product_id, started)
+    # Run until every user has had a go (at least), bounded in time.
+    result = http_level.wrk(server.url, "POST", f"/api/v1/sales/reserve/{product_id}",
+                            connections, max(5, users // 2000), tokens)
+    watch["thread"].join(timeout=1)
+    engine = Inventory(redis.Redis.from_url(redis_url, decode_responses=True))
+    snapshot = engine.snapshot(product_id)
+    over_limit = sum(1 for n in engine.user_units(product_id).values() if n > 1)
+    return {
+        "units": units,
+        "users": users,
+        "connections": connections,
+        "reservations": result["statuses"].get("201", 0),
+        "held_in_redis": snapshot.held,
+        "available_after": snapshot.available,
+        "oversold": max(0, snapshot.held - units),
+        "users_over_limit": over_limit,
+        "sold_out_after_s": watch.get("sold_out_s"),
+        "requests": result["requests"],
+        "statuses": result["statuses"],
+        "socket_errors": result["socket_errors"],
+        "p99_ms": result["p99_ms"],
+    }
+
+
+def print_report(report):
+    print(f"\nFlashCart benchmark, {report['when']} on {report['machine']}")
+    print("\n1. Redis level: reservation engine vs single-script yardstick")
+    print(f"{'clients':>8} {'engine/s':>10} {'script/s':>10} {'ratio':>6} "
+          f"{'retries':>8} {'p50 ms':>8} {'p99 ms':>8} {'script p99':>10}")
+    for row in report["redis"]:
+        e, s = row["engine"], row["script"]
+        print(f"{row['clients']:>8} {e['successes_per_s']:>10.0f} {s['successes_per_s']:>10.0f} "
+              f"{row['ratio']:>6.2f} {e['retries_per_success'] or 0:>8.2f} {e['p50_ms']:>8.2f} "
+              f"{e['p99_ms']:>8.2f} {s['p99_ms']:>10.2f}")
+    print("\n2. HTTP level (wrk): each scenario vs GET /healthz in the same run")
+    print(f"{'scenario':<18} {'conns':>5} {'req/s':>8} {'health/s':>9} {'ratio':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7}  statuses")
+    for row in report["http"]:
+        r = row["result"]
+        print(f"{row['scenario']:<18} {row['connections']:>5} {r['requests_per_s']:>8.0f} "
+              f"{row['health']['requests_per_s']:>9.0f} {row['ratio']:>6.2f} {r['p50_ms']:>7.1f} "
+              f"{r['p99_ms']:>7.1f}  {r['statuses']} socket errors: {r['socket_errors']}")
+    d = report["drop"]
+    print(f"\n3. Drop rehearsal: {d['units']} units, {d['users']} users, {d['connections']} "
+          f"connections")
+    sold_out = d["sold_out_after_s"]
+    print(f"   reservations {d['reservations']}, held {d['held_in_redis']}, oversold "
+          f"{d['oversold']}, users over limit {d['users_over_limit']}, sold out after "
+          f"{sold_out:.2f} s" if sold_out is not None else "   never sold out")
+    print(f"   requests {d['requests']}, statuses {d['statuses']}, socket errors "
+          f"{d['socket_errors']}, p99 {d['p99_ms']:.1f} ms")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    args = parser.parse_args()
+    seconds = 1 if args.quick else 3
+    users = 2000 if args.quick else 20000
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({os.cpu_count()} cores, Python "
+                   f"{platform.python_version()})",
+    }
+    tokens = http_level.make_tokens(users, SECRET)
+    try:
+        with RedisServer() as redis_server:
+            report["redis"] = redis_table(redis_server.url, (1, 8, 32, 128), seconds)
+            redis.Redis.from_url(redis_server.url).flushdb()
+            with Gunicorn(redis_server.url, env={"JWT_SECRET_KEY": SECRET}) as server:
+                report["http"] = http_table(server, redis_server.url, (64, 256), seconds, tokens)
+                report["drop"] = drop_rehearsal(server, redis_server.url, 1000, users, 256,
+                                                tokens)
+    finally:
+        os.unlink(tokens)
+    print_report(report)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"bench-{report['when'].replace(':', '')}.json")
+    with open(path, "w") as out:
+        json.dump(report, out, indent=2)
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()

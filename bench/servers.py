@@ -1,0 +1,92 @@
+"""Throwaway servers for the benchmark: redis-server and gunicorn on free loopback ports."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(check, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001, S110 - still starting
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not come up")
+        time.sleep(0.1)
+
+
+class RedisServer:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="flashcart-bench-redis-")
+        self.process = None
+
+    def __enter__(self):
+        binary = shutil.which("redis-server") or sys.exit("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000"],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait(lambda: redis.Redis.from_url(self.url).ping(), "redis-server")
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
+class Gunicorn:
+    """The app under gunicorn with the production settings (gunicorn.conf.py)."""
+
+    def __init__(self, redis_url, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "FLASHCART_ENV": "production",
+            "PORT": str(self.port),
+            "REDIS_URL": redis_url,
+            "JWT_SECRET_KEY": "bench-secret-" + "x" * 40,
+            **(env or {}),
+        }
+        self.process = None
+
+    def __enter__(self):
+        self.process = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--config",
+             "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}", "bench.app:app"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(lambda: urllib.request.urlopen(self.url + "/healthz", timeout=1).status == 200,
+              "gunicorn")
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()

@@ -1,0 +1,63 @@
+-- Cycles through pre-generated bearer tokens (one per user) and counts statuses.
+-- Environment: WRK_TOKENS (file, one token a line), WRK_METHOD, WRK_PATH.
+local tokens = {}
+local method = os.getenv("WRK_METHOD") or "GET"
+local path = os.getenv("WRK_PATH") or "/healthz"
+local counter = 0
+statuses = {}
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local file = os.getenv("WRK_TOKENS")
+  if file then
+    for line in io.lines(file) do
+      table.insert(tokens, line)
+    end
+  end
+  -- Each thread starts at its own offset so threads do not share users.
+  counter = id * 7919
+end
+
+function request()
+  local headers = { ["Content-Type"] = "application/json" }
+  if #tokens > 0 then
+    counter = counter + 1
+    headers["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]
+  end
+  local body = nil
+  if method == "POST" then body = "{}" end
+  return wrk.format(method, path, headers, body)
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local merged = {}
+  for _, thread in ipairs(threads) do
+    local s = thread:get("statuses")
+    for code, n in pairs(s) do
+      merged[code] = (merged[code] or 0) + n
+    end
+  end
+  io.write("JSON_RESULT ")
+  io.write(string.format('{"requests": %d, "duration_us": %d, "errors_connect": %d, ' ..
+    '"errors_read": %d, "errors_write": %d, "errors_timeout": %d, ' ..
+    '"p50_us": %d, "p99_us": %d, "statuses": {',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+  local first = true
+  for code, n in pairs(merged) do
+    if not first then io.write(", ") end
+    io.write(string.format('"%d": %d', code, n))
+    first = false
+  end
+  io.write("}}\n")
+end
