@@ -200,3 +200,28 @@ def make_product(client, admin_headers):
         return product
 
     return make
+
+
+@pytest.fixture
+def sale_state(redis_client):
+    """sale_state(product_id) -> what Redis holds for the sale, read through the engine.
+
+    A dict: status, available, held, sold, limit, and users ({user id: units held
+    or bought}, the per-user limit counts). Tests assert on this rather than on the
+    key layout, which the engine owns.
+    """
+    from flashcart.sales.inventory import Inventory
+
+    def state(product_id):
+        engine = Inventory(redis_client)
+        snapshot = engine.snapshot(product_id)
+        return {
+            "status": snapshot.status,
+            "available": snapshot.available,
+            "held": snapshot.held,
+            "sold": snapshot.sold,
+            "limit": snapshot.limit,
+            "users": engine.user_units(product_id),
+        }
+
+    return state

@@ -5,8 +5,10 @@ retry (a product decision: no Lua). All keys of one product share the hash tag
 `{p:<id>}`, so each transaction touches a single hash slot and runs on Redis Cluster.
 
 Keys of product P (prefix `fc:{p:P}:`):
-  sale        hash: status (live|ended), limit, stock (available units),
-              u:<user id> (units the user holds or bought, for the per-user limit)
+  sale        hash: status (live|ended), limit, stripes, opens_at, closes_at
+  stock:<i>   available units, striped over `stripes` keys: concurrent reservations
+              WATCH one stripe each, so they rarely collide on the same key
+  user:<u>    units user u holds or bought (the per-user limit); `buyers` lists them
   sold        units claimed by orders
   hold:<rid>  hash: user, quantity, expires_at (a live reservation)
   deadlines   sorted set: reservation id -> expires_at (finds expired holds)
@@ -14,7 +16,7 @@ Keys of product P (prefix `fc:{p:P}:`):
               confirmed in MongoDB (the sweeper settles them after a crash)
   restored    set of cancelled order ids whose units came back (restore exactly once)
 
-Invariant while a sale is live: total = stock + held + sold.
+Invariant while a sale is live: total = sum(stock:*) + held + sold.
 """
 
 import random
@@ -28,6 +30,8 @@ from flashcart.errors import Busy, Conflict, DomainError, NotFound
 
 LIVE = "live"
 ENDED = "ended"
+DEFAULT_STRIPES = 16
+MAX_STRIPES = 64
 
 
 class SaleNotStarted(Conflict):
@@ -86,7 +90,7 @@ def product_prefix(product_id):
 class Keys:
     """The Redis keys of one product's sale."""
 
-    __slots__ = ("prefix", "sale", "sold", "deadlines", "claimed", "restored")
+    __slots__ = ("prefix", "sale", "sold", "deadlines", "claimed", "restored", "buyers")
 
     def __init__(self, product_id):
         self.prefix = product_prefix(product_id)
@@ -95,9 +99,19 @@ class Keys:
         self.deadlines = self.prefix + "deadlines"
         self.claimed = self.prefix + "claimed"
         self.restored = self.prefix + "restored"
+        self.buyers = self.prefix + "buyers"
 
     def hold(self, reservation_id):
         return f"{self.prefix}hold:{reservation_id}"
+
+    def stripe(self, index):
+        return f"{self.prefix}stock:{index}"
+
+    def stripes(self, count):
+        return [self.stripe(i) for i in range(count)]
+
+    def user(self, user_id):
+        return f"{self.prefix}user:{user_id}"
 
 
 @dataclass(frozen=True)
@@ -146,17 +160,57 @@ def product_of(reservation_id):
     return reservation_id.split(".", 1)[0]
 
 
-def _user_field(user_id):
-    return f"u:{user_id}"
+def _split(units, parts):
+    """`units` spread as evenly as possible over `parts` stripes."""
+    return [units // parts + (1 if i < units % parts else 0) for i in range(parts)]
+
+
+def _ints(values):
+    return [int(v or 0) for v in values]
+
+
+class _LookAgain(Exception):
+    """The chosen stripes lack units: choose again now (not contention, no backoff)."""
+
+
+def _watch_and_read(pipe, watch_keys, reads):
+    """WATCH `watch_keys` and run the read commands in one round trip.
+
+    redis-py sends WATCH and each read separately once a pipeline is watching;
+    packing them saves round trips on the hot path. Other pipelines (Redis
+    Cluster's) take the ordinary path.
+    """
+    if not isinstance(pipe, redis.client.Pipeline):
+        pipe.watch(*watch_keys)
+        return [pipe.execute_command(*command) for command in reads]
+    connection = pipe.connection or pipe.connection_pool.get_connection()
+    pipe.connection = connection
+    commands = [("WATCH", *watch_keys), *reads]
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+        results = [pipe.parse_response(connection, command[0]) for command in commands]
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()
+        raise
+    return results[1:]
 
 
 class Inventory:
     """Reservations, claims, expiry and restores for products on sale."""
 
     def __init__(
-        self, redis_client, hold_seconds=600, max_attempts=64, clock=time.time, on_retry=None
+        self,
+        redis_client,
+        hold_seconds=600,
+        max_attempts=64,
+        clock=time.time,
+        on_retry=None,
+        stripes=DEFAULT_STRIPES,
     ):
+        if not 1 <= stripes <= MAX_STRIPES:
+            raise ValueError(f"stripes must be 1..{MAX_STRIPES}")
         self.redis = redis_client
+        self.stripes = stripes
         self.hold_seconds = hold_seconds
         self.max_attempts = max_attempts
         self.clock = clock
@@ -177,6 +231,8 @@ class Inventory:
                     if pipe.explicit_transaction:
                         pipe.execute()
                     return result
+                except _LookAgain:
+                    continue
                 except redis.WatchError:
                     if self.on_retry:
                         self.on_retry()
@@ -194,24 +250,32 @@ class Inventory:
             if pipe.exists(keys.sale):
                 return False
             pipe.multi()
-            self._write_sale(pipe, keys, plan, plan.total - plan.sold)
+            self._write_sale(pipe, keys, plan, plan.total - plan.sold, old_buyers=())
             return True
 
         return self._transaction(body)
 
-    @staticmethod
-    def _write_sale(pipe, keys, plan, available, held_by_user=None):
-        fields = {"status": plan.status, "limit": plan.limit, "stock": available}
+    def _write_sale(self, pipe, keys, plan, available, old_buyers, held_by_user=None):
+        meta = {"status": plan.status, "limit": plan.limit, "stripes": self.stripes}
         if plan.opens_at is not None:
-            fields["opens_at"] = repr(plan.opens_at)
+            meta["opens_at"] = repr(plan.opens_at)
         if plan.closes_at is not None:
-            fields["closes_at"] = repr(plan.closes_at)
+            meta["closes_at"] = repr(plan.closes_at)
         units = dict(plan.sold_by_user)
         for user_id, quantity in (held_by_user or {}).items():
             units[user_id] = units.get(user_id, 0) + quantity
-        fields.update({_user_field(u): n for u, n in units.items() if n})
-        pipe.delete(keys.sale)
-        pipe.hset(keys.sale, mapping=fields)
+        units = {user_id: n for user_id, n in units.items() if n}
+        pipe.delete(keys.sale, keys.buyers, *keys.stripes(MAX_STRIPES))
+        if old_buyers:
+            pipe.delete(*(keys.user(u) for u in old_buyers))
+        pipe.hset(keys.sale, mapping=meta)
+        stripes = keys.stripes(self.stripes)
+        for key, units_here in zip(stripes, _split(available, self.stripes), strict=True):
+            pipe.set(key, units_here)
+        for user_id, n in units.items():
+            pipe.set(keys.user(user_id), n)
+        if units:
+            pipe.sadd(keys.buyers, *units)
         pipe.set(keys.sold, plan.sold)
 
     def rebuild(self, product_id, make_plan):
@@ -225,11 +289,12 @@ class Inventory:
         keys = Keys(product_id)
 
         def body(pipe):
-            pipe.watch(keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored)
+            pipe.watch(
+                keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored, keys.buyers
+            )
             plan = make_plan()
-            holds = self._holds(pipe, product_id)
             held_by_user = {}
-            for hold in holds:
+            for hold in self._holds(pipe, product_id):
                 held_by_user[hold.user_id] = held_by_user.get(hold.user_id, 0) + hold.quantity
             held = sum(held_by_user.values())
             available = plan.total - plan.sold - held
@@ -238,8 +303,9 @@ class Inventory:
                     f"Holds ({held}) and sales ({plan.sold}) exceed the stock ({plan.total}); "
                     "release holds before repairing."
                 )
+            old_buyers = pipe.smembers(keys.buyers)
             pipe.multi()
-            self._write_sale(pipe, keys, plan, available, held_by_user)
+            self._write_sale(pipe, keys, plan, available, old_buyers, held_by_user)
             return SaleSnapshot(plan.status, available, held, plan.sold, plan.limit)
 
         return self._transaction(body)
@@ -264,10 +330,14 @@ class Inventory:
 
         def body(pipe):
             pipe.watch(keys.sale)
-            if not pipe.exists(keys.sale):
+            stripes = pipe.hget(keys.sale, "stripes")
+            if stripes is None:
                 return False
             pipe.multi()
-            pipe.hincrby(keys.sale, "stock", quantity)
+            count = int(stripes)
+            for key, units in zip(keys.stripes(count), _split(quantity, count), strict=True):
+                if units:
+                    pipe.incrby(key, units)
             return True
 
         return self._transaction(body)
@@ -275,7 +345,17 @@ class Inventory:
     def drop_sale(self, product_id):
         """Forget a finished sale's keys (after its figures are written to MongoDB)."""
         keys = Keys(product_id)
-        self.redis.delete(keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored)
+        buyers = self.redis.smembers(keys.buyers)
+        self.redis.delete(
+            keys.sale,
+            keys.sold,
+            keys.deadlines,
+            keys.claimed,
+            keys.restored,
+            keys.buyers,
+            *keys.stripes(MAX_STRIPES),
+            *(keys.user(u) for u in buyers),
+        )
 
     def holds(self, product_id):
         """Every hold of the product, live or expired but not yet returned."""
@@ -284,9 +364,8 @@ class Inventory:
     @staticmethod
     def _holds(client, product_id):
         keys = Keys(product_id)
-        reservation_ids = client.zrange(keys.deadlines, 0, -1)
         holds = []
-        for reservation_id in reservation_ids:
+        for reservation_id in client.zrange(keys.deadlines, 0, -1):
             hold = _hold_from(reservation_id, product_id, client.hgetall(keys.hold(reservation_id)))
             if hold is not None:
                 holds.append(hold)
@@ -301,67 +380,92 @@ class Inventory:
 
     def user_units(self, product_id):
         """{user id: units held or bought} as Redis counts them for the limit."""
-        fields = self.redis.hgetall(Keys(product_id).sale)
-        return {k[2:]: int(v) for k, v in fields.items() if k.startswith("u:") and int(v)}
+        keys = Keys(product_id)
+        buyers = sorted(self.redis.smembers(keys.buyers))
+        if not buyers:
+            return {}
+        counts = self.redis.mget([keys.user(u) for u in buyers])
+        return {u: int(n) for u, n in zip(buyers, counts, strict=True) if n and int(n)}
+
+    # -- reading --------------------------------------------------------------
+
+    def _read_stock(self, product_id):
+        """(status, available, expired holds) in one round trip."""
+        keys = Keys(product_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.sale, "status", "stripes")
+            pipe.mget(keys.stripes(self.stripes))
+            pipe.zcount(keys.deadlines, "-inf", self.clock())
+            (status, stripes), stock, expired = pipe.execute()
+        if stripes is not None and int(stripes) > self.stripes:
+            stock += self.redis.mget(keys.stripes(int(stripes))[self.stripes :])
+        return status, sum(_ints(stock)), expired
 
     def snapshot(self, product_id):
         """What Redis says about the sale now (expired holds are not yet returned)."""
         keys = Keys(product_id)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.sale, "status", "limit", "stock")
-            pipe.get(keys.sold)
-            (status, limit, stock), sold = pipe.execute()
+        status, available, _ = self._read_stock(product_id)
+        limit, sold = self.redis.hget(keys.sale, "limit"), self.redis.get(keys.sold)
         held = sum(hold.quantity for hold in self.holds(product_id))
-        return SaleSnapshot(status, int(stock or 0), held, int(sold or 0), int(limit or 0))
+        return SaleSnapshot(status, available, held, int(sold or 0), int(limit or 0))
 
     def available(self, product_id):
-        """(status, available units) from one round trip, returning expired holds first."""
-        keys = Keys(product_id)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.sale, "status", "stock")
-            pipe.zcount(keys.deadlines, "-inf", self.clock())
-            (status, stock), expired = pipe.execute()
+        """(status, available units), returning expired holds first."""
+        status, available, expired = self._read_stock(product_id)
         if expired:
             self.release_expired(product_id)
-            status, stock = self.redis.hmget(keys.sale, "status", "stock")
-        return status, int(stock or 0)
+            status, available, _ = self._read_stock(product_id)
+        return status, available
 
     # -- reservations ---------------------------------------------------------
 
     def reserve(self, product_id, user_id, quantity=1):
-        """Take `quantity` units into a new hold for `user_id`; returns the Hold."""
+        """Take `quantity` units into a new hold for `user_id`; returns the Hold.
+
+        One round trip WATCHes the sale, the user's count and one stripe (chosen at
+        random) while reading every stripe; a second runs MULTI/EXEC. Only when the
+        chosen stripe lacks units does it look again, at stripes known to have some.
+        """
         keys = Keys(product_id)
-        user_field = _user_field(user_id)
+        user_key = keys.user(user_id)
         reservation_id = new_reservation_id(product_id)
-        returned_expired = False
+        plan = {"stripes": None, "count": self.stripes, "returned_expired": False}
 
         def body(pipe):
-            nonlocal returned_expired
-            pipe.watch(keys.sale)
-            status, limit, stock, owned, opens_at, closes_at = pipe.hmget(
-                keys.sale, "status", "limit", "stock", user_field, "opens_at", "closes_at"
+            count = plan["count"]
+            chosen = plan.pop("stripes", None) or [random.randrange(count)]
+            meta, owned, stock, expired = _watch_and_read(
+                pipe,
+                [keys.sale, user_key, *(keys.stripe(i) for i in chosen)],
+                [
+                    ("HMGET", keys.sale, "status", "limit", "stripes", "opens_at", "closes_at"),
+                    ("GET", user_key),
+                    ("MGET", *keys.stripes(count)),
+                    ("ZCOUNT", keys.deadlines, "-inf", self.clock()),
+                ],
             )
+            status, limit, stripes, opens_at, closes_at = meta
             _check_open(status, opens_at, closes_at, self.clock())
-            stock, owned = int(stock), int(owned or 0)
+            if int(stripes) != count:
+                plan["count"] = int(stripes)
+                raise _LookAgain()
+            owned, stock = int(owned or 0), _ints(stock)
             if owned + quantity > int(limit):
                 raise LimitExceeded(
                     f"The limit is {limit} per customer and you already hold or bought {owned}."
                 )
-            if stock < quantity:
-                if not returned_expired:
-                    returned_expired = True
-                    pipe.unwatch()
-                    if self.release_expired(product_id):
-                        raise redis.WatchError("expired holds returned; look again")
-                raise (
-                    SoldOut()
-                    if stock <= 0
-                    else InsufficientStock(f"Only {stock} units are available.")
-                )
-            expires_at = self.clock() + self.hold_seconds
+            if sum(stock[i] for i in chosen) < quantity:
+                self._choose_again(plan, product_id, stock, quantity, expired)
             pipe.multi()
-            pipe.hincrby(keys.sale, "stock", -quantity)
-            pipe.hincrby(keys.sale, user_field, quantity)
+            remaining = quantity
+            for i in chosen:
+                take = min(stock[i], remaining)
+                if take:
+                    pipe.decrby(keys.stripe(i), take)
+                    remaining -= take
+            pipe.incrby(user_key, quantity)
+            pipe.sadd(keys.buyers, user_id)
+            expires_at = self.clock() + self.hold_seconds
             pipe.hset(
                 keys.hold(reservation_id),
                 mapping={"user": user_id, "quantity": quantity, "expires_at": repr(expires_at)},
@@ -370,6 +474,20 @@ class Inventory:
             return Hold(reservation_id, product_id, user_id, quantity, expires_at)
 
         return self._transaction(body)
+
+    def _choose_again(self, plan, product_id, stock, quantity, expired):
+        """The chosen stripes lack units: pick ones that have them, or say sold out."""
+        total = sum(stock)
+        if total >= quantity:
+            plan["stripes"] = _cover(stock, quantity)
+            raise _LookAgain()
+        if expired and not plan["returned_expired"]:
+            plan["returned_expired"] = True
+            self.release_expired(product_id)
+            raise _LookAgain()
+        if total <= 0:
+            raise SoldOut()
+        raise InsufficientStock(f"Only {total} units are available.")
 
     def get_hold(self, reservation_id):
         """The live or expired-but-not-yet-returned hold, or None."""
@@ -413,6 +531,11 @@ class Inventory:
         """The order id a hold was claimed for, while the claim is unsettled."""
         return self.redis.hget(Keys(product_of(reservation_id)).claimed, reservation_id)
 
+    def _give_back(self, pipe, keys, stripes, user_id, quantity):
+        """Queue the writes that return units to stock (inside MULTI)."""
+        pipe.incrby(keys.stripe(random.randrange(int(stripes))), quantity)
+        pipe.decrby(keys.user(user_id), quantity)
+
     def release(self, reservation_id, only_if_expired=True):
         """Return a hold's units to stock. Returns the quantity returned (0 if none)."""
         product_id = product_of(reservation_id)
@@ -428,13 +551,12 @@ class Inventory:
                 return 0
             if only_if_expired and hold.expires_at > self.clock():
                 return 0
-            sale_in_redis = pipe.exists(keys.sale)
+            stripes = pipe.hget(keys.sale, "stripes")
             pipe.multi()
             pipe.delete(hold_key)
             pipe.zrem(keys.deadlines, reservation_id)
-            if sale_in_redis:
-                pipe.hincrby(keys.sale, "stock", hold.quantity)
-                pipe.hincrby(keys.sale, _user_field(hold.user_id), -hold.quantity)
+            if stripes is not None:
+                self._give_back(pipe, keys, stripes, hold.user_id, hold.quantity)
             return hold.quantity
 
         return self._transaction(body)
@@ -457,16 +579,32 @@ class Inventory:
 
         def body(pipe):
             pipe.watch(keys.restored, keys.sale)
-            if pipe.sismember(keys.restored, order_id) or not pipe.exists(keys.sale):
+            stripes = pipe.hget(keys.sale, "stripes")
+            if stripes is None or pipe.sismember(keys.restored, order_id):
                 return False
             pipe.multi()
             pipe.sadd(keys.restored, order_id)
-            pipe.hincrby(keys.sale, "stock", quantity)
-            pipe.hincrby(keys.sale, _user_field(user_id), -quantity)
+            self._give_back(pipe, keys, stripes, user_id, quantity)
             pipe.decrby(keys.sold, quantity)
             return True
 
         return self._transaction(body)
+
+
+def _cover(stock, quantity):
+    """Stripes holding at least `quantity` units: one if any suffices, chosen at random."""
+    order = [i for i, units in enumerate(stock) if units > 0]
+    random.shuffle(order)
+    for i in order:
+        if stock[i] >= quantity:
+            return [i]
+    chosen, units = [], 0
+    for i in order:
+        chosen.append(i)
+        units += stock[i]
+        if units >= quantity:
+            return chosen
+    return chosen
 
 
 def _check_open(status, opens_at, closes_at, now):
