@@ -169,6 +169,38 @@ def _ints(values):
     return [int(v or 0) for v in values]
 
 
+def _exec_packed(pipe, commands):
+    """MULTI, `commands`, EXEC in one round trip on the watching connection.
+
+    The hot path's twin of `_watch_and_read`: it skips redis-py's generic
+    transaction bookkeeping. Raises WatchError if a watched key changed.
+    """
+    if not isinstance(pipe, redis.client.Pipeline) or pipe.connection is None:
+        pipe.multi()
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+    connection = pipe.connection
+    batch = [("MULTI",), *commands, ("EXEC",)]
+    try:
+        connection.send_packed_command(connection.pack_commands(batch))
+        for _ in batch[:-1]:
+            connection.read_response()
+        results = connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+        # Replies may be left unread: never reuse this connection.
+        connection.disconnect()
+        raise
+    finally:
+        pipe.watching = False
+    if results is None:
+        raise redis.WatchError("a watched key changed")
+    for result in results:
+        if isinstance(result, redis.ResponseError):
+            raise result
+    return results
+
+
 class _LookAgain(Exception):
     """The chosen stripes lack units: choose again now (not contention, no backoff)."""
 
@@ -456,21 +488,30 @@ class Inventory:
                 )
             if sum(stock[i] for i in chosen) < quantity:
                 self._choose_again(plan, product_id, stock, quantity, expired)
-            pipe.multi()
-            remaining = quantity
+            writes, remaining = [], quantity
             for i in chosen:
                 take = min(stock[i], remaining)
                 if take:
-                    pipe.decrby(keys.stripe(i), take)
+                    writes.append(("DECRBY", keys.stripe(i), take))
                     remaining -= take
-            pipe.incrby(user_key, quantity)
-            pipe.sadd(keys.buyers, user_id)
             expires_at = self.clock() + self.hold_seconds
-            pipe.hset(
-                keys.hold(reservation_id),
-                mapping={"user": user_id, "quantity": quantity, "expires_at": repr(expires_at)},
-            )
-            pipe.zadd(keys.deadlines, {reservation_id: expires_at})
+            deadline = repr(expires_at)
+            writes += [
+                ("INCRBY", user_key, quantity),
+                ("SADD", keys.buyers, user_id),
+                (
+                    "HSET",
+                    keys.hold(reservation_id),
+                    "user",
+                    user_id,
+                    "quantity",
+                    quantity,
+                    "expires_at",
+                    deadline,
+                ),
+                ("ZADD", keys.deadlines, deadline, reservation_id),
+            ]
+            _exec_packed(pipe, writes)
             return Hold(reservation_id, product_id, user_id, quantity, expires_at)
 
         return self._transaction(body)
