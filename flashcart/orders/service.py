@@ -195,6 +195,16 @@ def stale(status, older_than_seconds):
     return list(_orders().find({"status": status, "updated_at": {"$lt": cutoff}}))
 
 
+def in_flight(product_id):
+    """Whether any of the product's orders is half-way through checkout or cancel."""
+    return (
+        _orders().count_documents(
+            {"product_id": product_id, "status": {"$in": [PENDING, CANCELLING]}}, limit=1
+        )
+        > 0
+    )
+
+
 def find_order(order_id):
     oid = object_id_or_none(order_id)
     return _orders().find_one({"_id": oid}) if oid else None

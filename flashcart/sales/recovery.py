@@ -46,7 +46,9 @@ def _settle_confirmed_claims(engine, product_id):
 def close_ended_sale(engine, product):
     """Write an ended sale's figures to MongoDB once no hold or claim is left."""
     product_id = str(product["_id"])
-    if engine.holds(product_id) or engine.claims(product_id):
+    # A checkout or cancel still in flight would change the figures after they are
+    # written, and dropping `restored` would let a cancel restore twice.
+    if engine.holds(product_id) or engine.claims(product_id) or orders.in_flight(product_id):
         return False
     plan = sales.plan_for(product, engine)
     products.record_close(product_id, sold=plan.sold, unsold=plan.total - plan.sold)

@@ -98,9 +98,16 @@ def stock(product_id):
         raise products.ProductNotFound()
     status, available = inventory().available(product_id)
     if status is None:
-        products.find(product_id)
-        raise SaleNotStarted()
+        _explain_missing_sale(product_id)
     return {"product_id": product_id, "status": status, "available": available}
+
+
+def _explain_missing_sale(product_id):
+    """Redis has no sale for the product: say why, from MongoDB (off the hot path)."""
+    product = products.find(product_id)
+    if product["sale_status"] in (products.ENDED, products.CLOSED):
+        raise SaleEnded()
+    raise SaleNotStarted()
 
 
 def reserve(product_id, user_id, quantity=1):
@@ -110,8 +117,7 @@ def reserve(product_id, user_id, quantity=1):
     try:
         hold = inventory().reserve(product_id, user_id, quantity)
     except SaleNotStarted:
-        products.find(product_id)
-        raise
+        _explain_missing_sale(product_id)
     expires_at = datetime.fromtimestamp(hold.expires_at, UTC)
     return {
         "id": hold.id,
