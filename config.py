@@ -30,6 +30,19 @@ def _float(name, default):
     return float(_env(name, default))
 
 
+def _list(name, default=""):
+    return [item.strip() for item in _env(name, default).split(",") if item.strip()]
+
+
+def _limit(name, default):
+    # Unlike the other settings, an empty value is kept: it turns the limit off.
+    return os.environ.get(name, default)
+
+
+def _flag(name, default):
+    return str(_env(name, default)).lower() in ("1", "true", "yes", "on")
+
+
 class UnsafeConfigError(RuntimeError):
     """The configuration must not be used in this mode."""
 
@@ -70,6 +83,30 @@ class Config:
 
     MAX_CONTENT_LENGTH = 64 * 1024
 
+    LOG_LEVEL = _env("LOG_LEVEL", "INFO").upper()
+    # `json`: one JSON object per line (for log shippers); `text`: for people.
+    LOG_FORMAT = _env("LOG_FORMAT", "json")
+    # How many proxies (load balancers) in front set X-Forwarded-For; without this
+    # every client has the balancer's address and shares its rate limits.
+    TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
+    # Storefront origins allowed to call the API from a browser (comma-separated).
+    CORS_ORIGINS = _list("CORS_ORIGINS")
+    # Product pages may be cached this long by browsers and CDNs (then revalidated
+    # with the ETag).
+    PRODUCT_HTTP_MAX_AGE = _int("PRODUCT_HTTP_MAX_AGE", 5)
+    # Readiness probe: each store must answer within this many seconds.
+    READY_TIMEOUT_SECONDS = _float("READY_TIMEOUT_SECONDS", 1.0)
+
+    # Rate limits ("N per second|minute|hour|day", several separated by ";"; empty = off).
+    RATELIMIT_ENABLED = _flag("RATELIMIT_ENABLED", "true")
+    # Defaults to REDIS_URL (see flashcart/rate_limits.py).
+    RATELIMIT_STORAGE_URI = _env("RATELIMIT_STORAGE_URI")
+    RATELIMIT_GLOBAL = _limit("RATELIMIT_GLOBAL", "1200 per minute")
+    RATELIMIT_LOGIN_PER_IP = _limit("RATELIMIT_LOGIN_PER_IP", "30 per minute")
+    RATELIMIT_LOGIN_PER_ACCOUNT = _limit("RATELIMIT_LOGIN_PER_ACCOUNT", "5 per minute;20 per hour")
+    RATELIMIT_SIGNUP_PER_IP = _limit("RATELIMIT_SIGNUP_PER_IP", "20 per hour")
+    RATELIMIT_RESERVE_PER_USER = _limit("RATELIMIT_RESERVE_PER_USER", "30 per minute")
+
     API_TITLE = "FlashCart API"
     API_VERSION = "1.0.0"
     OPENAPI_VERSION = "3.0.3"
@@ -89,6 +126,7 @@ class Config:
 
 class DevelopmentConfig(Config):
     DEBUG = False
+    LOG_FORMAT = _env("LOG_FORMAT", "text")
 
 
 class TestingConfig(Config):
@@ -103,6 +141,8 @@ class TestingConfig(Config):
     ARGON2_TIME_COST = 1
     ARGON2_MEMORY_KIB = 1024
     ARGON2_PARALLELISM = 1
+    # Tests about rate limits turn them on.
+    RATELIMIT_ENABLED = False
 
 
 class ProductionConfig(Config):

@@ -5,7 +5,9 @@ sync workers measured best (see README "Performance"). Scale with WEB_CONCURRENC
 on bigger hosts (about 2 x cores) and with more hosts behind the load balancer.
 """
 
+import glob
 import os
+import tempfile
 
 # gunicorn means production: the app then refuses in-memory backends and weak secrets.
 os.environ.setdefault("FLASHCART_ENV", "production")
@@ -22,3 +24,22 @@ max_requests_jitter = 2000
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+
+# Prometheus multiprocess mode (README "Monitoring"): every worker writes its
+# metrics to files here and /metrics adds them up.
+prometheus_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "flashcart-prometheus")
+)
+
+
+def on_starting(server):
+    # Files left by an earlier run would be counted again.
+    os.makedirs(prometheus_dir, exist_ok=True)
+    for path in glob.glob(os.path.join(prometheus_dir, "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,7 +1,5 @@
 """FlashCart: the backend for limited-edition product drops."""
 
-import logging
-
 from flask import Flask
 
 from config import load_config
@@ -15,6 +13,7 @@ def create_app(config=None, *, db=None, redis_client=None):
     """
     app = Flask(__name__)
     _configure(app, config)
+    register_request_hooks(app)
     register_extensions(app, db, redis_client)
     register_blueprints(app)
     register_errors(app)
@@ -29,18 +28,31 @@ def _configure(app, config):
     config_class.check()
     app.config.from_object(config_class)
     app.config.update(overrides)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+
+
+def register_request_hooks(app):
+    """Proxy headers, request ids and logs, metrics: ahead of every other hook."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from flashcart import logs, metrics
+
+    if app.config["TRUSTED_PROXIES"]:
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    logs.init_app(app)
+    metrics.init_app(app)
 
 
 def register_extensions(app, db, redis_client):
+    from flashcart import rate_limits
     from flashcart.auth.roles import init_jwt
-    from flashcart.extensions import api, jwt, stores
+    from flashcart.extensions import api, cors, jwt, stores
 
     stores.init_app(app, db=db, redis_client=redis_client)
     jwt.init_app(app)
     init_jwt(jwt)
+    rate_limits.init_app(app)
+    cors.init_app(app)
     api.init_app(app)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}

@@ -17,6 +17,7 @@ from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException
 
+from flashcart.apidoc import problems
 from flashcart.errors import Conflict, DomainError, handle_domain_error, handle_http_exception
 from flashcart.extensions import stores
 
@@ -121,6 +122,7 @@ def idempotent(view):
         redis.set(record_key, json.dumps(record), ex=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
         return response
 
+    wrapper = problems(KeyInvalid, KeyReused, KeyInProgress)(wrapper)
     return Blueprint.doc(
         parameters=[
             {

@@ -1,19 +1,65 @@
-"""Schemas shared by every blueprint: the error shape and pagination."""
+"""Schemas shared by every blueprint: the error shape, prices and pagination."""
+
+import math
+import re
+from decimal import Decimal
 
 from marshmallow import Schema, fields, validate
 
 MAX_PAGE_SIZE = 100
+MIN_PRICE, MAX_PRICE = Decimal("0.01"), Decimal("1000000")
+# 0.01 to 1000000 with at most two decimals, no sign, exponent or leading zero. The
+# spec publishes this pattern, so it must accept exactly what Price accepts.
+PRICE_PATTERN = r"^([1-9][0-9]{0,5}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?)|1000000(\.00?)?)$"
+# How prices are sent back: always a string with two decimals, never a float.
+MONEY_OUT = {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$", "example": "19.99"}
+
+
+class Price(fields.Field):
+    """A price in: "19.99" (preferred) or 19.99, from 0.01 to 1000000, two decimals at most."""
+
+    default_error_messages = {
+        "invalid": 'Not a valid price: e.g. "19.99", from 0.01 to 1000000, two decimals at most.'
+    }
+
+    def __init__(self, **kwargs):
+        metadata = {
+            "anyOf": [
+                {"type": "string", "pattern": PRICE_PATTERN},
+                {"type": "number", "minimum": 0.01, "maximum": 1000000, "multipleOf": 0.01},
+            ],
+            "example": "19.99",
+            **kwargs.pop("metadata", {}),
+        }
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and re.fullmatch(PRICE_PATTERN, value):
+            return Decimal(value).quantize(MIN_PRICE)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # A JSON 19.99 arrives as the nearest float: round to cents, refuse 19.999.
+            cents = value * 100
+            if math.isfinite(cents) and abs(cents - round(cents)) < 1e-6:
+                price = Decimal(round(cents)) / 100
+                if MIN_PRICE <= price <= MAX_PRICE:
+                    return price.quantize(MIN_PRICE)
+        raise self.make_error("invalid")
 
 
 class ProblemSchema(Schema):
     """RFC 9457 problem details, the shape of every error response."""
 
-    type = fields.String(metadata={"example": "urn:flashcart:problem:sold_out"})
-    title = fields.String(metadata={"example": "Conflict"})
-    status = fields.Integer(metadata={"example": 409})
-    code = fields.String(metadata={"description": "Stable machine-readable error code."})
-    detail = fields.String()
-    errors = fields.Dict(metadata={"description": "Validation errors by field (422 only)."})
+    type = fields.String(required=True, metadata={"example": "urn:flashcart:problem:sold_out"})
+    title = fields.String(required=True, metadata={"example": "Conflict"})
+    status = fields.Integer(required=True, metadata={"example": 409})
+    code = fields.String(
+        required=True,
+        metadata={"description": "Stable machine-readable error code.", "example": "sold_out"},
+    )
+    detail = fields.String(required=True, metadata={"description": "Human-readable explanation."})
+    errors = fields.Dict(
+        metadata={"description": "Validation errors: field -> messages (422 only)."}
+    )
 
 
 class PageQuery(Schema):

@@ -74,6 +74,8 @@ class _Connections:
         self.config = config
         self._db = db
         self._redis = redis_client
+        self._redis_handed_in = redis_client is not None
+        self._probe = None
         self._pid = os.getpid()
         self._indexed = False
         self._lock = threading.Lock()
@@ -87,6 +89,7 @@ class _Connections:
                 self._indexed = False
             if self.config["REDIS_URL"] != MEMORY_URI:
                 self._redis = None
+                self._probe = None
 
     @property
     def db(self):
@@ -113,6 +116,19 @@ class _Connections:
                     )
         return self._redis
 
+    def ping_redis(self, timeout):
+        self._after_fork()
+        if self._redis_handed_in or self.config["REDIS_URL"] == MEMORY_URI:
+            return self.redis.ping()
+        if self._probe is None:
+            # Its own small pool: the probe's short timeout must not apply to real work.
+            self._probe = connect_redis(self.config["REDIS_URL"], timeout)
+        return self._probe.ping()
+
+    def ping_mongo(self, timeout):
+        with pymongo.timeout(timeout):
+            return self.db.command("ping")
+
 
 class Stores:
     """`stores.db` and `stores.redis` for the current app."""
@@ -132,6 +148,14 @@ class Stores:
     @property
     def redis(self):
         return self._connections().redis
+
+    def ping_redis(self, timeout):
+        """PING Redis; raises a redis ConnectionError/TimeoutError after `timeout` s."""
+        return self._connections().ping_redis(timeout)
+
+    def ping_mongo(self, timeout):
+        """Ping MongoDB; raises a PyMongoError after about `timeout` seconds."""
+        return self._connections().ping_mongo(timeout)
 
 
 def object_id_or_none(value):

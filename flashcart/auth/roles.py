@@ -5,9 +5,15 @@ from functools import wraps
 from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
 from flask_smorest import Blueprint
 
+from flashcart import apidoc
 from flashcart.errors import Forbidden, problem
 
 BEARER = [{"bearerAuth": []}]
+TOKEN_PROBLEMS = {
+    "token_missing": "Missing Authorization Header",
+    "token_invalid": "Not enough segments",
+    "token_expired": "The token has expired.",
+}
 
 
 class AdminOnly(Forbidden):
@@ -27,6 +33,16 @@ def auth_required(role=None):
                 raise AdminOnly()
             return view(*args, **kwargs)
 
+        wrapper = apidoc.problem(
+            401,
+            "A valid bearer token is needed: "
+            + ", ".join(f"`{code}`" for code in TOKEN_PROBLEMS)
+            + ".",
+            TOKEN_PROBLEMS,
+            headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
+        )(wrapper)
+        if role:
+            wrapper = apidoc.problems(AdminOnly)(wrapper)
         return Blueprint.doc(security=BEARER)(wrapper)
 
     return decorator

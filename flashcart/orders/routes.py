@@ -1,10 +1,11 @@
 from flask_smorest import Blueprint
 
+from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id, current_user_is_admin
 from flashcart.idempotency import idempotent
 from flashcart.orders import service
 from flashcart.orders.schemas import OrderIn, OrderListQuery, OrderOut, OrderPage
-from flashcart.schemas import ProblemSchema
+from flashcart.sales.inventory import ReservationExpired, ReservationNotFound
 
 blp = Blueprint("orders", __name__, url_prefix="/api/v1/orders", description="Checkout and orders.")
 
@@ -15,8 +16,7 @@ blp = Blueprint("orders", __name__, url_prefix="/api/v1/orders", description="Ch
 @blp.arguments(OrderIn)
 @blp.response(201, OrderOut)
 @blp.alt_response(200, schema=OrderOut, description="Retry: the order already placed.")
-@blp.alt_response(404, schema=ProblemSchema, description="No such live reservation.")
-@blp.alt_response(410, schema=ProblemSchema, description="The reservation expired.")
+@problems(ReservationNotFound, ReservationExpired)
 def place_order(data):
     """Check out a live reservation as an order (once per reservation)."""
     order, created = service.place_order(user_id=current_user_id(), **data)
@@ -35,7 +35,7 @@ def list_orders(query):
 @blp.route("/<order_id>", methods=["GET"])
 @auth_required()
 @blp.response(200, OrderOut)
-@blp.alt_response(404, schema=ProblemSchema, description="No such order of yours.")
+@problems(service.OrderNotFound)
 def get_order(order_id):
     """One of the caller's orders (an admin may read any)."""
     return service.get_order(
@@ -46,8 +46,7 @@ def get_order(order_id):
 @blp.route("/<order_id>", methods=["DELETE"])
 @auth_required()
 @blp.response(200, OrderOut)
-@blp.alt_response(404, schema=ProblemSchema, description="No such order of yours.")
-@blp.alt_response(409, schema=ProblemSchema, description="Already cancelled.")
+@problems(service.OrderNotFound, service.OrderAlreadyCancelled, service.OrderNotCancellable)
 def cancel_order(order_id):
     """Cancel an order and put its units back on sale (owner or admin)."""
     return service.cancel_order(

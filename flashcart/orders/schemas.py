@@ -1,6 +1,6 @@
 from marshmallow import Schema, fields, validate
 
-from flashcart.schemas import PageQuery, page_schema
+from flashcart.schemas import MONEY_OUT, PageQuery, page_schema
 
 RESERVATION_ID = r"^[0-9a-f]{24}\.[A-Za-z0-9_-]{16}$"
 STATUSES = ["pending", "placed", "cancelling", "cancelled", "failed"]
@@ -21,8 +21,8 @@ class OrderOut(Schema):
     product_id = fields.String()
     product_name = fields.String()
     quantity = fields.Integer()
-    unit_price = fields.Decimal(as_string=True)
-    total = fields.Decimal(as_string=True)
+    unit_price = fields.Decimal(as_string=True, metadata=MONEY_OUT)
+    total = fields.Decimal(as_string=True, metadata=MONEY_OUT)
     status = fields.String(metadata={"enum": STATUSES})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()

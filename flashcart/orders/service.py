@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pymongo.errors
 from pymongo import ReturnDocument
 
+from flashcart import metrics
 from flashcart.errors import Conflict, NotFound
 from flashcart.extensions import stores
 from flashcart.products import service as products
@@ -124,9 +125,12 @@ def _confirm(inventory, order):
     try:
         inventory.claim(order["reservation_id"], order["user_id"], str(order["_id"]))
     except (ReservationExpired, ReservationNotFound):
-        _set_status(order["_id"], FAILED, expected=[PENDING])
+        if _set_status(order["_id"], FAILED, expected=[PENDING]):
+            metrics.order(FAILED)
         raise ReservationExpired() from None
     placed = _set_status(order["_id"], PLACED, expected=[PENDING], placed_at=datetime.now(UTC))
+    if placed:
+        metrics.order(PLACED)
     inventory.settle_claim(order["reservation_id"])
     return placed or _orders().find_one({"_id": order["_id"]})
 
@@ -177,6 +181,8 @@ def finish_cancel(inventory: Inventory, order):
     done = _set_status(
         order["_id"], CANCELLED, expected=[CANCELLING], cancelled_at=datetime.now(UTC)
     )
+    if done:
+        metrics.order(CANCELLED)
     return done or _orders().find_one({"_id": order["_id"]})
 
 

@@ -1,7 +1,9 @@
 from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
+from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required
+from flashcart.http_caching import cacheable
 from flashcart.products import service
 from flashcart.products.schemas import (
     ProductIn,
@@ -10,12 +12,12 @@ from flashcart.products.schemas import (
     ProductPage,
     TrendingOut,
 )
-from flashcart.schemas import ProblemSchema
 
 blp = Blueprint("products", __name__, url_prefix="/api/v1/products", description="The catalogue.")
 
 
 @blp.route("", methods=["GET"])
+@cacheable
 @blp.arguments(ProductListQuery, location="query")
 @blp.response(200, ProductPage)
 def list_products(query):
@@ -27,7 +29,6 @@ def list_products(query):
 @auth_required("admin")
 @blp.arguments(ProductIn)
 @blp.response(201, ProductOut)
-@blp.alt_response(403, schema=ProblemSchema, description="Admins only.")
 def create_product(data):
     """Create a product for a drop (admin)."""
     return service.create_product(**data, created_by=get_jwt_identity())
@@ -41,8 +42,9 @@ def trending():
 
 
 @blp.route("/<product_id>", methods=["GET"])
+@cacheable
 @blp.response(200, ProductOut)
-@blp.alt_response(404, schema=ProblemSchema, description="Unknown product.")
+@problems(service.ProductNotFound)
 def get_product(product_id):
     """One product, from the cache when it is warm; the view counts toward trending."""
     return service.view_product(product_id)

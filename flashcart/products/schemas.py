@@ -1,26 +1,14 @@
-from decimal import Decimal
-
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from flashcart.schemas import PageQuery, page_schema
+from flashcart.schemas import MONEY_OUT, PageQuery, Price, page_schema
 
-MAX_PRICE = Decimal("1000000")
 MAX_STOCK = 1_000_000
-
-
-def _whole_cents(value):
-    if value != value.quantize(Decimal("0.01")):
-        raise ValidationError("Use at most two decimal places.")
 
 
 class ProductIn(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     description = fields.String(load_default="", validate=validate.Length(max=5000))
-    price = fields.Decimal(
-        required=True,
-        validate=[validate.Range(min=Decimal("0.01"), max=MAX_PRICE), _whole_cents],
-        metadata={"description": "Unit price, e.g. 19.99 (at most two decimals)."},
-    )
+    price = Price(required=True, metadata={"description": 'Unit price, e.g. "19.99".'})
     stock = fields.Integer(
         required=True,
         strict=True,
@@ -50,7 +38,7 @@ class ProductOut(Schema):
     id = fields.String()
     name = fields.String()
     description = fields.String()
-    price = fields.Decimal(as_string=True, metadata={"example": "19.99"})
+    price = fields.Decimal(as_string=True, metadata=MONEY_OUT)
     stock = fields.Integer(metadata={"description": "Units for the drop."})
     per_user_limit = fields.Integer()
     sale_status = fields.String(metadata={"enum": ["draft", "live", "ended", "closed"]})

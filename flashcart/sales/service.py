@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 from flask import current_app
 
-from flashcart.errors import Conflict
+from flashcart import metrics
+from flashcart.errors import Conflict, DomainError
 from flashcart.extensions import stores
 from flashcart.orders import service as orders
 from flashcart.products import service as products
@@ -18,12 +19,23 @@ class SaleAlreadyStarted(Conflict):
     code = "sale_already_started"
 
 
+class _MeteredInventory(Inventory):
+    """The engine, counting the holds it returns to stock for /metrics."""
+
+    def release(self, reservation_id, only_if_expired=True):
+        returned = super().release(reservation_id, only_if_expired)
+        if returned:
+            metrics.holds_returned(returned, "expired" if only_if_expired else "released")
+        return returned
+
+
 def inventory():
     config = current_app.config
-    return Inventory(
+    return _MeteredInventory(
         stores.redis,
         hold_seconds=config["HOLD_SECONDS"],
         max_attempts=config["RESERVE_MAX_ATTEMPTS"],
+        on_retry=metrics.WATCH_RETRIES.inc,
     )
 
 
@@ -112,6 +124,31 @@ def _explain_missing_sale(product_id):
 
 def reserve(product_id, user_id, quantity=1):
     """Hold `quantity` units for the user until the deadline."""
+    try:
+        reservation = _reserve(product_id, user_id, quantity)
+    except DomainError as error:
+        metrics.reservation(error.code)
+        raise
+    except Exception:
+        metrics.reservation("error")
+        raise
+    metrics.reservation("ok")
+    return reservation
+
+
+def live_stock():
+    """{product id: available units} for every product whose sale is in Redis."""
+    engine = inventory()
+    stock = {}
+    for product in products.products_in_sale():
+        product_id = str(product["_id"])
+        status, available = engine.available(product_id)
+        if status is not None:
+            stock[product_id] = available
+    return stock
+
+
+def _reserve(product_id, user_id, quantity):
     if object_id_or_none(product_id) is None:
         raise products.ProductNotFound()
     try:

@@ -1,0 +1,140 @@
+"""The API contract: every error answer documented in the one problem shape.
+
+`problems(ProductNotFound, SoldOut, ...)` documents the domain errors an endpoint may
+answer, grouped by status, with an example per code; `problem(status, description,
+codes)` does the same for errors that are not domain classes (token failures, rate
+limits). The spec is committed as `openapi.json` (`make openapi`) and a test keeps
+the file current.
+"""
+
+import http
+from collections import defaultdict
+
+from apispec import BasePlugin
+from flask_smorest import Api as _Api
+from flask_smorest import Blueprint
+from werkzeug.http import HTTP_STATUS_CODES
+
+from flashcart.errors import PROBLEM_JSON, handle_http_exception
+from flashcart.schemas import ProblemSchema
+
+OTHER_ERRORS = (
+    "Any other error, in the problem shape: 400 malformed JSON, 405 method not allowed, "
+    "413 body over 64 KiB, 415 unsupported media type, 429 rate limited (with "
+    "`Retry-After`), 503 a backing store is unavailable (with `Retry-After`)."
+)
+
+
+VALIDATION_EXAMPLE = {
+    "type": "urn:flashcart:problem:validation_error",
+    "title": "Unprocessable Entity",
+    "status": 422,
+    "code": "validation_error",
+    "detail": "The request did not validate; see `errors`.",
+    "errors": {"quantity": ["Must be greater than or equal to 1 and less than or equal to 100."]},
+}
+
+
+def example(status, code, detail):
+    return {
+        "type": f"urn:flashcart:problem:{code}",
+        "title": HTTP_STATUS_CODES[status],
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+
+
+def problem_response(status, description, examples=None):
+    """An OpenAPI response object: the problem shape as `application/problem+json`."""
+    media = {"schema": ProblemSchema}
+    if examples:
+        media["examples"] = {
+            code: {"summary": detail, "value": example(status, code, detail)}
+            for code, detail in examples.items()
+        }
+        if status == 422:
+            # Replaces the shared 422 of @arguments, so it keeps its example.
+            media["examples"]["validation_error"] = {
+                "summary": VALIDATION_EXAMPLE["detail"],
+                "value": VALIDATION_EXAMPLE,
+            }
+    return {"description": description, "content": {PROBLEM_JSON: media}}
+
+
+def problem(status, description, codes=None, headers=None):
+    """Document that the endpoint may answer `status`; `codes` maps code -> detail."""
+    response = problem_response(status, description, codes)
+    if headers:
+        response["headers"] = headers
+    return Blueprint.doc(responses={status: response})
+
+
+def problems(*errors):
+    """Document the domain errors (DomainError classes) an endpoint may raise."""
+    by_status = defaultdict(dict)
+    for error in errors:
+        by_status[error.status][error.code] = error.__doc__.strip()
+    docs = {}
+    for status, codes in by_status.items():
+        docs[status] = problem_response(status, HTTP_STATUS_CODES[status], codes)
+        retry_after = [e.retry_after for e in errors if e.status == status and e.retry_after]
+        if retry_after:
+            docs[status]["headers"] = {"Retry-After": RETRY_AFTER}
+    return Blueprint.doc(responses=docs)
+
+
+RETRY_AFTER = {
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+class ProblemCodes(BasePlugin):
+    """Describe each documented error answer by the codes it may carry.
+
+    Several decorators may document the same status (a route's domain errors, the
+    Idempotency-Key errors, the token errors), so the list is made once they are merged.
+    """
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            for response in operation.get("responses", {}).values():
+                examples = (
+                    response.get("content", {}).get(PROBLEM_JSON, {}).get("examples")
+                    if isinstance(response, dict)
+                    else None
+                )
+                if examples:
+                    response["description"] = ", ".join(f"`{code}`" for code in sorted(examples))
+
+
+class Api(_Api):
+    """flask-smorest's Api, answering and documenting errors as problem details."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def __init__(self, app=None, *, spec_kwargs=None, **kwargs):
+        spec_kwargs = {"extra_plugins": [ProblemCodes()], **(spec_kwargs or {})}
+        super().__init__(app, spec_kwargs=spec_kwargs, **kwargs)
+
+    def handle_http_exception(self, error):
+        return handle_http_exception(error)
+
+    def _register_responses(self):
+        # flask-smorest registers its shared error responses (the 422 of every
+        # @arguments, the `default`) as application/json; ours are problem+json.
+        for status in http.HTTPStatus:
+            if status < 400:
+                response = {"description": status.phrase}
+            elif status == 422:
+                response = problem_response(
+                    422, "`validation_error`: `errors` maps each field to its messages."
+                )
+                response["content"][PROBLEM_JSON]["example"] = VALIDATION_EXAMPLE
+            else:
+                response = problem_response(status, status.phrase)
+            self.spec.components.response(status.name, response, lazy=True)
+        self.spec.components.response(
+            self.DEFAULT_ERROR_RESPONSE_NAME, problem_response("default", OTHER_ERRORS), lazy=True
+        )

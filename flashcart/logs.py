@@ -1,0 +1,110 @@
+"""Structured logs: one line per request, request ids, and the logging set-up.
+
+Each request gets an id: the caller's `X-Request-ID` when it is usable (unsafe
+characters dropped, at most 128 kept), else a new one; it is returned in the same
+header and stamped on every log record written while the request runs. After the
+response one `flashcart.access` record says what happened. Only the method, path,
+status, timing, user id and request id are logged: never bodies, passwords, tokens
+or the Authorization header.
+"""
+
+import logging
+import re
+import sys
+import time
+import uuid
+
+from flask import g, has_request_context, request
+from flask_jwt_extended import get_jwt_identity
+from pythonjsonlogger.json import JsonFormatter
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID = 128
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:=+/-]")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+
+access_log = logging.getLogger("flashcart.access")
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp records with the id of the request they were written in."""
+
+    def filter(self, record):
+        if not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def json_formatter():
+    return JsonFormatter(
+        "{asctime}{levelname}{name}{message}",
+        style="{",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )
+
+
+def configure(level="INFO", fmt="json"):
+    """Send every log record to stderr, one line each. Safe to call again."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "flashcart", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.flashcart = True
+    handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def init_app(app):
+    # Under pytest the test runner owns logging; records still reach caplog.
+    if not app.testing:
+        configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    app.before_request(_begin)
+    app.after_request(_finish)
+
+
+def request_id_from(raw):
+    """The usable part of a caller's request id, or a new id."""
+    cleaned = _UNSAFE.sub("", raw or "")[:MAX_REQUEST_ID]
+    return cleaned or uuid.uuid4().hex
+
+
+def _begin():
+    g.request_started = time.perf_counter()
+    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+
+
+def _user_id():
+    try:
+        return get_jwt_identity()
+    except RuntimeError:  # no token was verified for this request
+        return None
+
+
+def _finish(response):
+    if "request_id" not in g:  # a before_request hook ahead of ours answered
+        _begin()
+    request_id = g.request_id
+    response.headers[REQUEST_ID_HEADER] = request_id
+    duration_ms = round((time.perf_counter() - g.request_started) * 1000, 2)
+    access_log.info(
+        "%s %s %s %.2fms",
+        request.method,
+        request.path,
+        response.status_code,
+        duration_ms,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "endpoint": request.url_rule.rule if request.url_rule else None,
+            "status": response.status_code,
+            "duration_ms": duration_ms,
+            "user_id": _user_id(),
+            "request_id": request_id,
+            "remote_addr": request.remote_addr,
+        },
+    )
+    return response

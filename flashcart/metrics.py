@@ -1,0 +1,146 @@
+"""Prometheus metrics, served at /metrics.
+
+Under gunicorn every worker is its own process, so the counters live in files:
+gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR, each worker writes its samples
+there, /metrics adds up every worker's, and the `child_exit` hook marks dead
+workers. Without that variable (`flask run`, tests) the process's own registry is
+served.
+
+Live stock is read when Prometheus scrapes, not counted as it changes: one cheap
+Redis read per product whose sale is in Redis (a handful during a drop), never a
+scan of the keyspace. It is therefore exact at scrape time, costs nothing on the
+reservation path, and needs no cross-worker gauge.
+"""
+
+import logging
+import os
+import time
+
+import pymongo.errors
+import redis.exceptions
+from flask import Blueprint, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from flashcart.sales import service as sales
+
+log = logging.getLogger(__name__)
+# The `_created` timestamp series only double the output; rate() does not need them.
+disable_created_metrics()
+
+REQUESTS = Counter(
+    "flashcart_http_requests",
+    "HTTP requests by method, endpoint (the URL rule) and status.",
+    ["method", "endpoint", "status"],
+)
+LATENCY = Histogram(
+    "flashcart_http_request_duration_seconds",
+    "Time to answer HTTP requests, by method, endpoint (the URL rule) and status.",
+    ["method", "endpoint", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RESERVATIONS = Counter(
+    "flashcart_reservations",
+    "Reservation attempts by outcome: ok, or the error code (sold_out, limit_exceeded, busy...).",
+    ["outcome"],
+)
+WATCH_RETRIES = Counter(
+    "flashcart_watch_retries",
+    "WATCH/MULTI transactions run again because another client changed a watched key.",
+)
+HOLDS_RETURNED = Counter(
+    "flashcart_holds_returned",
+    "Holds whose units went back on sale, by reason (expired).",
+    ["reason"],
+)
+UNITS_RETURNED = Counter(
+    "flashcart_held_units_returned",
+    "Units that went back on sale from holds, by reason (expired).",
+    ["reason"],
+)
+ORDERS = Counter(
+    "flashcart_orders",
+    "Orders by the state they reached: placed, failed (hold expired), cancelled.",
+    ["status"],
+)
+
+blp = Blueprint("metrics", __name__)
+
+
+def reservation(outcome):
+    RESERVATIONS.labels(outcome=outcome).inc()
+
+
+def holds_returned(units, reason="expired"):
+    HOLDS_RETURNED.labels(reason=reason).inc()
+    UNITS_RETURNED.labels(reason=reason).inc(units)
+
+
+def order(status):
+    ORDERS.labels(status=status).inc()
+
+
+def init_app(app):
+    app.before_request(_start_timer)
+    app.after_request(_observe)
+    app.register_blueprint(blp)
+
+
+def _start_timer():
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response):
+    started = g.get("metrics_started")
+    if started is None:  # a before_request hook ahead of ours answered
+        started = time.perf_counter()
+    endpoint = request.url_rule.rule if request.url_rule else "<unmatched>"
+    labels = (request.method, endpoint, str(response.status_code))
+    REQUESTS.labels(*labels).inc()
+    LATENCY.labels(*labels).observe(time.perf_counter() - started)
+    return response
+
+
+class _StockCollector:
+    def __init__(self, stock):
+        self.stock = stock
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "flashcart_stock_available",
+            "Units available now (Redis), per product whose sale is live or ending.",
+            labels=["product_id"],
+        )
+        for product_id, available in sorted(self.stock.items()):
+            family.add_metric([product_id], available)
+        yield family
+
+
+def _live_stock_registry():
+    registry = CollectorRegistry()
+    try:
+        registry.register(_StockCollector(sales.live_stock()))
+    except (redis.exceptions.RedisError, pymongo.errors.PyMongoError) as error:
+        log.warning("metrics: live stock unavailable: %s", error)
+    return registry
+
+
+@blp.route("/metrics", methods=["GET"])
+def metrics():
+    """Prometheus text exposition: this process's or all workers' samples, plus stock."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry) + generate_latest(_live_stock_registry())
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

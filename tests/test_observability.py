@@ -1,0 +1,326 @@
+"""Metrics, structured request logs, request ids and the readiness probe."""
+
+import io
+import json
+import logging
+import time
+
+import pytest
+from conftest import PASSWORD, _testing, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from flashcart import create_app, logs
+
+
+def scrape(client):
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def test_requests_are_counted_by_url_rule_and_status_not_by_raw_path(client, make_product):
+    product = make_product()
+    before = scrape(client)
+
+    client.get(f"/api/v1/products/{product['id']}")
+    client.get("/api/v1/products/ffffffffffffffffffffffff")
+    client.get("/no/such/page")
+
+    after = scrape(client)
+    rule = "/api/v1/products/<product_id>"
+    name = "flashcart_http_requests_total"
+    for status in ("200", "404"):
+        labels = {"method": "GET", "endpoint": rule, "status": status}
+        assert value(after, name, **labels) - value(before, name, **labels) == 1
+    unmatched = {"method": "GET", "endpoint": "<unmatched>", "status": "404"}
+    assert value(after, name, **unmatched) - value(before, name, **unmatched) == 1
+    assert not any(product["id"] in str(labels) for _, labels in after)
+    latency = "flashcart_http_request_duration_seconds_count"
+    labels = {"method": "GET", "endpoint": rule, "status": "200"}
+    assert value(after, latency, **labels) - value(before, latency, **labels) == 1
+
+
+def test_reservations_are_counted_by_outcome(client, make_product, make_user, headers_for):
+    product = make_product(live=True, stock=2, per_user_limit=1)
+    reserve = f"/api/v1/sales/reserve/{product['id']}"
+    first, second, third = (headers_for(make_user()) for _ in range(3))
+    before = scrape(client)
+
+    assert client.post(reserve, json={}, headers=first).status_code == 201
+    assert client.post(reserve, json={}, headers=first).json["code"] == "limit_exceeded"
+    assert client.post(reserve, json={}, headers=second).status_code == 201
+    assert client.post(reserve, json={}, headers=third).json["code"] == "sold_out"
+    assert client.post(
+        "/api/v1/sales/reserve/ffffffffffffffffffffffff", json={}, headers=third
+    ).json["code"] in ("product_not_found", "sale_not_started")
+
+    after = scrape(client)
+    name = "flashcart_reservations_total"
+    assert value(after, name, outcome="ok") - value(before, name, outcome="ok") == 2
+    for outcome in ("limit_exceeded", "sold_out"):
+        assert value(after, name, outcome=outcome) - value(before, name, outcome=outcome) == 1
+
+
+def test_orders_placed_and_cancelled_and_expired_holds_are_counted(
+    app, client, make_product, user_headers
+):
+    product = make_product(live=True, stock=5, per_user_limit=5)
+    reserve = f"/api/v1/sales/reserve/{product['id']}"
+    before = scrape(client)
+
+    held = client.post(reserve, json={"quantity": 2}, headers=user_headers).json
+    order = client.post("/api/v1/orders", json={"reservation_id": held["id"]}, headers=user_headers)
+    assert order.status_code == 201
+    cancelled = client.delete(f"/api/v1/orders/{order.json['id']}", headers=user_headers)
+    assert cancelled.status_code == 200
+
+    app.config["HOLD_SECONDS"] = 0  # the next hold expires at once
+    expiring = client.post(reserve, json={"quantity": 3}, headers=user_headers)
+    assert expiring.status_code == 201
+    time.sleep(0.01)
+    assert client.get(f"/api/v1/sales/stock/{product['id']}").json["available"] == 5
+
+    after = scrape(client)
+    orders = "flashcart_orders_total"
+    for status in ("placed", "cancelled"):
+        assert value(after, orders, status=status) - value(before, orders, status=status) == 1
+    holds = "flashcart_holds_returned_total"
+    units = "flashcart_held_units_returned_total"
+    assert value(after, holds, reason="expired") - value(before, holds, reason="expired") == 1
+    assert value(after, units, reason="expired") - value(before, units, reason="expired") == 3
+
+
+def test_live_stock_is_a_gauge_per_product_in_a_sale(client, make_product, user_headers):
+    live = make_product(live=True, stock=7)
+    draft = make_product(stock=3)
+    client.post(f"/api/v1/sales/reserve/{live['id']}", json={"quantity": 2}, headers=user_headers)
+
+    samples = scrape(client)
+
+    assert value(samples, "flashcart_stock_available", product_id=live["id"]) == 5
+    assert ("flashcart_stock_available", (("product_id", draft["id"]),)) not in samples
+
+
+def test_watch_retries_are_counted_through_the_inventory_hook(app):
+    from flashcart import metrics
+    from flashcart.sales import service as sales
+
+    before = metrics.WATCH_RETRIES._value.get()
+    with app.app_context():
+        sales.inventory().on_retry()
+    assert metrics.WATCH_RETRIES._value.get() == before + 1
+
+
+def test_metrics_still_answer_when_redis_is_down(mongo_db):
+    app = create_app(
+        _testing()
+        | {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_TIMEOUT_SECONDS": 0.2},
+        db=mongo_db,
+    )
+    mongo_db.products.insert_one({"name": "x", "sale_status": "live"})
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    assert b"flashcart_http_requests_total" in response.data
+
+
+def test_multiprocess_mode_sums_every_worker(tmp_path):
+    """What /metrics does under gunicorn: read every worker's files and add them up."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys
+from prometheus_client import Counter
+c = Counter("fc_test_hits", "hits")
+c.inc(int(sys.argv[1]))
+"""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for hits in (2, 3):
+        subprocess.run([sys.executable, "-c", script, str(hits)], env=env, check=True)
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    assert "fc_test_hits_total 5.0" in generate_latest(registry).decode()
+
+
+# -- logs and request ids -------------------------------------------------------
+
+
+@pytest.fixture
+def access_lines():
+    """The JSON lines the access logger writes, through the production formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.json_formatter())
+    handler.addFilter(logs.RequestIdFilter())
+    logger = logging.getLogger("flashcart")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def test_one_json_line_per_request_with_what_operators_need(
+    client, user, user_headers, access_lines
+):
+    response = client.get("/api/v1/orders?page=1", headers=user_headers)
+
+    (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
+    assert line["method"] == "GET"
+    assert line["path"] == "/api/v1/orders"
+    assert line["endpoint"] == "/api/v1/orders"
+    assert line["status"] == 200
+    assert isinstance(line["duration_ms"], float)
+    assert line["user_id"] == user["id"]
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    assert line["level"] == "INFO" and "time" in line
+
+
+def test_anonymous_requests_log_no_user(client, access_lines):
+    client.get("/api/v1/products")
+    (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
+    assert line["user_id"] is None
+
+
+def test_a_callers_request_id_is_kept_and_returned(client, access_lines):
+    response = client.get("/healthz", headers={"X-Request-ID": "edge-1234:abc"})
+    assert response.headers["X-Request-ID"] == "edge-1234:abc"
+    assert access_lines()[-1]["request_id"] == "edge-1234:abc"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ('abc <script>"x"; y', "abcscriptxy"),
+        ("x" * 500, "x" * logs.MAX_REQUEST_ID),
+    ],
+)
+def test_a_request_id_is_sanitised_and_capped(client, sent, kept):
+    response = client.get("/healthz", headers={"X-Request-ID": sent})
+    assert response.headers["X-Request-ID"] == kept
+
+
+def test_a_missing_or_unusable_request_id_is_generated(client):
+    first = client.get("/healthz").headers["X-Request-ID"]
+    second = client.get("/healthz", headers={"X-Request-ID": "\x7f!!"}).headers["X-Request-ID"]
+    assert len(first) == 32 and len(second) == 32 and first != second
+
+
+def test_passwords_and_tokens_never_reach_the_logs(client, user, access_lines):
+    login = client.post("/api/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+    token = login.json["access_token"]
+    client.get("/api/v1/orders", headers={"Authorization": f"Bearer {token}"})
+    client.post(
+        "/api/v1/auth/login", json={"email": user["email"], "password": "wrong-" + PASSWORD}
+    )
+
+    written = json.dumps(access_lines())
+    assert PASSWORD not in written
+    assert token not in written
+    assert "Bearer" not in written
+
+
+def test_an_unhandled_error_is_logged_once_with_its_stack_and_request_id(
+    app, client, make_product, monkeypatch, access_lines, user_headers
+):
+    from flashcart.products import service
+
+    def broken(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "list_products", broken)
+    response = client.get("/api/v1/products", headers={"X-Request-ID": "trace-1", **user_headers})
+
+    assert response.status_code == 500
+    assert response.json["code"] == "internal_error"
+    assert "boom" not in response.get_data(as_text=True)
+    errors = [entry for entry in access_lines() if entry["level"] == "ERROR"]
+    assert len(errors) == 1
+    assert "RuntimeError: boom" in errors[0]["exc_info"]
+    assert errors[0]["request_id"] == "trace-1"
+    assert user_headers["Authorization"].split()[1] not in json.dumps(access_lines())
+
+
+def test_logging_is_configured_once_however_many_apps_are_built():
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        for _ in range(3):
+            logs.configure("INFO", "json")
+        ours = [h for h in root.handlers if getattr(h, "flashcart", False)]
+        assert len(ours) == 1
+    finally:
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)
+
+
+# -- readiness -----------------------------------------------------------------
+
+
+def test_readyz_is_ready_when_both_stores_answer(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ready"}
+
+
+def test_readyz_answers_503_quickly_when_redis_does_not(mongo_db, redis_client):
+    config = _testing() | {
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "READY_TIMEOUT_SECONDS": 0.3,
+    }
+    client = create_app(config, db=mongo_db).test_client()
+
+    started = time.monotonic()
+    response = client.get("/readyz")
+
+    assert time.monotonic() - started < 2
+    assert response.status_code == 503
+    assert response.content_type == "application/problem+json"
+    assert response.json["code"] == "redis_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_readyz_answers_503_within_its_timeout_when_mongodb_does_not(redis_client, app_config):
+    config = (
+        _testing()
+        | app_config
+        | {
+            "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/flashcart",
+            "READY_TIMEOUT_SECONDS": 0.3,
+        }
+    )
+    client = create_app(config, redis_client=redis_client).test_client()
+
+    started = time.monotonic()
+    response = client.get("/readyz")
+
+    assert time.monotonic() - started < 2
+    assert response.status_code == 503
+    assert response.json["code"] == "database_unavailable"
+
+
+def test_probes_and_metrics_are_never_rate_limited(mongo_db, redis_client, app_config):
+    config = (
+        _testing() | app_config | {"RATELIMIT_ENABLED": True, "RATELIMIT_GLOBAL": "2 per minute"}
+    )
+    client = create_app(config, db=mongo_db, redis_client=redis_client).test_client()
+    for _ in range(5):
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/metrics").status_code == 200
