@@ -1,0 +1,127 @@
+"""Rate limits: on here (TestingConfig turns them off), counted in the suite's Redis."""
+
+import pytest
+from conftest import PASSWORD, _testing
+
+from flashcart import create_app
+
+LOGIN = "/api/v1/auth/login"
+
+
+@pytest.fixture
+def limited(mongo_db, redis_client, app_config):
+    """limited(**limits) -> a test client of an app with rate limits on."""
+
+    def build(**limits):
+        config = _testing() | app_config | {"RATELIMIT_ENABLED": True} | limits
+        return create_app(config, db=mongo_db, redis_client=redis_client).test_client()
+
+    return build
+
+
+def assert_limited(response):
+    assert response.status_code == 429, response.get_data(as_text=True)
+    assert response.content_type == "application/problem+json"
+    assert response.json["code"] == "too_many_requests"
+    assert response.json["status"] == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 61
+
+
+def test_counters_live_in_redis_by_default(limited, redis_client):
+    client = limited(RATELIMIT_GLOBAL="100 per minute")
+    client.get("/api/v1/products")
+    assert any(key.startswith("LIMITS:") for key in redis_client.keys("*"))
+
+
+def test_failed_logins_per_account_are_limited_even_across_addresses(limited, user):
+    client = limited(RATELIMIT_LOGIN_PER_ACCOUNT="3 per minute", RATELIMIT_LOGIN_PER_IP="")
+    wrong = {"email": user["email"], "password": "not the password"}
+
+    for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        response = client.post(LOGIN, json=wrong, environ_base={"REMOTE_ADDR": address})
+        assert response.status_code == 401
+
+    blocked = client.post(
+        LOGIN,
+        json={"email": user["email"].upper(), "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.0.0.4"},
+    )
+    assert_limited(blocked)
+    other = client.post(LOGIN, json={"email": "someone@example.com", "password": "x" * 10})
+    assert other.status_code == 401  # another account is not affected
+
+
+def test_successful_logins_do_not_use_up_the_account_limit(limited, user):
+    client = limited(RATELIMIT_LOGIN_PER_ACCOUNT="2 per minute", RATELIMIT_LOGIN_PER_IP="")
+    for _ in range(4):
+        response = client.post(LOGIN, json={"email": user["email"], "password": PASSWORD})
+        assert response.status_code == 200
+
+
+def test_login_attempts_per_address_are_limited(limited, user):
+    client = limited(RATELIMIT_LOGIN_PER_IP="2 per minute", RATELIMIT_LOGIN_PER_ACCOUNT="")
+    body = {"email": user["email"], "password": PASSWORD}
+    here = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.post(LOGIN, json=body, environ_base=here).status_code == 200
+    assert client.post(LOGIN, json=body, environ_base=here).status_code == 200
+    assert_limited(client.post(LOGIN, json=body, environ_base=here))
+    elsewhere = {"REMOTE_ADDR": "192.0.2.8"}
+    assert client.post(LOGIN, json=body, environ_base=elsewhere).status_code == 200
+
+
+def test_reservations_are_limited_per_user(limited, make_user, headers_for, mongo_db):
+    client = limited(RATELIMIT_RESERVE_PER_USER="2 per minute")
+    admin = headers_for(make_user("admin"))
+    product = client.post(
+        "/api/v1/products",
+        json={"name": "Drop", "price": "10.00", "stock": 50, "per_user_limit": 50},
+        headers=admin,
+    ).json
+    assert client.post(f"/api/v1/sales/start/{product['id']}", headers=admin).status_code == 200
+    reserve = f"/api/v1/sales/reserve/{product['id']}"
+    first, second = headers_for(make_user()), headers_for(make_user())
+
+    assert client.post(reserve, json={}, headers=first).status_code == 201
+    assert client.post(reserve, json={}, headers=first).status_code == 201
+    assert_limited(client.post(reserve, json={}, headers=first))
+    assert client.post(reserve, json={}, headers=second).status_code == 201
+
+
+def test_a_global_ceiling_per_address_covers_the_whole_api(limited):
+    client = limited(RATELIMIT_GLOBAL="3 per minute")
+    assert client.get("/api/v1/products").status_code == 200
+    assert client.get("/api/v1/products/trending").status_code == 200
+    assert client.get("/api/v1/products?page=2").status_code == 200
+    assert_limited(client.get("/api/v1/products/trending"))
+    other = client.get("/api/v1/products", environ_base={"REMOTE_ADDR": "198.51.100.1"})
+    assert other.status_code == 200
+
+
+def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(limited):
+    client = limited(RATELIMIT_GLOBAL="1 per minute", TRUSTED_PROXIES=1)
+    first = {"X-Forwarded-For": "203.0.113.1"}
+    second = {"X-Forwarded-For": "203.0.113.2"}
+    assert client.get("/api/v1/products", headers=first).status_code == 200
+    assert client.get("/api/v1/products", headers=second).status_code == 200
+    assert_limited(client.get("/api/v1/products", headers=first))
+
+
+def test_an_empty_limit_turns_it_off(limited, user):
+    client = limited(RATELIMIT_GLOBAL="", RATELIMIT_LOGIN_PER_IP="", RATELIMIT_LOGIN_PER_ACCOUNT="")
+    for _ in range(10):
+        response = client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
+        assert response.status_code == 401
+
+
+def test_limits_are_off_in_the_testing_config(client, user):
+    for _ in range(40):
+        response = client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
+        assert response.status_code == 401
+
+
+def test_ordinary_answers_carry_no_limiter_headers(limited):
+    """Only a 429 says when to retry, so a 503's own Retry-After is never overwritten."""
+    client = limited(RATELIMIT_GLOBAL="100 per minute")
+    response = client.get("/api/v1/products")
+    assert "Retry-After" not in response.headers
+    assert "X-RateLimit-Limit" not in response.headers
