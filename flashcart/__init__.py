@@ -25,6 +25,9 @@ def create_app(config=None, *, db=None, redis_client=None):
 def _configure(app, config):
     overrides = config if isinstance(config, dict) else {}
     config_class = config if isinstance(config, type) else load_config(overrides.get("ENV_NAME"))
+    if overrides:
+        # Checked with the overrides applied, so a dict cannot slip past production's rules.
+        config_class = type(config_class.__name__, (config_class,), overrides)
     config_class.check()
     app.config.from_object(config_class)
     app.config.update(overrides)
@@ -34,13 +37,14 @@ def register_request_hooks(app):
     """Proxy headers, request ids and logs, metrics: ahead of every other hook."""
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from flashcart import logs, metrics
+    from flashcart import json_bodies, logs, metrics
 
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     logs.init_app(app)
     metrics.init_app(app)
+    json_bodies.init_app(app)
 
 
 def register_extensions(app, db, redis_client):

@@ -8,7 +8,7 @@ embedded in-memory backends (mongomock, fakeredis) for development and tests.
 import logging
 import os
 import threading
-from datetime import UTC
+from datetime import UTC, datetime
 
 import pymongo
 import redis
@@ -163,6 +163,12 @@ def object_id_or_none(value):
     if isinstance(value, str) and ObjectId.is_valid(value) and len(value) == 24:
         return ObjectId(value)
     return None
+
+
+def utcnow():
+    """Now in UTC, to the millisecond: what MongoDB keeps, so answers match later reads."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def as_utc(moment):

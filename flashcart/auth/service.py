@@ -1,7 +1,5 @@
 """Accounts: sign-up, login, roles and tokens."""
 
-from datetime import UTC, datetime
-
 import pymongo.errors
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -10,7 +8,7 @@ from flask_jwt_extended import create_access_token
 
 from flashcart.errors import Conflict, Unauthorized
 from flashcart.extensions import stores
-from flashcart.stores import as_utc, object_id_or_none
+from flashcart.stores import as_utc, object_id_or_none, utcnow
 
 USER, ADMIN = "user", "admin"
 ROLES = (USER, ADMIN)
@@ -63,7 +61,7 @@ def public(user):
 
 def register(*, email, password, name, role=USER):
     """Create an account. Sign-up always passes the default role."""
-    now = datetime.now(UTC)
+    now = utcnow()
     user = {
         "email": normalise_email(email),
         "name": name,
@@ -133,7 +131,7 @@ def ensure_admin(*, email, password=None, name="Administrator"):
             return register(email=email, password=password, name=name, role=ADMIN), True
         except EmailTaken:
             existing = _users().find_one({"email": email})
-    changes = {"role": ADMIN, "updated_at": datetime.now(UTC)}
+    changes = {"role": ADMIN, "updated_at": utcnow()}
     if password:
         changes["password_hash"] = _hasher().hash(password)
     _users().update_one({"_id": existing["_id"]}, {"$set": changes})

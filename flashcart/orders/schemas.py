@@ -2,7 +2,7 @@ from marshmallow import Schema, fields, validate
 
 from flashcart.schemas import MONEY_OUT, PageQuery, page_schema
 
-RESERVATION_ID = r"^[0-9a-f]{24}\.[A-Za-z0-9_-]{16}$"
+RESERVATION_ID = r"^[0-9a-f]{24}\.[A-Za-z0-9_-]{16}\Z"
 STATUSES = ["pending", "placed", "cancelling", "cancelled", "failed"]
 
 

@@ -7,7 +7,7 @@ placed order to `cancelling`, restores its units exactly once, then marks it
 `cancelled`. A process that dies between steps leaves a state the sweeper finishes.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pymongo.errors
 from pymongo import ReturnDocument
@@ -18,7 +18,7 @@ from flashcart.extensions import stores
 from flashcart.products import service as products
 from flashcart.sales import service as sales
 from flashcart.sales.inventory import Inventory, ReservationExpired, ReservationNotFound
-from flashcart.stores import as_utc, object_id_or_none, page_of
+from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
 PENDING, PLACED, CANCELLING, CANCELLED, FAILED = (
     "pending",
@@ -70,13 +70,13 @@ def public(doc):
 def _set_status(order_id, status, expected, **fields):
     return _orders().find_one_and_update(
         {"_id": order_id, "status": {"$in": list(expected)}},
-        {"$set": {"status": status, "updated_at": datetime.now(UTC), **fields}},
+        {"$set": {"status": status, "updated_at": utcnow(), **fields}},
         return_document=ReturnDocument.AFTER,
     )
 
 
 def _pending_order(hold, product):
-    now = datetime.now(UTC)
+    now = utcnow()
     return {
         "reservation_id": hold.id,
         "user_id": hold.user_id,
@@ -93,46 +93,61 @@ def _pending_order(hold, product):
 def place_order(*, user_id, reservation_id):
     """Turn the user's live reservation into a placed order.
 
-    Returns (order, created). A retry for the same reservation returns the same
-    order with created=False; it never makes a second one.
+    Returns (order, created): created is true for the one request that placed
+    it. A retry or a concurrent duplicate gets the same order; never a second.
     """
     inventory = sales.inventory()
     order = _orders().find_one({"reservation_id": reservation_id})
     if order is None:
-        hold = inventory.get_hold(reservation_id)
-        if hold is None or hold.user_id != user_id:
-            raise ReservationNotFound()
-        if hold.expires_at <= inventory.clock():
-            inventory.release(reservation_id)
-            raise ReservationExpired()
-        product = products.find(hold.product_id)
-        order = _pending_order(hold, product)
-        try:
-            _orders().insert_one(order)
-        except pymongo.errors.DuplicateKeyError:
-            order = _orders().find_one({"reservation_id": reservation_id})
+        order = _start_checkout(inventory, user_id, reservation_id)
     if order["user_id"] != user_id:
         raise ReservationNotFound()
+    created = False
+    if order["status"] == PENDING:
+        order, created = _confirm(inventory, order)
     if order["status"] == FAILED:
         raise ReservationExpired()
-    if order["status"] != PENDING:
-        return public(order), False
-    return public(_confirm(inventory, order)), True
+    return public(order), created
+
+
+def _start_checkout(inventory, user_id, reservation_id):
+    """Write the pending order for the user's live hold (or find the one written)."""
+    hold = inventory.get_hold(reservation_id)
+    if hold is None or hold.user_id != user_id:
+        # A concurrent checkout may have claimed the hold a moment ago.
+        order = _orders().find_one({"reservation_id": reservation_id})
+        if order is None:
+            raise ReservationNotFound()
+        return order
+    if hold.expires_at <= inventory.clock():
+        inventory.release(reservation_id)
+        raise ReservationExpired()
+    order = _pending_order(hold, products.find(hold.product_id))
+    try:
+        _orders().insert_one(order)
+    except pymongo.errors.DuplicateKeyError:
+        return _orders().find_one({"reservation_id": reservation_id})
+    return order
 
 
 def _confirm(inventory, order):
-    """Claim the pending order's hold, then mark the order placed."""
+    """Claim the pending order's hold, then mark the order placed (or failed).
+
+    Returns (order as it now stands, whether this call placed it): a concurrent
+    request may have placed it first.
+    """
     try:
         inventory.claim(order["reservation_id"], order["user_id"], str(order["_id"]))
     except (ReservationExpired, ReservationNotFound):
-        if _set_status(order["_id"], FAILED, expected=[PENDING]):
+        failed = _set_status(order["_id"], FAILED, expected=[PENDING])
+        if failed:
             metrics.order(FAILED)
-        raise ReservationExpired() from None
-    placed = _set_status(order["_id"], PLACED, expected=[PENDING], placed_at=datetime.now(UTC))
+        return failed or _orders().find_one({"_id": order["_id"]}), False
+    placed = _set_status(order["_id"], PLACED, expected=[PENDING], placed_at=utcnow())
     if placed:
         metrics.order(PLACED)
     inventory.settle_claim(order["reservation_id"])
-    return placed or _orders().find_one({"_id": order["_id"]})
+    return placed or _orders().find_one({"_id": order["_id"]}), placed is not None
 
 
 def _visible_order(order_id, user_id, is_admin):
@@ -157,17 +172,20 @@ def list_orders(*, user_id, is_admin=False, page=1, per_page=20, status=None):
 
 
 def cancel_order(*, order_id, user_id, is_admin=False):
-    """Cancel a placed order and put its units back on sale, exactly once."""
+    """Cancel a placed order and put its units back on sale, exactly once.
+
+    Only the request that moves the order out of `placed` answers; a duplicate
+    gets a 409 (the sweeper finishes a cancel that a crash interrupted).
+    """
     order = _visible_order(order_id, user_id, is_admin)
     if order["status"] == PLACED:
-        order = _set_status(order["_id"], CANCELLING, expected=[PLACED]) or _orders().find_one(
-            {"_id": order["_id"]}
-        )
-    if order["status"] == CANCELLED:
+        cancelling = _set_status(order["_id"], CANCELLING, expected=[PLACED])
+        if cancelling is not None:
+            return public(finish_cancel(sales.inventory(), cancelling))
+        order = _orders().find_one({"_id": order["_id"]})
+    if order["status"] in (CANCELLING, CANCELLED):
         raise OrderAlreadyCancelled()
-    if order["status"] != CANCELLING:
-        raise OrderNotCancellable(f"An order that is {order['status']} cannot be cancelled.")
-    return public(finish_cancel(sales.inventory(), order))
+    raise OrderNotCancellable(f"An order that is {order['status']} cannot be cancelled.")
 
 
 def finish_cancel(inventory: Inventory, order):
@@ -177,10 +195,8 @@ def finish_cancel(inventory: Inventory, order):
     )
     if not restored:
         # The sale may be closed: its written-back figures take the units instead.
-        products.return_unsold(order["product_id"], order["quantity"])
-    done = _set_status(
-        order["_id"], CANCELLED, expected=[CANCELLING], cancelled_at=datetime.now(UTC)
-    )
+        products.return_unsold(order["product_id"], str(order["_id"]), order["quantity"])
+    done = _set_status(order["_id"], CANCELLED, expected=[CANCELLING], cancelled_at=utcnow())
     if done:
         metrics.order(CANCELLED)
     return done or _orders().find_one({"_id": order["_id"]})
@@ -189,15 +205,13 @@ def finish_cancel(inventory: Inventory, order):
 def recover_pending(inventory: Inventory, order):
     """Finish a checkout that stopped half-way: placed if its hold can be claimed
     (or already was), failed otherwise. Returns the order's new status."""
-    try:
-        return _confirm(inventory, order)["status"]
-    except ReservationExpired:
-        return FAILED
+    order, _ = _confirm(inventory, order)
+    return order["status"]
 
 
 def stale(status, older_than_seconds):
     """Orders stuck in `status` for longer than the given time (crash leftovers)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     return list(_orders().find({"status": status, "updated_at": {"$lt": cutoff}}))
 
 

@@ -1,7 +1,7 @@
 """The catalogue: products in MongoDB, a read-through cache and view counts in Redis."""
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from flask import current_app
@@ -9,7 +9,7 @@ from flask import current_app
 from flashcart.errors import Conflict, NotFound
 from flashcart.extensions import stores
 from flashcart.sales.inventory import product_prefix
-from flashcart.stores import as_utc, object_id_or_none, page_of
+from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
 # draft -> live -> ended (no new reservations) -> closed (figures written back).
 DRAFT, LIVE, ENDED, CLOSED = "draft", "live", "ended", "closed"
@@ -101,7 +101,7 @@ def create_product(
     ends_at=None,
     created_by=None,
 ):
-    now = datetime.now(UTC)
+    now = utcnow()
     doc = {
         "name": name,
         "description": description,
@@ -176,7 +176,7 @@ def set_sale_status(product_id, status, expected):
     """
     doc = _products().find_one_and_update(
         {"_id": object_id_or_none(product_id), "sale_status": {"$in": list(expected)}},
-        {"$set": {"sale_status": status, "updated_at": datetime.now(UTC)}},
+        {"$set": {"sale_status": status, "updated_at": utcnow()}},
         return_document=True,
     )
     stores.redis.delete(cache_key(product_id))
@@ -188,7 +188,7 @@ def add_stock(product_id, quantity, allowed):
     find(product_id)
     doc = _products().find_one_and_update(
         {"_id": object_id_or_none(product_id), "sale_status": {"$in": list(allowed)}},
-        {"$inc": {"stock": quantity}, "$set": {"updated_at": datetime.now(UTC)}},
+        {"$inc": {"stock": quantity}, "$set": {"updated_at": utcnow()}},
         return_document=True,
     )
     if doc is None:
@@ -202,17 +202,21 @@ def products_in_sale(statuses=(LIVE, ENDED)):
     return list(_products().find({"sale_status": {"$in": list(statuses)}}))
 
 
-def return_unsold(product_id, quantity):
-    """A cancel after the sale closed: move its units from sold to unsold."""
+def return_unsold(product_id, order_id, quantity):
+    """A cancel after the sale closed: move its units from sold to unsold, once."""
     _products().update_one(
-        {"_id": object_id_or_none(product_id), "sale_status": CLOSED},
-        {"$inc": {"sold": -quantity, "unsold": quantity}},
+        {
+            "_id": object_id_or_none(product_id),
+            "sale_status": CLOSED,
+            "returned_orders": {"$ne": order_id},
+        },
+        {"$inc": {"sold": -quantity, "unsold": quantity}, "$push": {"returned_orders": order_id}},
     )
 
 
 def record_close(product_id, *, sold, unsold):
     """Write a finished sale's figures back and mark it closed."""
-    now = datetime.now(UTC)
+    now = utcnow()
     _products().update_one(
         {"_id": object_id_or_none(product_id), "sale_status": ENDED},
         {

@@ -31,6 +31,7 @@ from flashcart.errors import Busy, Conflict, DomainError, NotFound
 LIVE = "live"
 ENDED = "ended"
 DEFAULT_STRIPES = 16
+RESTORED_MARK_SECONDS = 7 * 24 * 3600
 MAX_STRIPES = 64
 
 
@@ -256,7 +257,8 @@ class Inventory:
         `pipe.multi()`. A WatchError means another client changed a watched key:
         wait a little (full jitter, growing) and run the whole body again.
         """
-        for attempt in range(self.max_attempts):
+        attempt = looks = 0
+        while attempt < self.max_attempts and looks <= MAX_STRIPES:
             with self.redis.pipeline() as pipe:
                 try:
                     result = body(pipe)
@@ -264,11 +266,13 @@ class Inventory:
                         pipe.execute()
                     return result
                 except _LookAgain:
+                    looks += 1  # a fresh choice, not contention: no backoff, no attempt used
                     continue
                 except redis.WatchError:
                     if self.on_retry:
                         self.on_retry()
                     time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
+                    attempt += 1
         raise Busy()
 
     # -- sale lifecycle -------------------------------------------------------
@@ -613,18 +617,24 @@ class Inventory:
     def restore(self, product_id, order_id, user_id, quantity):
         """Put a cancelled order's units back on sale, exactly once per order.
 
-        Returns False if they were already restored or the sale is not in Redis
-        (then MongoDB is the truth and `flask audit --repair` rebuilds Redis).
+        Returns True only when the units went back into a live sale. With no sale
+        in Redis (closed, or lost) it leaves the order in `restored` all the same:
+        a rebuild racing this cancel then starts over, and every later rebuild
+        counts the units as returned.
         """
         keys = Keys(product_id)
 
         def body(pipe):
             pipe.watch(keys.restored, keys.sale)
-            stripes = pipe.hget(keys.sale, "stripes")
-            if stripes is None or pipe.sismember(keys.restored, order_id):
+            if pipe.sismember(keys.restored, order_id):
                 return False
+            stripes = pipe.hget(keys.sale, "stripes")
             pipe.multi()
             pipe.sadd(keys.restored, order_id)
+            if stripes is None:
+                # Only orders still `cancelling` need the mark; let a closed sale's go.
+                pipe.expire(keys.restored, RESTORED_MARK_SECONDS)
+                return False
             self._give_back(pipe, keys, stripes, user_id, quantity)
             pipe.decrby(keys.sold, quantity)
             return True
