@@ -1,0 +1,704 @@
+"""Chaos: a drop under load on real gunicorn workers while Redis restarts and a worker dies.
+
+The set-up is as close to production as this machine allows:
+- the API runs in gunicorn (sync workers, real processes, loopback HTTP);
+- Redis is a real redis-server without persistence, restarted once mid-drop (its data
+  is lost, as after a failover to an empty replica);
+- MongoDB, which does not exist here, is one mongomock database owned by a separate
+  process and shared by every worker and by the test (tests/chaos_app.py);
+- a sweeper runs beside the API (like `flask sweep --every`, with SWEEP_GRACE_SECONDS
+  0, so it also races checkouts and cancels still in flight), and after the Redis
+  restart the operator runs the documented `audit --repair` then `sweep`.
+
+Then one worker is SIGKILLed mid-drop (gunicorn respawns it). After the load stops the
+test runs the recovery (sweep, audit --repair, sweep) and checks the durable truth:
+
+    total == available + held + sold, with sold == units of placed orders in MongoDB
+
+and Redis `sold` equal to it, nobody over the per-user limit, one order per
+reservation, and an audit that is clean (drift 0, oversold 0).
+"""
+
+import collections
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import chaos_app
+import pytest
+import redis
+from conftest import RedisServer, free_port
+
+from flashcart import create_app
+from flashcart.auth import service as accounts
+from flashcart.orders import service as order_service
+from flashcart.sales import recovery
+from flashcart.sales import service as sale_service
+from flashcart.sales.inventory import Keys
+from flashcart.stores import object_id_or_none
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None,
+        reason="no redis-server binary: the chaos test restarts a real Redis server",
+    ),
+]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+STOCK = 300
+LIMIT = 3
+USERS = 160
+CLIENTS = 32
+WORKERS = 4
+HOLD_SECONDS = 2
+SWEEP_EVERY = 0.5
+LOAD_SECONDS = 27
+RESTART_AT = 7  # seconds into the load
+REPAIR_DELAY = 1.0  # the operator reacts to the alert
+KILL_AT = 16
+HTTP_TIMEOUT = 10
+JOIN_TIMEOUT = 30
+# What "a meaningful number" of successes is, per phase of the drop.
+MIN_RESERVATIONS = 40
+MIN_ORDERS = 15
+
+AUDIT_FIGURES = (
+    "in_redis",
+    "sold",
+    "redis_sold",
+    "held",
+    "available",
+    "drift",
+    "oversold",
+    "users_over_limit",
+    "limit_counts_off",
+    "ok",
+    "repaired",
+)
+EXPECTED_REFUSALS = {"sold_out", "insufficient_stock", "limit_exceeded"}
+
+
+# -- plumbing ---------------------------------------------------------------------
+
+
+class Api:
+    """Plain HTTP/1.1 to the gunicorn server (sync workers close every connection)."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def call(self, method, path, token=None, body=None, headers=None):
+        """(status, json body, error kind): status None when the connection failed."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
+        sent = dict(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            return None, {}, f"connection:{type(error).__name__}"
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = {}
+        return response.status, payload, payload.get("code", "") if response.status >= 400 else ""
+
+
+class Gunicorn:
+    """`gunicorn chaos_app:make_app()` with WORKERS sync workers on a free port."""
+
+    def __init__(self, env, workdir):
+        self.port = free_port()
+        self.log_path = os.path.join(workdir, "gunicorn.log")
+        self.workdir = workdir
+        self.env = env
+        self.process = None
+        self._log = None
+
+    def start(self):
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--pythonpath",
+            f"{ROOT},{os.path.join(ROOT, 'tests')}",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(WORKERS),
+            "--worker-class",
+            "sync",
+            "--timeout",
+            "30",
+            "--graceful-timeout",
+            "5",
+            "--max-requests",
+            "0",
+            "--log-level",
+            "info",
+            "chaos_app:make_app()",
+        ]
+        # cwd is a scratch directory, so the production gunicorn.conf.py is not read.
+        self.process = subprocess.Popen(
+            command, cwd=self.workdir, env=self.env, stdout=self._log, stderr=self._log
+        )
+        return self
+
+    def workers(self):
+        """Pids of the master's live children (its workers), read from /proc."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                if fields[0] != "Z" and int(fields[1]) == self.process.pid:
+                    pids.append(int(entry))
+        return sorted(pids)
+
+    def wait_ready(self, api, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"gunicorn exited:\n{self.log_tail()}"
+            if len(self.workers()) == WORKERS and api.call("GET", "/readyz")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines=40):
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return "".join(log.readlines()[-lines:])
+        return ""
+
+    def log_lines(self, needle):
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return [line.strip() for line in log if needle in line]
+        return []
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            workers = self.workers()
+            self.process.terminate()  # graceful: the master stops its workers
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            for pid in workers:  # by id, in case the master could not stop them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class Recorder:
+    """Outcome counts and timestamped successes, shared by the client threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.outcomes = collections.Counter()
+        self.events = []  # (monotonic time, op, status, code)
+        self.confirmed = set()  # reservation ids whose checkout answered 200/201
+        self.refused = set()  # reservation ids whose checkout answered 404/410
+        self.late_checkouts_accepted = []
+        self.placed_by_user = collections.defaultdict(list)
+        self.abandoned = collections.deque(maxlen=500)
+
+    def record(self, op, status, code, ok):
+        with self.lock:
+            self.outcomes[(op, status, code)] += 1
+            self.events.append((time.monotonic(), op, status, code, ok))
+
+    def count(self, op, start=0.0, end=float("inf"), ok=True):
+        """How many `op` calls succeeded (or failed, ok=False) between start and end."""
+        with self.lock:
+            return sum(
+                1
+                for moment, kind, _, _, success in self.events
+                if kind == op and success == ok and start <= moment < end
+            )
+
+    def failures(self, start, end, codes):
+        with self.lock:
+            return sum(
+                1
+                for moment, _, status, code, _ in self.events
+                if start <= moment < end and (status is None or code in codes)
+            )
+
+    def errors(self):
+        with self.lock:
+            return collections.Counter(
+                {
+                    f"{op} {status or '-'} {code}".strip(): n
+                    for (op, status, code), n in self.outcomes.items()
+                    if status is None or status >= 400
+                }
+            )
+
+    def total(self):
+        with self.lock:
+            return sum(self.outcomes.values())
+
+
+class Shop:
+    """The shoppers: reserve, check out, abandon, cancel, and retry like real clients."""
+
+    def __init__(self, api, recorder, product_id, tokens):
+        self.api = api
+        self.rec = recorder
+        self.product_id = product_id
+        self.tokens = tokens  # user id -> access token
+        self.users = sorted(tokens)
+        self.stop = threading.Event()
+
+    def run(self, seed):
+        rng = random.Random(seed)
+        while not self.stop.is_set():
+            self.shop_once(rng)
+
+    def shop_once(self, rng):
+        user = rng.choice(self.users)
+        if rng.random() < 0.05:
+            self.late_checkout(rng)
+        status, body, code = self.api.call(
+            "POST",
+            f"/api/v1/sales/reserve/{self.product_id}",
+            self.tokens[user],
+            {"quantity": rng.choice((1, 1, 2))},
+        )
+        self.rec.record("reserve", status, code, status == 201)
+        if status != 201:
+            if code in EXPECTED_REFUSALS and rng.random() < 0.5:
+                self.regret(user, rng)  # make room, as shoppers who change their mind do
+            else:
+                time.sleep(0.02)
+            return
+        if rng.random() < 0.2:
+            with self.rec.lock:
+                self.rec.abandoned.append((body["id"], user, time.monotonic()))
+            return
+        order = self.checkout(user, body["id"])
+        if order is not None and rng.random() < 0.2:
+            self.cancel(user, order)
+        elif order is not None:
+            with self.rec.lock:
+                self.rec.placed_by_user[user].append(order)
+
+    def checkout(self, user, reservation_id):
+        """Check out, retrying a lost answer with the same Idempotency-Key."""
+        key = uuid.uuid4().hex
+        for _attempt in range(3):
+            status, body, code = self.api.call(
+                "POST",
+                "/api/v1/orders",
+                self.tokens[user],
+                {"reservation_id": reservation_id},
+                headers={"Idempotency-Key": key},
+            )
+            self.rec.record("checkout", status, code, status in (200, 201))
+            if status in (200, 201):
+                with self.rec.lock:
+                    self.rec.confirmed.add(reservation_id)
+                return body["id"]
+            if status is not None and status < 500:
+                if status in (404, 410):
+                    with self.rec.lock:
+                        self.rec.refused.add(reservation_id)
+                return None
+            time.sleep(0.2)
+        return None
+
+    def cancel(self, user, order_id):
+        status, _, code = self.api.call("DELETE", f"/api/v1/orders/{order_id}", self.tokens[user])
+        self.rec.record("cancel", status, code, status == 200)
+
+    def regret(self, user, rng):
+        with self.rec.lock:
+            orders = self.rec.placed_by_user[user]
+            order = orders.pop(rng.randrange(len(orders))) if orders else None
+        if order is not None:
+            self.cancel(user, order)
+
+    def late_checkout(self, rng):
+        """Try to check out a reservation abandoned longer ago than HOLD_SECONDS."""
+        cutoff = time.monotonic() - HOLD_SECONDS - 0.5
+        with self.rec.lock:
+            stale = [item for item in self.rec.abandoned if item[2] < cutoff]
+            if not stale:
+                return
+            item = rng.choice(stale)
+            self.rec.abandoned.remove(item)
+        reservation_id, user, _ = item
+        status, _, code = self.api.call(
+            "POST", "/api/v1/orders", self.tokens[user], {"reservation_id": reservation_id}
+        )
+        self.rec.record("late_checkout", status, code, False)
+        if status in (200, 201):
+            with self.rec.lock:
+                self.rec.late_checkouts_accepted.append(reservation_id)
+
+
+class Sweeper:
+    """`flask sweep --every SWEEP_EVERY` beside the API, in a thread of the test."""
+
+    def __init__(self, app):
+        self.app = app
+        self.stop = threading.Event()
+        self.done = collections.Counter()
+        self.failures = collections.Counter()
+
+    def run(self):
+        while not self.stop.wait(SWEEP_EVERY):
+            try:
+                with self.app.app_context():
+                    self.done.update(recovery.sweep())
+            except Exception as error:  # noqa: BLE001 (a sweeper keeps going, like the CLI)
+                self.failures[type(error).__name__] += 1
+
+
+def operator_repair(app, attempts=20):
+    """The runbook after losing Redis: `audit --repair`, then `sweep`."""
+    for attempt in range(attempts):
+        try:
+            with app.app_context():
+                rows = recovery.audit(repair=True)
+                recovery.sweep()
+            return rows, attempt
+        except Exception:  # noqa: BLE001 (the operator runs it again)
+            time.sleep(0.3)
+    raise AssertionError(f"audit --repair kept failing {attempts} times during the drop")
+
+
+def kill_a_worker(server, api):
+    """SIGKILL one worker; wait until gunicorn has reaped it and booted a replacement."""
+    before = server.workers()
+    booted_before = len(server.log_lines("Booting worker with pid"))
+    victim = random.choice(before)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    deadline = killed_at + 20
+    while time.monotonic() < deadline:
+        now = server.workers()
+        reaped = not os.path.exists(f"/proc/{victim}")
+        booted = [
+            int(line.rsplit(":", 1)[1])
+            for line in server.log_lines("Booting worker with pid")[booted_before:]
+        ]
+        if (
+            reaped
+            and booted
+            and set(booted) <= set(now)
+            and len(now) == WORKERS
+            and api.call("GET", "/healthz")[0] == 200
+        ):
+            return {
+                "victim": victim,
+                "replacement": booted,
+                "at": killed_at,
+                "workers": (before, now),
+                "master_saw": server.log_lines(f"pid:{victim}) was sent SIGKILL"),
+            }
+        time.sleep(0.05)
+    raise AssertionError(f"worker {victim} was not replaced:\n{server.log_tail()}")
+
+
+def wait_until(moment, stop_if_dead=None):
+    while time.monotonic() < moment:
+        if stop_if_dead is not None:
+            assert stop_if_dead.process.poll() is None, stop_if_dead.log_tail()
+        time.sleep(0.05)
+
+
+# -- the durable truth after recovery -----------------------------------------------
+
+
+def truth(app, product_id):
+    """What MongoDB and Redis say once the drop is over, for the assertions."""
+    with app.app_context():
+        db = app.extensions["flashcart.stores"].db
+        engine = sale_service.inventory()
+        product = db.products.find_one({"_id": object_id_or_none(product_id)})
+        orders = list(db.orders.find({"product_id": product_id}))
+        placed = [o for o in orders if o["status"] == order_service.PLACED]
+        held_by_user = collections.Counter()
+        for hold in engine.holds(product_id):
+            held_by_user[hold.user_id] += hold.quantity
+        owned = collections.Counter()
+        for order in placed:
+            owned[order["user_id"]] += order["quantity"]
+        owned.update(held_by_user)
+        return {
+            "total": product["stock"],
+            "snapshot": engine.snapshot(product_id),
+            "redis_sold": int(engine.redis.get(Keys(product_id).sold) or 0),
+            "sold": sum(o["quantity"] for o in placed),
+            "by_status": collections.Counter(o["status"] for o in orders),
+            "per_reservation": collections.Counter(o["reservation_id"] for o in orders),
+            "status_of": {o["reservation_id"]: o["status"] for o in orders},
+            "owned": owned,
+            "redis_units": engine.user_units(product_id),
+        }
+
+
+# -- the test -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def chaos_rig():
+    """A redis-server, the shared MongoDB process and gunicorn, all torn down after."""
+    workdir = tempfile.mkdtemp(prefix="flashcart-chaos-")
+    redis_server = RedisServer()
+    manager = server = redis_client = None
+    try:
+        redis_server.start()
+        manager = chaos_app.start_server(multiprocessing.get_context("fork"))
+        shared_db = chaos_app.SharedDatabase(manager.address, manager.chaos_authkey)
+        redis_client = redis.Redis.from_url(
+            redis_server.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
+        app = create_app(
+            chaos_app.settings(redis_server.url, HOLD_SECONDS),
+            db=shared_db,
+            redis_client=redis_client,
+        )
+        env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+        env.update(shared_db.env())
+        env.update(
+            FLASHCART_ENV="testing",
+            PYTHONUNBUFFERED="1",
+            **{
+                chaos_app.ENV_REDIS_URL: redis_server.url,
+                chaos_app.ENV_HOLD_SECONDS: str(HOLD_SECONDS),
+            },
+        )
+        server = Gunicorn(env, workdir).start()
+        yield {"app": app, "redis": redis_server, "gunicorn": server, "db": shared_db}
+    finally:
+        if server is not None:
+            server.stop()
+        if redis_client is not None:
+            redis_client.close()
+        if manager is not None:
+            manager.shutdown()
+        redis_server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(redis_server.dir, ignore_errors=True)
+
+
+def set_up_drop(app, api):
+    """An admin, USERS shoppers with tokens, and a live product (through the API)."""
+    with app.app_context():
+        admin = accounts.register(
+            email="chaos-admin@example.com", password="correct horse", name="A", role="admin"
+        )
+        admin_token = accounts.issue_token(admin)["access_token"]
+        tokens = {}
+        for n in range(USERS):
+            user = accounts.register(
+                email=f"shopper{n}@example.com", password="correct horse", name=f"S{n}"
+            )
+            tokens[user["id"]] = accounts.issue_token(user)["access_token"]
+    status, product, _ = api.call(
+        "POST",
+        "/api/v1/products",
+        admin_token,
+        {"name": "Chaos drop", "price": "25.00", "stock": STOCK, "per_user_limit": LIMIT},
+    )
+    assert status == 201, product
+    status, body, _ = api.call("POST", f"/api/v1/sales/start/{product['id']}", admin_token)
+    assert status == 200, body
+    return product["id"], tokens
+
+
+def run_drop(app, api, server, redis_server, product_id, tokens):
+    """The load, with both faults injected on schedule. Returns (recorder, sweeper, faults)."""
+    rec = Recorder()
+    shop = Shop(api, rec, product_id, tokens)
+    sweeper = Sweeper(app)
+    threads = [threading.Thread(target=sweeper.run, name="sweeper", daemon=True)]
+    threads += [
+        threading.Thread(target=shop.run, args=(n,), name=f"shopper-{n}", daemon=True)
+        for n in range(CLIENTS)
+    ]
+    faults = {"started": time.monotonic()}
+    try:
+        for thread in threads:
+            thread.start()
+
+        # Fault 1: Redis restarts empty (no persistence) while the drop is running.
+        wait_until(faults["started"] + RESTART_AT, server)
+        old_pid = redis_server.process.pid
+        faults["restart_at"] = time.monotonic()
+        redis_server.restart()
+        faults["redis_pids"] = (old_pid, redis_server.process.pid)
+        # Only audit --repair (or a sale start) writes the sale back: it must be gone.
+        faults["sale_lost"] = not redis.Redis(port=redis_server.port).exists(Keys(product_id).sale)
+        time.sleep(REPAIR_DELAY)
+        faults["repair_rows"], faults["repair_retries"] = operator_repair(app)
+        faults["repaired_at"] = time.monotonic()
+
+        # Fault 2: one gunicorn worker dies by SIGKILL, mid-request under this load.
+        wait_until(faults["started"] + KILL_AT, server)
+        faults["kill"] = kill_a_worker(server, api)
+        faults["replaced_at"] = time.monotonic()
+
+        wait_until(faults["started"] + LOAD_SECONDS, server)
+    finally:
+        shop.stop.set()
+        sweeper.stop.set()
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+    faults["ended"] = time.monotonic()
+    assert not [t.name for t in threads if t.is_alive()], "client threads hung"
+    return rec, sweeper, faults
+
+
+def recover(app):
+    """The runbook, at a quiet moment (SWEEP_GRACE_SECONDS is 0 throughout)."""
+    with app.app_context():
+        sweeps = [recovery.sweep(), recovery.sweep()]
+        before_repair = recovery.audit()
+        repaired = recovery.audit(repair=True)
+        sweeps.append(recovery.sweep())
+        return {
+            "sweeps": sweeps,
+            "before_repair": before_repair,
+            "repaired": repaired,
+            "final_audit": recovery.audit(),
+        }
+
+
+def audit_figures(rows):
+    return [{k: row[k] for k in AUDIT_FIGURES if k in row} for row in rows]
+
+
+def summarise(rec, sweeper, faults, recovered, state):
+    """Print the figures (before any assertion, so a failure still shows them)."""
+    started, kill = faults["started"], faults["kill"]
+    phases = {
+        "before_restart": (started, faults["restart_at"]),
+        "after_repair": (faults["repaired_at"], kill["at"]),
+        "after_kill": (faults["replaced_at"], faults["ended"]),
+    }
+    figures = {
+        "per_phase": {
+            name: {op: rec.count(op, *span) for op in ("reserve", "checkout", "cancel")}
+            for name, span in phases.items()
+        },
+        "felt_restart": rec.failures(
+            faults["restart_at"], faults["repaired_at"], {"sale_not_started", "redis_unavailable"}
+        ),
+        "cut_by_kill": rec.failures(kill["at"] - 0.5, faults["replaced_at"], set()),
+        "refused_but_sold": sorted(
+            rid
+            for rid in rec.refused
+            if state["status_of"].get(rid) in ("placed", "cancelling", "cancelled")
+        ),
+        "confirmed_but_not_sold": sorted(
+            rid
+            for rid in rec.confirmed
+            if state["status_of"].get(rid) not in ("placed", "cancelled")
+        ),
+    }
+    snap = state["snapshot"]
+    lines = [
+        f"{rec.total()} operations in {faults['ended'] - started:.1f}s ({WORKERS} gunicorn "
+        f"workers, {CLIENTS} client threads, {USERS} users, stock {STOCK}, limit {LIMIT})",
+        f"reservations ok {rec.count('reserve')}, orders placed {rec.count('checkout')}, "
+        f"cancels {rec.count('cancel')}; per phase {figures['per_phase']}",
+        f"fault 1: redis-server pid {faults['redis_pids'][0]} -> {faults['redis_pids'][1]} at "
+        f"t+{faults['restart_at'] - started:.1f}s, sale lost: {faults['sale_lost']}, "
+        f"requests failed by it: {figures['felt_restart']}; operator audit --repair "
+        f"{audit_figures(faults['repair_rows'])} ({faults['repair_retries']} retries)",
+        f"fault 2: SIGKILL worker {kill['victim']} at t+{kill['at'] - started:.1f}s, "
+        f"replaced by {kill['replacement']}, requests cut: {figures['cut_by_kill']}, "
+        f"workers before/after {kill['workers']}, gunicorn log: {kill['master_saw']}",
+        f"sweeper during load {dict(sweeper.done)}, sweeper failures {dict(sweeper.failures)}; "
+        f"final sweeps {[dict(s) for s in recovered['sweeps']]}",
+        f"orders by status {dict(state['by_status'])}; total {state['total']} = available "
+        f"{snap.available} + held {snap.held} + sold {state['sold']} "
+        f"(redis sold {state['redis_sold']})",
+        f"audit before repair {audit_figures(recovered['before_repair'])}, after repair "
+        f"{audit_figures(recovered['repaired'])}, final {audit_figures(recovered['final_audit'])}",
+        f"checkouts refused (404/410) whose order sold anyway: {len(figures['refused_but_sold'])}"
+        f"; confirmed checkouts not sold: {len(figures['confirmed_but_not_sold'])}; late "
+        f"checkouts of expired holds accepted: {len(rec.late_checkouts_accepted)}",
+        "errors by kind: " + ", ".join(f"{k}={n}" for k, n in rec.errors().most_common()),
+    ]
+    print("\nCHAOS SUMMARY\n  " + "\n  ".join(lines))
+    return figures
+
+
+@pytest.mark.timeout(150)
+def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
+    app, redis_server, server = chaos_rig["app"], chaos_rig["redis"], chaos_rig["gunicorn"]
+    api = Api(server.port)
+    server.wait_ready(api)
+    product_id, tokens = set_up_drop(app, api)
+
+    rec, sweeper, faults = run_drop(app, api, server, redis_server, product_id, tokens)
+    assert server.process.poll() is None, server.log_tail()
+    server.stop()  # a quiet moment: nothing in flight while recovering
+    recovered = recover(app)
+    state = truth(app, product_id)
+    figures = summarise(rec, sweeper, faults, recovered, state)
+
+    # The faults really happened, during the load.
+    kill = faults["kill"]
+    assert faults["redis_pids"][0] != faults["redis_pids"][1]
+    assert faults["sale_lost"], "the restarted Redis kept the sale: not the fault intended"
+    assert figures["felt_restart"], "no request noticed the Redis restart"
+    assert faults["started"] < faults["restart_at"] < kill["at"] < faults["ended"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(kill["victim"], 0)
+    assert kill["master_saw"], f"gunicorn did not report the SIGKILL: {kill}"
+    assert kill["replacement"], f"gunicorn did not spawn a replacement worker: {kill}"
+    # And the drop kept selling before, between and after them.
+    for name, done in figures["per_phase"].items():
+        assert done["reserve"] >= MIN_RESERVATIONS, (name, figures["per_phase"])
+        assert done["checkout"] >= MIN_ORDERS, (name, figures["per_phase"])
+
+    # The durable truth after recovery.
+    snap = state["snapshot"]
+    assert not state["by_status"].get("pending"), "a checkout was left half-done"
+    assert not state["by_status"].get("cancelling"), "a cancel was left half-done"
+    assert state["total"] == STOCK
+    assert state["total"] == snap.available + snap.held + state["sold"], state
+    assert snap.sold == state["sold"] == state["redis_sold"], state
+    assert snap.available >= 0
+    over = {user: n for user, n in state["owned"].items() if n > LIMIT}
+    assert not over, f"users over the limit of {LIMIT}: {over}"
+    assert state["redis_units"] == {u: n for u, n in state["owned"].items() if n}, state
+    doubles = {rid: n for rid, n in state["per_reservation"].items() if n > 1}
+    assert not doubles, f"reservations with two orders: {doubles}"
+    assert recovered["repaired"] and recovered["final_audit"]
+    for row in recovered["repaired"] + recovered["final_audit"]:
+        assert row["ok"] and row["drift"] == 0 and row["oversold"] == 0, row
+    # What clients were told holds too: an expired hold never sells, a 2xx checkout stays.
+    assert not rec.late_checkouts_accepted, rec.late_checkouts_accepted
+    assert not figures["confirmed_but_not_sold"], figures["confirmed_but_not_sold"]

@@ -1,0 +1,139 @@
+"""Production refuses unsafe settings; the app factory enforces it."""
+
+import mongomock
+import pytest
+
+import config
+from config import DEV_JWT_SECRET, MEMORY_URI, ProductionConfig, UnsafeConfigError
+from flashcart import create_app
+
+GOOD_SECRET = "k" * 48
+REAL_MONGO = "mongodb://db.internal:27017/flashcart"
+REAL_REDIS = "redis://cache.internal:6379/0"
+
+
+def production(**settings):
+    """A ProductionConfig subclass: safe by default, with `settings` on top."""
+    attributes = {
+        "MONGO_URI": REAL_MONGO,
+        "REDIS_URL": REAL_REDIS,
+        "JWT_SECRET_KEY": GOOD_SECRET,
+        "ADMIN_EMAIL": None,
+        "ADMIN_PASSWORD": None,
+    } | settings
+    return type("ProductionUnderTest", (ProductionConfig,), attributes)
+
+
+def refusal(config_class):
+    with pytest.raises(UnsafeConfigError) as caught:
+        config_class.check()
+    return str(caught.value)
+
+
+def test_a_safe_production_config_passes_the_check():
+    assert production().check() is None
+
+
+def test_production_refuses_an_in_memory_mongodb():
+    message = refusal(production(MONGO_URI=MEMORY_URI))
+
+    assert message.startswith("refusing to start in production")
+    assert "MONGO_URI" in message
+    assert "REDIS_URL" not in message
+    assert "JWT_SECRET_KEY" not in message
+
+
+def test_production_refuses_an_in_memory_redis():
+    message = refusal(production(REDIS_URL=MEMORY_URI))
+
+    assert "REDIS_URL" in message
+    assert "MONGO_URI" not in message
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [None, "", "s" * 31, DEV_JWT_SECRET],
+    ids=["missing", "empty", "31 characters", "development default"],
+)
+def test_production_refuses_a_missing_short_or_default_jwt_secret(secret):
+    message = refusal(production(JWT_SECRET_KEY=secret))
+
+    assert "JWT_SECRET_KEY" in message
+    assert "at least 32 characters" in message
+    assert "MONGO_URI" not in message
+
+
+def test_a_jwt_secret_of_exactly_32_characters_is_accepted():
+    assert production(JWT_SECRET_KEY="s" * 32).check() is None
+
+
+def test_production_lists_every_problem_at_once():
+    message = refusal(
+        production(MONGO_URI=MEMORY_URI, REDIS_URL=MEMORY_URI, JWT_SECRET_KEY=DEV_JWT_SECRET)
+    )
+
+    for setting in ("MONGO_URI", "REDIS_URL", "JWT_SECRET_KEY"):
+        assert setting in message
+
+
+def test_development_and_testing_configs_do_not_refuse_memory_backends():
+    assert config.DevelopmentConfig.check() is None
+    assert config.TestingConfig.check() is None
+
+
+def test_an_unknown_environment_name_is_refused():
+    with pytest.raises(UnsafeConfigError, match="FLASHCART_ENV='staging' is unknown"):
+        config.load_config("staging")
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        {"MONGO_URI": MEMORY_URI},
+        {"REDIS_URL": MEMORY_URI},
+        {"JWT_SECRET_KEY": "short"},
+        {"JWT_SECRET_KEY": DEV_JWT_SECRET},
+    ],
+    ids=["memory mongo", "memory redis", "short secret", "default secret"],
+)
+def test_create_app_refuses_an_unsafe_production_config_class(redis_client, unsafe):
+    with pytest.raises(UnsafeConfigError):
+        create_app(
+            production(**unsafe), db=mongomock.MongoClient().flashcart, redis_client=redis_client
+        )
+
+
+def test_create_app_builds_from_a_safe_production_config_class(redis_client):
+    app = create_app(production(), db=mongomock.MongoClient().flashcart, redis_client=redis_client)
+
+    assert app.config["ENV_NAME"] == "production"
+    assert app.config["JWT_SECRET_KEY"] == GOOD_SECRET
+    assert app.test_client().get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [{"JWT_SECRET_KEY": "short"}, {"REDIS_URL": MEMORY_URI}, {"MONGO_URI": MEMORY_URI}],
+    ids=["short secret", "memory redis", "memory mongo"],
+)
+def test_create_app_refuses_unsafe_overrides_in_production_mode(monkeypatch, redis_client, unsafe):
+    # The production class itself is safe here; the unsafe value arrives as an override.
+    for name, value in vars(production()).items():
+        if name.isupper():
+            monkeypatch.setattr(ProductionConfig, name, value)
+
+    with pytest.raises(UnsafeConfigError):
+        create_app(
+            {"ENV_NAME": "production", **unsafe},
+            db=mongomock.MongoClient().flashcart,
+            redis_client=redis_client,
+        )
+
+
+def test_create_app_can_build_more_than_one_app_in_a_process(redis_client):
+    # Workers, tests and tools build several apps; the second must not fail.
+    for _ in range(2):
+        app = create_app(
+            production(), db=mongomock.MongoClient().flashcart, redis_client=redis_client
+        )
+        assert app.config["ENV_NAME"] == "production"
