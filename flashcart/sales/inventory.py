@@ -462,6 +462,8 @@ class Inventory:
         random) while reading every stripe; a second runs MULTI/EXEC. Only when the
         chosen stripe lacks units does it look again, at stripes known to have some.
         """
+        if _sold_out_lately(product_id):
+            self._refuse_if_sold_out(product_id, quantity)
         keys = Keys(product_id)
         user_key = keys.user(user_id)
         reservation_id = new_reservation_id(product_id)
@@ -470,23 +472,21 @@ class Inventory:
         def body(pipe):
             count = plan["count"]
             chosen = plan.pop("stripes", None) or [random.randrange(count)]
-            meta, owned, stock, expired = _watch_and_read(
+            meta, (owned, *stock), expired = _watch_and_read(
                 pipe,
                 [keys.sale, user_key, *(keys.stripe(i) for i in chosen)],
                 [
-                    ("HMGET", keys.sale, "status", "limit", "stripes", "opens_at", "closes_at"),
-                    ("GET", user_key),
-                    ("MGET", *keys.stripes(count)),
+                    ("HMGET", keys.sale, *_META),
+                    ("MGET", user_key, *keys.stripes(count)),
                     ("ZCOUNT", keys.deadlines, "-inf", self.clock()),
                 ],
             )
-            status, limit, stripes, opens_at, closes_at = meta
-            _check_open(status, opens_at, closes_at, self.clock())
-            if int(stripes) != count:
-                plan["count"] = int(stripes)
+            limit, stripes = _check_open(meta, self.clock())
+            if stripes != count:
+                plan["count"] = stripes
                 raise _LookAgain()
             owned, stock = int(owned or 0), _ints(stock)
-            if owned + quantity > int(limit):
+            if owned + quantity > limit:
                 raise LimitExceeded(
                     f"The limit is {limit} per customer and you already hold or bought {owned}."
                 )
@@ -530,9 +530,21 @@ class Inventory:
             plan["returned_expired"] = True
             self.release_expired(product_id)
             raise _LookAgain()
-        if total <= 0:
-            raise SoldOut()
-        raise InsufficientStock(f"Only {total} units are available.")
+        _refuse(product_id, total, quantity)
+
+    def _refuse_if_sold_out(self, product_id, quantity):
+        """The sold-out fast path: one plain read, no transaction, while nothing is left."""
+        keys = Keys(product_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.sale, *_META)
+            pipe.mget(keys.stripes(self.stripes))
+            pipe.zcount(keys.deadlines, "-inf", self.clock())
+            meta, stock, expired = pipe.execute()
+        _, stripes = _check_open(meta, self.clock())
+        total = sum(_ints(stock))
+        if stripes == self.stripes and not expired and total < quantity:
+            _refuse(product_id, total, quantity)
+        _SOLD_OUT.pop(product_id, None)
 
     def get_hold(self, reservation_id):
         """The live or expired-but-not-yet-returned hold, or None."""
@@ -658,13 +670,37 @@ def _cover(stock, quantity):
     return chosen
 
 
-def _check_open(status, opens_at, closes_at, now):
+_META = ("status", "limit", "stripes", "opens_at", "closes_at")
+# Per process: when a reservation last found each product sold out. While recent,
+# reservations try a plain read first and answer without WATCH/MULTI.
+_SOLD_OUT = {}
+SOLD_OUT_HINT_SECONDS = 1.0
+
+
+def _sold_out_lately(product_id):
+    seen = _SOLD_OUT.get(product_id)
+    return seen is not None and time.monotonic() - seen < SOLD_OUT_HINT_SECONDS
+
+
+def _refuse(product_id, total, quantity):
+    if total <= 0:
+        if len(_SOLD_OUT) > 10_000:
+            _SOLD_OUT.clear()
+        _SOLD_OUT[product_id] = time.monotonic()
+        raise SoldOut()
+    raise InsufficientStock(f"Only {total} units are available.")
+
+
+def _check_open(meta, now):
+    """Raise unless the sale (`_META` fields) takes reservations now; (limit, stripes)."""
+    status, limit, stripes, opens_at, closes_at = meta
     if status is None:
         raise SaleNotStarted()
     if status != LIVE or (closes_at is not None and now >= float(closes_at)):
         raise SaleEnded()
     if opens_at is not None and now < float(opens_at):
         raise SaleNotOpen()
+    return int(limit), int(stripes)
 
 
 def _hold_from(reservation_id, product_id, data):

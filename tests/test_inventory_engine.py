@@ -1,0 +1,114 @@
+"""The inventory engine's own rules, on the real redis-server: stripes and fast paths."""
+
+import pytest
+from bson import ObjectId
+
+from flashcart.errors import Busy
+from flashcart.sales.inventory import (
+    InsufficientStock,
+    Inventory,
+    Keys,
+    SaleEnded,
+    SalePlan,
+    SoldOut,
+)
+
+
+def open_sale(engine, stock, limit=100):
+    product_id = str(ObjectId())
+    engine.open_sale(product_id, SalePlan("live", limit, stock, {}))
+    return product_id
+
+
+def test_units_are_spread_over_the_stripes(redis_client):
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 10)
+    stripes = [int(redis_client.get(k)) for k in Keys(product_id).stripes(4)]
+    assert stripes == [3, 3, 2, 2]
+    assert engine.available(product_id) == ("live", 10)
+
+
+def test_a_reservation_larger_than_any_stripe_takes_from_several(redis_client):
+    engine = Inventory(redis_client, stripes=8)
+    product_id = open_sale(engine, 8)  # one unit per stripe
+
+    hold = engine.reserve(product_id, "ana", 5)
+
+    assert hold.quantity == 5
+    assert engine.available(product_id) == ("live", 3)
+    with pytest.raises(InsufficientStock):
+        engine.reserve(product_id, "ben", 4)
+    engine.reserve(product_id, "ben", 3)
+    with pytest.raises(SoldOut):
+        engine.reserve(product_id, "cy", 1)
+
+
+def test_units_coming_back_after_a_sell_out_are_sold_again_at_once(redis_client):
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 1)
+    hold = engine.reserve(product_id, "ana")
+    for _ in range(3):  # the sold-out fast path is now in use
+        with pytest.raises(SoldOut):
+            engine.reserve(product_id, "ben")
+
+    assert engine.release(hold.id, only_if_expired=False) == 1
+
+    assert engine.reserve(product_id, "ben").quantity == 1
+
+
+def test_the_sold_out_fast_path_still_reports_an_ended_sale(redis_client):
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 1)
+    engine.reserve(product_id, "ana")
+    with pytest.raises(SoldOut):
+        engine.reserve(product_id, "ben")
+
+    engine.end_sale(product_id)
+
+    with pytest.raises(SaleEnded):
+        engine.reserve(product_id, "ben")
+
+
+def test_a_sale_keeps_its_stripe_count_when_the_setting_changes(redis_client):
+    product_id = open_sale(Inventory(redis_client, stripes=8), 16)
+    engine = Inventory(redis_client, stripes=2)
+
+    holds = [engine.reserve(product_id, f"user-{i}") for i in range(16)]
+
+    assert len(holds) == 16
+    with pytest.raises(SoldOut):
+        engine.reserve(product_id, "late")
+
+
+def test_restock_spreads_the_new_units_and_clears_a_sell_out(redis_client):
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 1)
+    engine.reserve(product_id, "ana")
+    with pytest.raises(SoldOut):
+        engine.reserve(product_id, "ben")
+
+    assert engine.restock(product_id, 6)
+
+    stripes = [int(redis_client.get(k)) for k in Keys(product_id).stripes(4)]
+    assert sum(stripes) == 6 and max(stripes) - min(stripes) <= 1
+    assert engine.reserve(product_id, "ben").quantity == 1
+
+
+def test_exhausted_retries_are_busy_not_a_hang(redis_client, monkeypatch):
+    from flashcart.sales import inventory
+
+    engine = Inventory(redis_client, stripes=1, max_attempts=3)
+    product_id = open_sale(engine, 5)
+    real_exec, attempts = inventory._exec_packed, []
+
+    def exec_after_a_rival_write(pipe, commands):
+        attempts.append(1)
+        redis_client.incr(Keys(product_id).stripe(0))  # another client wrote the stripe
+        return real_exec(pipe, commands)
+
+    monkeypatch.setattr(inventory, "_exec_packed", exec_after_a_rival_write)
+
+    with pytest.raises(Busy):
+        engine.reserve(product_id, "ana")
+    assert len(attempts) == 3
+    assert not redis_client.exists(Keys(product_id).user("ana"))
