@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean openapi fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ run: $(BIN)/.installed  ## Serve the API (embedded in-memory backends unless MON
 test: $(BIN)/.installed  ## Lint, then run the whole suite (starts its own redis-server)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+openapi: $(BIN)/.installed  ## Regenerate openapi.json (a test fails while it is out of date)
+	FLASHCART_ENV=testing $(BIN)/flask --app wsgi openapi write --format json openapi.json
+
+fuzz: $(BIN)/.installed  ## A bigger schemathesis run with fresh random inputs (make test runs a small one)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/pytest tests/test_fuzz.py -s
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -18,6 +18,13 @@ from werkzeug.http import HTTP_STATUS_CODES
 from flashcart.errors import PROBLEM_JSON, handle_http_exception
 from flashcart.schemas import ProblemSchema
 
+DESCRIPTION = (
+    "The backend for limited-edition product drops. Authenticate with "
+    "`Authorization: Bearer <access_token>` from `POST /api/v1/auth/login`. Every error "
+    "is an RFC 9457 problem (`application/problem+json`) with a stable `code`; 422s "
+    "add `errors` by field. Rate-limited answers are 429 with `Retry-After`. Unknown "
+    "body fields and query parameters are refused."
+)
 OTHER_ERRORS = (
     "Any other error, in the problem shape: 400 malformed JSON, 405 method not allowed, "
     "413 body over 64 KiB, 415 unsupported media type, 429 rate limited (with "
@@ -115,7 +122,11 @@ class Api(_Api):
     ERROR_SCHEMA = ProblemSchema
 
     def __init__(self, app=None, *, spec_kwargs=None, **kwargs):
-        spec_kwargs = {"extra_plugins": [ProblemCodes()], **(spec_kwargs or {})}
+        spec_kwargs = {
+            "extra_plugins": [ProblemCodes()],
+            "info": {"description": DESCRIPTION},
+            **(spec_kwargs or {}),
+        }
         super().__init__(app, spec_kwargs=spec_kwargs, **kwargs)
 
     def handle_http_exception(self, error):

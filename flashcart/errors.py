@@ -142,12 +142,16 @@ def handle_http_exception(error):
         detail, errors = " ".join(map(str, errors["_"])), None
     if status == 422:
         detail = "The request did not validate; see `errors`."
+    headers = dict(data.get("headers") or {})
+    if getattr(error, "valid_methods", None):
+        # RFC 9110: a 405 lists the methods the resource supports.
+        headers["Allow"] = ", ".join(error.valid_methods)
     return problem(
         status,
         HTTP_CODES.get(status, "error"),
         detail,
         errors=errors,
-        headers=data.get("headers"),
+        headers=headers,
     )
 
 

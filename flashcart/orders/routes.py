@@ -1,4 +1,5 @@
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id, current_user_is_admin
@@ -25,7 +26,7 @@ def place_order(data):
 
 @blp.route("", methods=["GET"])
 @auth_required()
-@blp.arguments(OrderListQuery, location="query")
+@blp.arguments(OrderListQuery, location="query", unknown=RAISE)
 @blp.response(200, OrderPage)
 def list_orders(query):
     """The caller's orders, newest first (an admin sees all)."""

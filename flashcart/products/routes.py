@@ -1,5 +1,6 @@
 from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required
@@ -18,7 +19,7 @@ blp = Blueprint("products", __name__, url_prefix="/api/v1/products", description
 
 @blp.route("", methods=["GET"])
 @cacheable
-@blp.arguments(ProductListQuery, location="query")
+@blp.arguments(ProductListQuery, location="query", unknown=RAISE)
 @blp.response(200, ProductPage)
 def list_products(query):
     """List products, newest first, a page at a time."""
