@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: run test lint bench clean openapi fuzz
+.PHONY: run test lint bench rehearse clean openapi fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed  ## Serve the API (embedded in-memory backends unless MONGO_URI/REDIS_URL are set)
 	$(BIN)/flask --app wsgi run --host 0.0.0.0 --port $(PORT)
 
-test: $(BIN)/.installed  ## Lint, then run the whole suite (starts its own redis-server)
+test: $(BIN)/.installed  ## Lint, security scan, then the whole suite (starts its own redis-server)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/bandit -q -r flashcart config.py wsgi.py -c pyproject.toml
 	$(BIN)/pytest
 
 openapi: $(BIN)/.installed  ## Regenerate openapi.json (a test fails while it is out of date)
@@ -34,3 +35,10 @@ clean:
 bench: $(BIN)/.installed  ## Benchmark: Redis level, HTTP level (wrk, gunicorn) and a drop rehearsal
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# A drop rehearsal against any FlashCart: make rehearse URL=... ADMIN_EMAIL=... ADMIN_PASSWORD=...
+SHOPPERS ?= 500
+rehearse: $(BIN)/.installed
+	$(BIN)/pip install --quiet -r loadtest/requirements.txt
+	cd loadtest && ../$(BIN)/locust -f locustfile.py --headless --only-summary \
+		-u $(SHOPPERS) -r $(SHOPPERS) -t $${DURATION:-60s} --host $(URL)

@@ -71,14 +71,27 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2):
     if tokens:
         env["WRK_TOKENS"] = tokens
     output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", LUA, url],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            LUA,
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     line = next(x for x in output.splitlines() if x.startswith("JSON_RESULT "))
-    raw = json.loads(line[len("JSON_RESULT "):])
-    errors = sum(raw[k] for k in ("errors_connect", "errors_read", "errors_write",
-                                   "errors_timeout"))
+    raw = json.loads(line[len("JSON_RESULT ") :])
+    errors = sum(
+        raw[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_timeout")
+    )
     return {
         "requests_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
         "p50_ms": raw["p50_us"] / 1000,

@@ -22,7 +22,9 @@ def _client_loop(kind, url, product_id, user_id, seconds, out):
     client = redis.Redis.from_url(url, decode_responses=True)
     retries = [0]
     if kind == "engine":
-        engine = Inventory(client, max_attempts=10_000, on_retry=lambda: retries.__setitem__(0, retries[0] + 1))
+        engine = Inventory(
+            client, max_attempts=10_000, on_retry=lambda: retries.__setitem__(0, retries[0] + 1)
+        )
     else:
         engine = ScriptReservations(client)
     latencies = []

@@ -31,12 +31,14 @@ def redis_table(url, clients_levels, seconds):
     for clients in clients_levels:
         script = redis_level.measure("script", url, clients, seconds)
         engine = redis_level.measure("engine", url, clients, seconds)
-        rows.append({
-            "clients": clients,
-            "engine": engine,
-            "script": script,
-            "ratio": engine["successes_per_s"] / script["successes_per_s"],
-        })
+        rows.append(
+            {
+                "clients": clients,
+                "engine": engine,
+                "script": script,
+                "ratio": engine["successes_per_s"] / script["successes_per_s"],
+            }
+        )
     return rows
 
 
@@ -55,13 +57,15 @@ def http_table(server, redis_url, connections_levels, seconds, tokens):
         health = http_level.wrk(server.url, "GET", "/healthz", connections, seconds)
         for name, method, path, token_file in scenarios:
             result = http_level.wrk(server.url, method, path, connections, seconds, token_file)
-            rows.append({
-                "scenario": name,
-                "connections": connections,
-                "result": result,
-                "health": health,
-                "ratio": result["requests_per_s"] / health["requests_per_s"],
-            })
+            rows.append(
+                {
+                    "scenario": name,
+                    "connections": connections,
+                    "result": result,
+                    "health": health,
+                    "ratio": result["requests_per_s"] / health["requests_per_s"],
+                }
+            )
     return rows
 
 
@@ -70,8 +74,14 @@ def drop_rehearsal(server, redis_url, units, users, connections, tokens):
     started = time.perf_counter()
     watch = http_level.watch_sell_out(redis_url, product_id, started)
     # Run until every user has had a go (at least), bounded in time.
-    result = http_level.wrk(server.url, "POST", f"/api/v1/sales/reserve/{product_id}",
-                            connections, max(5, users // 2000), tokens)
+    result = http_level.wrk(
+        server.url,
+        "POST",
+        f"/api/v1/sales/reserve/{product_id}",
+        connections,
+        max(5, users // 2000),
+        tokens,
+    )
     watch["thread"].join(timeout=1)
     engine = Inventory(redis.Redis.from_url(redis_url, decode_responses=True))
     snapshot = engine.snapshot(product_id)
@@ -96,30 +106,46 @@ def drop_rehearsal(server, redis_url, units, users, connections, tokens):
 def print_report(report):
     print(f"\nFlashCart benchmark, {report['when']} on {report['machine']}")
     print("\n1. Redis level: reservation engine vs single-script yardstick")
-    print(f"{'clients':>8} {'engine/s':>10} {'script/s':>10} {'ratio':>6} "
-          f"{'retries':>8} {'p50 ms':>8} {'p99 ms':>8} {'script p99':>10}")
+    print(
+        f"{'clients':>8} {'engine/s':>10} {'script/s':>10} {'ratio':>6} "
+        f"{'retries':>8} {'p50 ms':>8} {'p99 ms':>8} {'script p99':>10}"
+    )
     for row in report["redis"]:
         e, s = row["engine"], row["script"]
-        print(f"{row['clients']:>8} {e['successes_per_s']:>10.0f} {s['successes_per_s']:>10.0f} "
-              f"{row['ratio']:>6.2f} {e['retries_per_success'] or 0:>8.2f} {e['p50_ms']:>8.2f} "
-              f"{e['p99_ms']:>8.2f} {s['p99_ms']:>10.2f}")
+        print(
+            f"{row['clients']:>8} {e['successes_per_s']:>10.0f} {s['successes_per_s']:>10.0f} "
+            f"{row['ratio']:>6.2f} {e['retries_per_success'] or 0:>8.2f} {e['p50_ms']:>8.2f} "
+            f"{e['p99_ms']:>8.2f} {s['p99_ms']:>10.2f}"
+        )
     print("\n2. HTTP level (wrk): each scenario vs GET /healthz in the same run")
-    print(f"{'scenario':<18} {'conns':>5} {'req/s':>8} {'health/s':>9} {'ratio':>6} "
-          f"{'p50 ms':>7} {'p99 ms':>7}  statuses")
+    print(
+        f"{'scenario':<18} {'conns':>5} {'req/s':>8} {'health/s':>9} {'ratio':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7}  statuses"
+    )
     for row in report["http"]:
         r = row["result"]
-        print(f"{row['scenario']:<18} {row['connections']:>5} {r['requests_per_s']:>8.0f} "
-              f"{row['health']['requests_per_s']:>9.0f} {row['ratio']:>6.2f} {r['p50_ms']:>7.1f} "
-              f"{r['p99_ms']:>7.1f}  {r['statuses']} socket errors: {r['socket_errors']}")
+        print(
+            f"{row['scenario']:<18} {row['connections']:>5} {r['requests_per_s']:>8.0f} "
+            f"{row['health']['requests_per_s']:>9.0f} {row['ratio']:>6.2f} {r['p50_ms']:>7.1f} "
+            f"{r['p99_ms']:>7.1f}  {r['statuses']} socket errors: {r['socket_errors']}"
+        )
     d = report["drop"]
-    print(f"\n3. Drop rehearsal: {d['units']} units, {d['users']} users, {d['connections']} "
-          f"connections")
+    print(
+        f"\n3. Drop rehearsal: {d['units']} units, {d['users']} users, {d['connections']} "
+        f"connections"
+    )
     sold_out = d["sold_out_after_s"]
-    print(f"   reservations {d['reservations']}, held {d['held_in_redis']}, oversold "
-          f"{d['oversold']}, users over limit {d['users_over_limit']}, sold out after "
-          f"{sold_out:.2f} s" if sold_out is not None else "   never sold out")
-    print(f"   requests {d['requests']}, statuses {d['statuses']}, socket errors "
-          f"{d['socket_errors']}, p99 {d['p99_ms']:.1f} ms")
+    print(
+        f"   reservations {d['reservations']}, held {d['held_in_redis']}, oversold "
+        f"{d['oversold']}, users over limit {d['users_over_limit']}, sold out after "
+        f"{sold_out:.2f} s"
+        if sold_out is not None
+        else "   never sold out"
+    )
+    print(
+        f"   requests {d['requests']}, statuses {d['statuses']}, socket errors "
+        f"{d['socket_errors']}, p99 {d['p99_ms']:.1f} ms"
+    )
 
 
 def main():
@@ -131,7 +157,7 @@ def main():
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, Python "
-                   f"{platform.python_version()})",
+        f"{platform.python_version()})",
     }
     tokens = http_level.make_tokens(users, SECRET)
     try:
@@ -140,8 +166,7 @@ def main():
             redis.Redis.from_url(redis_server.url).flushdb()
             with Gunicorn(redis_server.url, env={"JWT_SECRET_KEY": SECRET}) as server:
                 report["http"] = http_table(server, redis_server.url, (64, 256), seconds, tokens)
-                report["drop"] = drop_rehearsal(server, redis_server.url, 1000, users, 256,
-                                                tokens)
+                report["drop"] = drop_rehearsal(server, redis_server.url, 1000, users, 256, tokens)
     finally:
         os.unlink(tokens)
     print_report(report)

@@ -43,8 +43,21 @@ class RedisServer:
     def __enter__(self):
         binary = shutil.which("redis-server") or sys.exit("redis-server is not installed")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--maxclients", "10000"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--maxclients",
+                "10000",
+            ],
             stdout=subprocess.DEVNULL,
         )
         _wait(lambda: redis.Redis.from_url(self.url).ping(), "redis-server")
@@ -75,15 +88,21 @@ class Gunicorn:
 
     def __enter__(self):
         self.process = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--config",
-             "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}", "bench.app:app"],
+            [
+                os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+                "--config",
+                "gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "bench.app:app",
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait(lambda: urllib.request.urlopen(self.url + "/healthz", timeout=1).status == 200,
-              "gunicorn")
+        health = self.url + "/healthz"
+        _wait(lambda: urllib.request.urlopen(health, timeout=1).status == 200, "gunicorn")  # noqa: S310
         return self
 
     def __exit__(self, *exc):
