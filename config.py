@@ -73,6 +73,9 @@ class Config:
     # Bounded optimistic retries for the WATCH/MULTI transactions; past this the
     # client gets 503 "busy" with Retry-After.
     RESERVE_MAX_ATTEMPTS = _int("RESERVE_MAX_ATTEMPTS", 64)
+    # Keys one product's live stock is spread over, so concurrent reservations
+    # rarely WATCH the same one (README "Performance"); a sale keeps its count.
+    STOCK_STRIPES = _int("STOCK_STRIPES", 16)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
     TRENDING_SIZE = 3
 

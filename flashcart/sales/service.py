@@ -35,6 +35,7 @@ def inventory():
         stores.redis,
         hold_seconds=config["HOLD_SECONDS"],
         max_attempts=config["RESERVE_MAX_ATTEMPTS"],
+        stripes=config["STOCK_STRIPES"],
         on_retry=metrics.WATCH_RETRIES.inc,
     )
 
