@@ -59,7 +59,7 @@ def prepare(kind, url):
     if kind == "engine":
         Inventory(client).open_sale(product_id, SalePlan("live", PLENTY, PLENTY, {}))
     else:
-        ScriptReservations(client).open(product_id, PLENTY, PLENTY)
+        ScriptReservations(client).open(product_id, PLENTY, PLENTY)  # naive shares its layout
     return product_id
 
 

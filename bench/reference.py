@@ -8,6 +8,8 @@ reservation costs on this machine.
 import secrets
 import time
 
+import redis
+
 from flashcart.sales.inventory import Keys
 
 RESERVE = """
@@ -50,3 +52,46 @@ class ScriptReservations:
         if result != 1:
             raise RuntimeError(f"reference reservation refused: {result}")
         return reservation_id
+
+
+class NaiveWatchReservations:
+    """The first engine's design, kept as the "before" in the benchmark.
+
+    WATCH the one sale hash (stock and per-user counts), read it, MULTI/EXEC the
+    writes: every concurrent reservation collides on the same key.
+    """
+
+    def __init__(self, redis_client, hold_seconds=600, on_retry=None):
+        self.redis = redis_client
+        self.hold_seconds = hold_seconds
+        self.on_retry = on_retry
+
+    def open(self, product_id, stock, limit):
+        ScriptReservations(self.redis).open(product_id, stock, limit)
+
+    def reserve(self, product_id, user_id, quantity=1):
+        keys = Keys(product_id)
+        reservation_id = f"{product_id}.{secrets.token_urlsafe(12)}"
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(keys.sale)
+                    status, limit, stock, owned = pipe.hmget(
+                        keys.sale, "status", "limit", "stock", f"u:{user_id}"
+                    )
+                    if int(owned or 0) + quantity > int(limit) or int(stock) < quantity:
+                        raise RuntimeError("naive reservation refused")
+                    expires_at = time.time() + self.hold_seconds
+                    pipe.multi()
+                    pipe.hincrby(keys.sale, "stock", -quantity)
+                    pipe.hincrby(keys.sale, f"u:{user_id}", quantity)
+                    pipe.hset(
+                        keys.hold(reservation_id),
+                        mapping={"user": user_id, "quantity": quantity, "expires_at": expires_at},
+                    )
+                    pipe.zadd(keys.deadlines, {reservation_id: expires_at})
+                    pipe.execute()
+                    return reservation_id
+                except redis.WatchError:
+                    if self.on_retry:
+                        self.on_retry()

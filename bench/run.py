@@ -2,7 +2,8 @@
 
 Starts its own redis-server and the app under gunicorn (production settings), then
 measures three things, each against a baseline taken in the same run:
-  1. Redis level: the reservation engine vs a single-script yardstick.
+  1. Redis level: the reservation engine vs a single-script yardstick, with the
+     first engine's design (WATCH on one hash) beside it as the "before".
   2. HTTP level (wrk): reserve, sold-out reserve, stock read and cached product
      read, each against the bare /healthz endpoint.
   3. A drop rehearsal: many distinct users race for a fixed stock.
@@ -23,20 +24,22 @@ from bench.servers import Gunicorn, RedisServer
 from flashcart.sales.inventory import Inventory
 
 SECRET = "bench-secret-" + "x" * 40
+# The app's engine, the first engine's design (one watched hash) and the yardstick.
+KINDS = ("script", "engine", "naive")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def redis_table(url, clients_levels, seconds):
     rows = []
     for clients in clients_levels:
-        script = redis_level.measure("script", url, clients, seconds)
-        engine = redis_level.measure("engine", url, clients, seconds)
+        figures = {kind: redis_level.measure(kind, url, clients, seconds) for kind in KINDS}
+        script = figures["script"]["successes_per_s"]
         rows.append(
             {
                 "clients": clients,
-                "engine": engine,
-                "script": script,
-                "ratio": engine["successes_per_s"] / script["successes_per_s"],
+                **figures,
+                "ratio": figures["engine"]["successes_per_s"] / script,
+                "naive_ratio": figures["naive"]["successes_per_s"] / script,
             }
         )
     return rows
@@ -105,17 +108,19 @@ def drop_rehearsal(server, redis_url, units, users, connections, tokens):
 
 def print_report(report):
     print(f"\nFlashCart benchmark, {report['when']} on {report['machine']}")
-    print("\n1. Redis level: reservation engine vs single-script yardstick")
+    print("\n1. Redis level: reservations/s; ratio = vs the single-script yardstick")
     print(
-        f"{'clients':>8} {'engine/s':>10} {'script/s':>10} {'ratio':>6} "
-        f"{'retries':>8} {'p50 ms':>8} {'p99 ms':>8} {'script p99':>10}"
+        f"{'clients':>7} {'script/s':>9} | {'engine/s':>9} {'ratio':>6} {'retries':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} | {'naive/s':>8} {'ratio':>6} {'retries':>8} "
+        f"{'p99 ms':>8} | {'script p99':>10}"
     )
     for row in report["redis"]:
-        e, s = row["engine"], row["script"]
+        e, s, n = row["engine"], row["script"], row["naive"]
         print(
-            f"{row['clients']:>8} {e['successes_per_s']:>10.0f} {s['successes_per_s']:>10.0f} "
-            f"{row['ratio']:>6.2f} {e['retries_per_success'] or 0:>8.2f} {e['p50_ms']:>8.2f} "
-            f"{e['p99_ms']:>8.2f} {s['p99_ms']:>10.2f}"
+            f"{row['clients']:>7} {s['successes_per_s']:>9.0f} | {e['successes_per_s']:>9.0f} "
+            f"{row['ratio']:>6.2f} {e['retries_per_success'] or 0:>8.2f} {e['p50_ms']:>7.2f} "
+            f"{e['p99_ms']:>7.2f} | {n['successes_per_s']:>8.0f} {row['naive_ratio']:>6.2f} "
+            f"{n['retries_per_success'] or 0:>8.2f} {n['p99_ms']:>8.2f} | {s['p99_ms']:>10.2f}"
         )
     print("\n2. HTTP level (wrk): each scenario vs GET /healthz in the same run")
     print(
