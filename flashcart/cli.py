@@ -6,12 +6,12 @@ import time
 
 import click
 import pymongo.errors
-import redis.exceptions
 from flask import Flask
 from flask.cli import with_appcontext
 
 from flashcart import demo
 from flashcart.auth import service as accounts
+from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
 from flashcart.sales import recovery
 
 log = logging.getLogger("flashcart.cli")
@@ -52,7 +52,7 @@ def sweep(every):
             click.echo(
                 "sweep: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
             )
-        except (redis.exceptions.ConnectionError, pymongo.errors.ConnectionFailure) as error:
+        except (*REDIS_UNAVAILABLE, pymongo.errors.ConnectionFailure) as error:
             if not every:
                 raise click.ClickException(f"a store is unavailable: {error}") from error
             log.error("sweep failed, retrying: %s", error)

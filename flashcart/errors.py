@@ -12,10 +12,11 @@ messages. Services raise the classes below and never know about HTTP.
 import logging
 
 import pymongo.errors
-import redis.exceptions
 from flask import Response, json
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+
+from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ def handle_unexpected(error):
 def register_error_handlers(app):
     app.register_error_handler(DomainError, handle_domain_error)
     app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(redis.exceptions.ConnectionError, handle_redis_error)
-    app.register_error_handler(redis.exceptions.TimeoutError, handle_redis_error)
+    # Down, slow, or (Redis Cluster) mid-failover or moving a slot: all retry later.
+    for error in REDIS_UNAVAILABLE:
+        app.register_error_handler(error, handle_redis_error)
     app.register_error_handler(pymongo.errors.ConnectionFailure, handle_mongo_error)
     app.register_error_handler(Exception, handle_unexpected)

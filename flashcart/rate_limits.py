@@ -25,11 +25,18 @@ def init_app(app):
     """Bind the limiter: counters in RATELIMIT_STORAGE_URI, else REDIS_URL."""
     config = app.config
     config["RATELIMIT_STORAGE_URI"] = config["RATELIMIT_STORAGE_URI"] or config["REDIS_URL"]
+    tls = {}
+    if config["RATELIMIT_STORAGE_URI"].startswith("rediss+cluster://"):
+        # limits spells a TLS Redis Cluster as redis+cluster:// with ssl on.
+        config["RATELIMIT_STORAGE_URI"] = config["RATELIMIT_STORAGE_URI"].replace(
+            "rediss", "redis", 1
+        )
+        tls = {"ssl": True}
     if config["RATELIMIT_STORAGE_URI"].startswith("redis"):
         timeout = config["REDIS_TIMEOUT_SECONDS"]
         config.setdefault(
             "RATELIMIT_STORAGE_OPTIONS",
-            {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            {"socket_timeout": timeout, "socket_connect_timeout": timeout, **tls},
         )
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, too_many_requests)

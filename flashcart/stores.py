@@ -17,6 +17,7 @@ from flask import current_app
 from pymongo import ASCENDING, DESCENDING
 
 from config import MEMORY_URI
+from flashcart import redis_cluster
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,30 @@ def ensure_indexes(db):
             db[collection].create_index(keys, **options)
 
 
-def connect_redis(url, timeout=2.0):
+def connect_redis(url, timeout=2.0, **options):
+    """A Redis client for `url`: one server, `redis+cluster://` for a Redis Cluster
+    (flashcart/redis_cluster.py), or `memory://` (fakeredis)."""
     if url == MEMORY_URI:
         import fakeredis
 
         return fakeredis.FakeRedis(decode_responses=True)
+    if redis_cluster.is_cluster_url(url):
+        return redis_cluster.connect(url, timeout, **options)
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
+        **options,
     )
+
+
+def ping_redis(client):
+    """PING one server, or every primary of a cluster (whose state must be ok)."""
+    if isinstance(client, redis_cluster.RedisCluster):
+        return redis_cluster.ping(client)
+    return client.ping()
 
 
 def connect_mongo(uri, timeout_ms=2000):
@@ -119,11 +132,11 @@ class _Connections:
     def ping_redis(self, timeout):
         self._after_fork()
         if self._redis_handed_in or self.config["REDIS_URL"] == MEMORY_URI:
-            return self.redis.ping()
+            return ping_redis(self.redis)
         if self._probe is None:
             # Its own small pool: the probe's short timeout must not apply to real work.
             self._probe = connect_redis(self.config["REDIS_URL"], timeout)
-        return self._probe.ping()
+        return ping_redis(self._probe)
 
     def ping_mongo(self, timeout):
         with pymongo.timeout(timeout):

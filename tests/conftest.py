@@ -13,6 +13,7 @@ import tempfile
 import time
 import warnings
 
+import cluster_servers
 import mongomock
 import pytest
 import redis
@@ -93,6 +94,36 @@ def redis_server():
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A local Redis Cluster (3 masters, 3 replicas), started once by the first test
+    that asks for it (tests/cluster_servers.py)."""
+    if not cluster_servers.available():
+        pytest.skip("no redis-server/redis-cli binaries: Redis Cluster tests need them")
+    cluster = cluster_servers.ClusterServers().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def real_redis_url(request):
+    """A real, flushed Redis: a test using this runs on one redis-server and again on
+    the Redis Cluster (REDIS_URL=redis+cluster://...)."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        return cluster.url
+    server = request.getfixturevalue("redis_server")
+    if server is None:
+        pytest.skip("no redis-server binary: this test needs a real Redis")
+    flush = redis.Redis.from_url(server.url)
+    flush.flushdb()
+    flush.close()
+    return server.url
 
 
 @pytest.fixture

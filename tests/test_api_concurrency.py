@@ -13,9 +13,9 @@ import time
 
 import mongomock
 import pytest
-import redis
 
 from flashcart.sales.inventory import Inventory, Keys
+from flashcart.stores import connect_redis
 
 JOIN_TIMEOUT = 30
 ORDERS = "/api/v1/orders"
@@ -57,15 +57,18 @@ def atomic_mongomock(monkeypatch):
 
 
 @pytest.fixture
-def redis_client(redis_server):
-    """Overrides conftest's: the real server, with a pool wide enough for 100+ threads.
+def app_config(real_redis_url):
+    """Every test here runs on one redis-server and again on the Redis Cluster."""
+    return {"REDIS_URL": real_redis_url}
+
+
+@pytest.fixture
+def redis_client(real_redis_url):
+    """Overrides conftest's: a real Redis, with a pool wide enough for 100+ threads.
 
     (redis-py 8 caps a pool at 100 connections and raises MaxConnectionsError past it.)
     """
-    if redis_server is None:
-        pytest.skip("no redis-server binary: API concurrency needs real Redis")
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True, max_connections=1000)
-    client.flushdb()
+    client = connect_redis(real_redis_url, max_connections=1000)
     yield client
     client.close()
 

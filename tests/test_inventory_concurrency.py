@@ -24,7 +24,6 @@ import time
 import uuid
 
 import pytest
-import redis
 from bson import ObjectId
 
 from flashcart.errors import Busy
@@ -38,20 +37,19 @@ from flashcart.sales.inventory import (
     SalePlan,
     SoldOut,
 )
+from flashcart.stores import connect_redis
 
 JOIN_TIMEOUT = 30
 GENEROUS_ATTEMPTS = 10_000
 
 
 @pytest.fixture
-def real_redis(redis_server, redis_client):
-    """A client of the real server whose pool fits 200+ threads.
+def real_redis(real_redis_url):
+    """A client of a real Redis (one server, then the cluster) whose pool fits 200+ threads.
 
     redis-py 8 caps a pool at 100 connections and raises MaxConnectionsError past it.
     """
-    if redis_server is None:
-        pytest.skip("no redis-server binary: concurrency needs real Redis, not fakeredis")
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True, max_connections=1000)
+    client = connect_redis(real_redis_url, max_connections=1000)
     yield client
     client.close()
 
@@ -225,7 +223,7 @@ def test_many_attempts_by_few_shoppers_never_exceed_the_per_user_limit(real_redi
 
 def _reserve_in_process(url, product_id, process_index, count, start, results):
     """Child process: its own Redis client, `count` reservations for distinct users."""
-    client = redis.Redis.from_url(url, decode_responses=True)
+    client = connect_redis(url)
     inventory = CountingInventory(client, max_attempts=GENEROUS_ATTEMPTS)
     outcomes = collections.Counter()
     start.wait(JOIN_TIMEOUT)
@@ -242,7 +240,7 @@ def _reserve_in_process(url, product_id, process_index, count, start, results):
     results.put(dict(outcomes))
 
 
-def test_four_processes_with_their_own_clients_sell_exactly_the_stock(real_redis, redis_server):
+def test_four_processes_with_their_own_clients_sell_exactly_the_stock(real_redis, real_redis_url):
     product_id, total, processes, each = new_product_id(), 150, 4, 60
     inventory = Inventory(real_redis)
     open_sale(inventory, product_id, total, limit=1)
@@ -251,7 +249,7 @@ def test_four_processes_with_their_own_clients_sell_exactly_the_stock(real_redis
     workers = [
         context.Process(
             target=_reserve_in_process,
-            args=(redis_server.url, product_id, index, each, start, results),
+            args=(real_redis_url, product_id, index, each, start, results),
             daemon=True,
         )
         for index in range(processes)

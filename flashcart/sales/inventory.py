@@ -259,10 +259,11 @@ class Inventory:
         """
         attempt = looks = 0
         while attempt < self.max_attempts and looks <= MAX_STRIPES:
-            with self.redis.pipeline() as pipe:
+            # transaction=True: RedisCluster's pipelines default to no MULTI/WATCH.
+            with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     result = body(pipe)
-                    if pipe.explicit_transaction:
+                    if len(pipe):  # writes the body queued (on any kind of pipeline)
                         pipe.execute()
                     return result
                 except _LookAgain:

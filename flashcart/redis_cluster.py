@@ -1,0 +1,129 @@
+"""Redis Cluster: `REDIS_URL=redis+cluster://host:port[,host:port...]`.
+
+FlashCart runs on redis-py's `RedisCluster` as it is, with two changes to its
+pipelines that the inventory engine needs (redis-py 8.1):
+
+- A transactional pipeline (WATCH/MULTI/EXEC) never retries a command by itself.
+  redis-py would retry a failed WATCH-time read, or the EXEC, on a fresh connection:
+  the WATCH is gone with the old connection, so the transaction would commit
+  unguarded (and an EXEC that did run before its reply was lost would run twice).
+  Here the error reaches the caller instead (a 503, which clients retry), after
+  the client has refreshed its slot map, so the next request finds the new master.
+- A plain pipeline may MGET keys of one hash slot. redis-py blocks MGET in cluster
+  pipelines since keys could span slots; a product's keys never do (hash tag
+  `{p:<id>}`), and keys of several slots still fail loudly.
+
+The URL takes any number of startup nodes (the client discovers the rest),
+`user:password@` before them, and `rediss+cluster://` for TLS. A cluster has only
+database 0.
+"""
+
+from urllib.parse import unquote
+
+import redis.exceptions
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.commands.helpers import list_or_args
+from redis.retry import Retry
+
+SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+# Errors that mean "not now": a node down, a failover or a slot move under way.
+# The API answers them 503 redis_unavailable with Retry-After.
+UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,  # CLUSTERDOWN, MASTERDOWN
+    redis.exceptions.TryAgainError,  # a slot in migration
+    redis.exceptions.AskError,  # and MovedError: a slot moved under a transaction
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
+def is_cluster_url(url):
+    return url.partition("://")[0] in SCHEMES
+
+
+def parse_url(url):
+    """(startup nodes, client options) from a `redis+cluster://` URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in SCHEMES or "?" in rest:
+        raise ValueError(f"not a Redis Cluster URL (redis+cluster://host:port,...): {url!r}")
+    rest, _, database = rest.partition("/")
+    if database not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    auth, _, hosts = rest.rpartition("@")
+    options = {"ssl": True} if SCHEMES[scheme] else {}
+    if auth:
+        username, _, password = auth.partition(":")
+        options.update(username=unquote(username) or None, password=unquote(password) or None)
+    nodes = []
+    for address in filter(None, (item.strip() for item in hosts.split(","))):
+        if address.startswith("["):  # [IPv6]:port
+            host, _, port = address[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = address.partition(":")
+        nodes.append(ClusterNode(host, int(port or 6379)))
+    if not nodes:
+        raise ValueError(f"no host:port in the Redis Cluster URL {url!r}")
+    return nodes, options
+
+
+def connect(url, timeout=2.0, **options):
+    """A ClusterClient for `url`. Raises ConnectionError if no node answers."""
+    nodes, url_options = parse_url(url)
+    try:
+        return ClusterClient(
+            startup_nodes=nodes,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # A few quick retries (each after refreshing the slot map) ride out a
+            # moved slot; a failover takes longer and gets a fast 503 instead of
+            # keeping a worker waiting.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=3),
+            **url_options,
+            **options,
+        )
+    except redis.exceptions.RedisClusterException as error:
+        # Raised when no startup node answers: the same outage as a refused connection.
+        raise redis.exceptions.ConnectionError(str(error)) from error
+
+
+def ping(client):
+    """Every primary answers PING and the cluster says its state is ok."""
+    client.ping(target_nodes=RedisCluster.PRIMARIES)
+    state = client.cluster_info(target_nodes=RedisCluster.RANDOM).get("cluster_state")
+    if state != "ok":
+        raise redis.exceptions.ClusterDownError(f"cluster_state:{state}")
+    return True
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's RedisCluster with pipelines fit for the inventory engine (see above)."""
+
+    def pipeline(self, transaction=None, shard_hint=None):
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException("shard_hint is not used in a cluster")
+        return _Pipeline(
+            nodes_manager=self.nodes_manager,
+            commands_parser=self.commands_parser,
+            startup_nodes=self.nodes_manager.startup_nodes,
+            result_callbacks=self.result_callbacks,
+            cluster_response_callbacks=self.cluster_response_callbacks,
+            read_from_replicas=self.read_from_replicas,
+            load_balancing_strategy=self.load_balancing_strategy,
+            # A transaction refreshes the slot map on its first error and gives up.
+            reinitialize_steps=1 if transaction else self.reinitialize_steps,
+            retry=Retry(NoBackoff(), 0) if transaction else self.retry,
+            lock=self._lock,
+            transaction=transaction,
+            event_dispatcher=self._event_dispatcher,
+        )
+
+
+class _Pipeline(ClusterPipeline):
+    def mget(self, keys, *args):
+        """MGET of keys in one hash slot (several slots raise RedisClusterException)."""
+        return self.execute_command("MGET", *list_or_args(keys, args))
