@@ -1,10 +1,9 @@
 """The API contract: every error answer documented in the one problem shape.
 
 `problems(ProductNotFound, SoldOut, ...)` documents the domain errors an endpoint may
-answer, grouped by status, with an example per code; `problem(status, description,
-codes)` does the same for errors that are not domain classes (token failures, rate
-limits). The spec is committed as `openapi.json` (`make openapi`) and a test keeps
-the file current.
+answer, grouped by status, with an example per code; `problem(status, codes)` does
+the same for errors that are not domain classes (token failures, rate limits). The
+spec is committed as `openapi.json` (`make openapi`) and a test keeps the file current.
 """
 
 import http
@@ -30,8 +29,10 @@ OTHER_ERRORS = (
     "413 body over 64 KiB, 415 unsupported media type, 429 rate limited (with "
     "`Retry-After`), 503 a backing store is unavailable (with `Retry-After`)."
 )
-
-
+RETRY_AFTER = {
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer", "minimum": 0},
+}
 VALIDATION_EXAMPLE = {
     "type": "urn:flashcart:problem:validation_error",
     "title": "Unprocessable Entity",
@@ -69,9 +70,9 @@ def problem_response(status, description, examples=None):
     return {"description": description, "content": {PROBLEM_JSON: media}}
 
 
-def problem(status, description, codes=None, headers=None):
+def problem(status, codes, headers=None):
     """Document that the endpoint may answer `status`; `codes` maps code -> detail."""
-    response = problem_response(status, description, codes)
+    response = problem_response(status, HTTP_STATUS_CODES[status], codes)
     if headers:
         response["headers"] = headers
     return Blueprint.doc(responses={status: response})
@@ -89,12 +90,6 @@ def problems(*errors):
         if retry_after:
             docs[status]["headers"] = {"Retry-After": RETRY_AFTER}
     return Blueprint.doc(responses=docs)
-
-
-RETRY_AFTER = {
-    "description": "Seconds to wait before retrying.",
-    "schema": {"type": "integer", "minimum": 0},
-}
 
 
 class ProblemCodes(BasePlugin):

@@ -79,11 +79,10 @@ def _current_user():
     return f"user:{get_jwt_identity()}"
 
 
-def _documented(view, description):
+def _documented(view):
     return problem(
         429,
-        description,
-        {"too_many_requests": "Too many requests: the limit is 5 per 1 minute."},
+        {"too_many_requests": "Too many requests: the limit is 5 per 1 minute. Retry in 42 s."},
         headers={"Retry-After": RETRY_AFTER},
     )(view)
 
@@ -97,13 +96,13 @@ def login(view):
         scope="login-account",
     )(view)
     view = limiter.limit(_setting("RATELIMIT_LOGIN_PER_IP"), scope="login-ip")(view)
-    return _documented(view, "Too many login attempts from this address or for this account.")
+    return _documented(view)
 
 
 def signup(view):
     """Limit sign-ups per client IP."""
     view = limiter.limit(_setting("RATELIMIT_SIGNUP_PER_IP"), scope="signup-ip")(view)
-    return _documented(view, "Too many sign-ups from this address.")
+    return _documented(view)
 
 
 def reservations(view):
@@ -111,4 +110,4 @@ def reservations(view):
     view = limiter.limit(
         _setting("RATELIMIT_RESERVE_PER_USER"), key_func=_current_user, scope="reserve-user"
     )(view)
-    return _documented(view, "Too many reservations by this user.")
+    return _documented(view)

@@ -34,12 +34,7 @@ def auth_required(role=None):
             return view(*args, **kwargs)
 
         wrapper = apidoc.problem(
-            401,
-            "A valid bearer token is needed: "
-            + ", ".join(f"`{code}`" for code in TOKEN_PROBLEMS)
-            + ".",
-            TOKEN_PROBLEMS,
-            headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
+            401, TOKEN_PROBLEMS, headers={"WWW-Authenticate": {"schema": {"type": "string"}}}
         )(wrapper)
         if role:
             wrapper = apidoc.problems(AdminOnly)(wrapper)
