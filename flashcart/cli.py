@@ -67,6 +67,7 @@ AUDIT_COLUMNS = [
     "total",
     "sold",
     "held",
+    "holds_sold",
     "available",
     "expected_available",
     "drift",

@@ -230,6 +230,19 @@ def find_order(order_id):
     return _orders().find_one({"_id": oid}) if oid else None
 
 
+def reservations_sold(product_id, reservation_ids):
+    """Which of `reservation_ids` became orders that were placed (and maybe cancelled
+    since): their holds are used up, whatever Redis still says."""
+    if not reservation_ids:
+        return set()
+    query = {
+        "product_id": product_id,
+        "reservation_id": {"$in": list(reservation_ids)},
+        "status": {"$in": [PLACED, CANCELLING, CANCELLED]},
+    }
+    return {order["reservation_id"] for order in _orders().find(query, {"reservation_id": 1})}
+
+
 def units_sold_by_user(product_id, restored=(), claimed=()):
     """{user id: units} sold for the product, by MongoDB's orders.
 

@@ -315,13 +315,17 @@ class Inventory:
             pipe.sadd(keys.buyers, *units)
         pipe.set(keys.sold, plan.sold)
 
-    def rebuild(self, product_id, make_plan):
+    def rebuild(self, product_id, make_plan, already_sold=lambda reservation_ids: ()):
         """Rewrite the sale's Redis state from the durable truth in `plan`.
 
         Live holds are kept (their units stay held); everything else is derived:
         available = total - sold - held. `make_plan()` is called after the WATCH,
         so a checkout or cancel racing the repair makes it start over. Returns the
         snapshot written. Used by `flask audit --repair`, e.g. after Redis lost data.
+
+        `already_sold(reservation_ids)` names holds whose orders were placed: their
+        claim was lost (a Redis failover to a replica that had not received it), so
+        they are dropped, their units counted as sold and never returned.
         """
         keys = Keys(product_id)
 
@@ -330,8 +334,12 @@ class Inventory:
                 keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored, keys.buyers
             )
             plan = make_plan()
+            holds = self._holds(pipe, product_id)
+            sold_holds = set(already_sold([hold.id for hold in holds]))
             held_by_user = {}
-            for hold in self._holds(pipe, product_id):
+            for hold in holds:
+                if hold.id in sold_holds:
+                    continue
                 held_by_user[hold.user_id] = held_by_user.get(hold.user_id, 0) + hold.quantity
             held = sum(held_by_user.values())
             available = plan.total - plan.sold - held
@@ -342,6 +350,9 @@ class Inventory:
                 )
             old_buyers = pipe.smembers(keys.buyers)
             pipe.multi()
+            if sold_holds:
+                pipe.delete(*(keys.hold(reservation_id) for reservation_id in sold_holds))
+                pipe.zrem(keys.deadlines, *sold_holds)
             self._write_sale(pipe, keys, plan, available, old_buyers, held_by_user)
             return SaleSnapshot(plan.status, available, held, plan.sold, plan.limit)
 

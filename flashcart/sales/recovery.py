@@ -63,12 +63,19 @@ def audit_product(product, engine=None):
     plan = sales.plan_for(product, engine)
     snapshot = engine.snapshot(product_id)
     in_redis = snapshot.status is not None
+    holds = engine.holds(product_id)
+    # Holds whose orders MongoDB placed: Redis lost their claim (e.g. a failover to
+    # a replica that had not received it). Repair drops them; until then they would
+    # return their units to stock when they expire.
+    sold_holds = orders.reservations_sold(product_id, [hold.id for hold in holds])
     held_by_user = Counter()
-    for hold in engine.holds(product_id):
-        held_by_user[hold.user_id] += hold.quantity
+    for hold in holds:
+        if hold.id not in sold_holds:
+            held_by_user[hold.user_id] += hold.quantity
+    held = sum(held_by_user.values())
     owned = Counter(plan.sold_by_user) + held_by_user
     counted = Counter(engine.user_units(product_id))
-    expected_available = plan.total - plan.sold - snapshot.held
+    expected_available = plan.total - plan.sold - held
     row = {
         "product_id": product_id,
         "name": product["name"],
@@ -77,7 +84,8 @@ def audit_product(product, engine=None):
         "total": plan.total,
         "sold": plan.sold,
         "redis_sold": snapshot.sold,
-        "held": snapshot.held,
+        "held": held,
+        "holds_sold": sum(hold.quantity for hold in holds if hold.id in sold_holds),
         "available": snapshot.available,
         "expected_available": expected_available,
         "drift": snapshot.available - expected_available if in_redis else -expected_available,
@@ -93,6 +101,7 @@ def audit_product(product, engine=None):
         and row["oversold"] == 0
         and row["users_over_limit"] == 0
         and row["limit_counts_off"] == 0
+        and row["holds_sold"] == 0
         and (row["redis_sold"] == row["sold"] or not in_redis)
     )
     return row
@@ -107,7 +116,11 @@ def audit(repair=False, product_id=None):
     for product in targets:
         row = audit_product(product, engine)
         if repair and not row["ok"] and product["sale_status"] in (products.LIVE, products.ENDED):
-            engine.rebuild(row["product_id"], lambda p=product: sales.plan_for(p, engine))
+            engine.rebuild(
+                row["product_id"],
+                lambda p=product: sales.plan_for(p, engine),
+                already_sold=lambda ids, p=row["product_id"]: orders.reservations_sold(p, ids),
+            )
             row = {**audit_product(product, engine), "repaired": True}
         rows.append(row)
     return rows

@@ -51,6 +51,12 @@ class AuditOut(Schema):
     sold = fields.Integer(metadata={"description": "Units sold, by MongoDB's orders."})
     redis_sold = fields.Integer()
     held = fields.Integer(metadata={"description": "Units in live holds (Redis)."})
+    holds_sold = fields.Integer(
+        metadata={
+            "description": "Units in holds whose orders MongoDB already placed (a claim "
+            "Redis lost); repair drops them."
+        }
+    )
     available = fields.Integer(metadata={"description": "Available units in Redis."})
     expected_available = fields.Integer(metadata={"description": "total - sold - held"})
     drift = fields.Integer(metadata={"description": "available - expected_available"})
