@@ -10,10 +10,13 @@ from datetime import timedelta
 
 from dotenv import load_dotenv
 
-load_dotenv()
+# Production reads secrets from the process environment only, never from a file
+# lying in the working tree (the image ships none; .env is for development).
+if os.environ.get("FLASHCART_ENV") != "production":
+    load_dotenv()
 
 MEMORY_URI = "memory://"
-DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123456789"  # noqa: S105 (refused in production)
+DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123456789"  # noqa: S105  # nosec B105 # refused in production
 MIN_SECRET_LENGTH = 32
 
 
@@ -59,8 +62,15 @@ class Config:
     REDIS_TIMEOUT_SECONDS = _float("REDIS_TIMEOUT_SECONDS", 2.0)
 
     JWT_SECRET_KEY = _env("JWT_SECRET_KEY", _env("JWT_SECRET", DEV_JWT_SECRET))
-    JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_ACCESS_TOKEN_SECONDS", 3600))
+    # Short-lived access tokens; clients renew them with the refresh token.
+    JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_ACCESS_TOKEN_SECONDS", 15 * 60))
+    JWT_REFRESH_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_REFRESH_TOKEN_SECONDS", 7 * 24 * 3600))
     JWT_TOKEN_LOCATION = ["headers"]
+    # Pinned so that a token naming another algorithm (`none`, RS256...) is refused.
+    JWT_ALGORITHM = "HS256"
+    JWT_DECODE_ALGORITHMS = ["HS256"]
+    # Strict-Transport-Security max-age in seconds (0: no header; on in production).
+    HSTS_SECONDS = _int("HSTS_SECONDS", 0)
 
     ADMIN_EMAIL = _env("ADMIN_EMAIL")
     ADMIN_PASSWORD = _env("ADMIN_PASSWORD")
@@ -137,7 +147,7 @@ class TestingConfig(Config):
     TESTING = True
     MONGO_URI = MEMORY_URI
     REDIS_URL = MEMORY_URI
-    JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"  # noqa: S105
+    JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"  # noqa: S105  # nosec B105 # tests only
     ADMIN_EMAIL = None
     ADMIN_PASSWORD = None
     # Cheap hashing keeps the suite fast; the algorithm is the same.
@@ -150,10 +160,15 @@ class TestingConfig(Config):
 
 class ProductionConfig(Config):
     ENV_NAME = "production"
+    # FLASK_DEBUG would turn on Werkzeug's interactive debugger (`flask run`): refused.
+    DEBUG = _flag("FLASK_DEBUG", "false")
+    HSTS_SECONDS = _int("HSTS_SECONDS", 365 * 24 * 3600)
 
     @classmethod
     def check(cls):
         problems = []
+        if cls.DEBUG:
+            problems.append("debug mode is on (FLASK_DEBUG): production never runs it")
         if cls.MONGO_URI == MEMORY_URI:
             problems.append("MONGO_URI is not set: production needs a real MongoDB")
         if cls.REDIS_URL == MEMORY_URI:

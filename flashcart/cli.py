@@ -10,6 +10,7 @@ from flask import Flask
 from flask.cli import with_appcontext
 
 from flashcart import demo
+from flashcart.auth import passwords
 from flashcart.auth import service as accounts
 from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
 from flashcart.sales import recovery
@@ -27,8 +28,9 @@ log = logging.getLogger("flashcart.cli")
 @click.option("--name", default="Administrator", show_default=True)
 def create_admin(email, password, name):
     """Create an admin account, or promote and reset an existing one."""
-    if len(password) < 8:
-        raise click.BadParameter("use at least 8 characters", param_hint="password")
+    weaknesses = passwords.weaknesses(password, email)
+    if weaknesses:
+        raise click.BadParameter(" ".join(weaknesses), param_hint="password")
     user, created = accounts.ensure_admin(email=email, password=password, name=name)
     click.echo(f"{'Created' if created else 'Updated'} admin {user['email']} ({user['id']})")
 

@@ -13,7 +13,7 @@ from flashcart.sales.service import SaleAlreadyStarted
 log = logging.getLogger(__name__)
 
 DEMO_ADMIN_EMAIL = "admin@flashcart.local"
-DEMO_ADMIN_PASSWORD = "flashcart-demo-admin"  # noqa: S105 (embedded demo only)
+DEMO_ADMIN_PASSWORD = "flashcart-demo-admin"  # noqa: S105  # nosec B105 # embedded demo only
 
 DEMO_PRODUCTS = [
     {

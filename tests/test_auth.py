@@ -95,7 +95,7 @@ def test_login_returns_a_bearer_token_carrying_the_user_role(client, app, user):
     assert response.status_code == 200
     body = response.json
     assert body["token_type"] == "Bearer"
-    assert body["expires_in"] == 3600
+    assert body["expires_in"] == 900
     assert body["user"]["id"] == user["id"]
     assert "password_hash" not in body["user"]
     with app.app_context():

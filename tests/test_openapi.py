@@ -74,7 +74,9 @@ def test_secured_operations_declare_bearer_auth_and_document_401(spec):
             secured += 1
             assert operation["security"] == [{"bearerAuth": []}], name
             examples = operation["responses"]["401"]["content"][PROBLEM]["examples"]
-            assert {"token_missing", "token_invalid", "token_expired"} == set(examples), name
+            assert {"token_missing", "token_invalid", "token_expired", "token_revoked"} == set(
+                examples
+            ), name
     assert secured >= 10
 
 

@@ -1,6 +1,11 @@
-from marshmallow import Schema, fields, pre_load, validate
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-PASSWORD_MIN, PASSWORD_MAX = 8, 128
+from flashcart.auth import passwords
+from flashcart.auth.service import ROLES
+
+PASSWORD_MIN, PASSWORD_MAX = passwords.MIN_LENGTH, passwords.MAX_LENGTH
+# Far above any token we sign; keeps garbage from being decoded at length.
+TOKEN_MAX = 4096
 
 
 class Credentials(Schema):
@@ -23,9 +28,15 @@ class SignupIn(Credentials):
         required=True,
         load_only=True,
         validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX),
-        metadata={"description": f"{PASSWORD_MIN} to {PASSWORD_MAX} characters."},
+        metadata={"description": passwords.RULES},
     )
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+    @validates_schema
+    def strong_password(self, data, **kwargs):
+        found = passwords.weaknesses(data["password"], data["email"])
+        if found:
+            raise ValidationError(found, "password")
 
 
 class UserOut(Schema):
@@ -37,7 +48,25 @@ class UserOut(Schema):
 
 
 class TokenOut(Schema):
-    access_token = fields.String()
+    access_token = fields.String(metadata={"description": "Send as `Authorization: Bearer`."})
+    refresh_token = fields.String(
+        metadata={"description": "For POST /auth/refresh (once) and POST /auth/logout."}
+    )
     token_type = fields.String(metadata={"example": "Bearer"})
-    expires_in = fields.Integer(metadata={"description": "Seconds until the token expires."})
+    expires_in = fields.Integer(metadata={"description": "Seconds until the access token expires."})
+    refresh_expires_in = fields.Integer(
+        metadata={"description": "Seconds until the refresh token expires."}
+    )
     user = fields.Nested(UserOut)
+
+
+class RefreshTokenIn(Schema):
+    refresh_token = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=TOKEN_MAX),
+        metadata={"description": "The `refresh_token` of the last login or refresh."},
+    )
+
+
+class RoleIn(Schema):
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))

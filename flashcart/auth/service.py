@@ -1,12 +1,13 @@
-"""Accounts: sign-up, login, roles and tokens."""
+"""Accounts: sign-up, login, token refresh and roles."""
 
 import pymongo.errors
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
-from flask_jwt_extended import create_access_token
+from pymongo import ReturnDocument
 
-from flashcart.errors import Conflict, Unauthorized
+from flashcart.auth import tokens
+from flashcart.errors import Conflict, NotFound, Unauthorized
 from flashcart.extensions import stores
 from flashcart.stores import as_utc, object_id_or_none, utcnow
 
@@ -24,6 +25,18 @@ class InvalidCredentials(Unauthorized):
     """The email or password is wrong."""
 
     code = "invalid_credentials"
+
+
+class UserNotFound(NotFound):
+    """No account has this id."""
+
+    code = "user_not_found"
+
+
+class LastAdmin(Conflict):
+    """The last admin cannot be demoted: make another account admin first."""
+
+    code = "last_admin"
 
 
 def normalise_email(email):
@@ -96,18 +109,54 @@ def authenticate(*, email, password):
 
 
 def issue_token(user):
-    expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    token = create_access_token(identity=user["id"], additional_claims={"role": user["role"]})
-    return {
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": int(expires.total_seconds()),
-        "user": user,
-    }
+    """An access and refresh token pair for the (public) `user`."""
+    return tokens.issue(user)
 
 
 def login(*, email, password):
     return issue_token(authenticate(email=email, password=password))
+
+
+def refresh(*, refresh_token):
+    """A new token pair for a refresh token, which is spent.
+
+    The role in the new access token is read from the account, so a promotion or
+    demotion reaches the claim at the next refresh.
+    """
+    claims = tokens.redeem(refresh_token)
+    user = get_user(claims["sub"])
+    if user is None:
+        raise tokens.TokenRevoked("The account no longer exists.")
+    return issue_token(user)
+
+
+def has_role(user_id, role):
+    """Whether the stored account has `role` now, whatever its token says."""
+    oid = object_id_or_none(user_id)
+    return oid is not None and _users().count_documents({"_id": oid, "role": role}, limit=1) > 0
+
+
+def set_role(*, user_id, role):
+    """Grant or revoke the admin role. The last admin cannot be demoted."""
+    oid = object_id_or_none(user_id)
+    before = None
+    if oid is not None:
+        before = _users().find_one_and_update(
+            {"_id": oid, "role": {"$ne": role}},
+            {"$set": {"role": role, "updated_at": utcnow()}},
+            return_document=ReturnDocument.BEFORE,
+        )
+    if before is None:
+        unchanged = _users().find_one({"_id": oid}) if oid else None
+        if unchanged is None:
+            raise UserNotFound()
+        return public(unchanged)
+    # Counted after the write: two admins demoting each other at once cannot both
+    # pass a check made before it. The loser puts its admin back.
+    if before["role"] == ADMIN and _users().count_documents({"role": ADMIN}, limit=1) == 0:
+        _users().update_one({"_id": oid, "role": role}, {"$set": {"role": ADMIN}})
+        raise LastAdmin()
+    return public({**before, "role": role})
 
 
 def get_user(user_id):
