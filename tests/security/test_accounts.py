@@ -1,0 +1,246 @@
+"""Accounts: password rules, argon2id upgraded on login, one answer (and one hash
+check) for "no such user" and "wrong password", and login throttling."""
+
+import pytest
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from conftest import PASSWORD, _testing
+
+from flashcart import create_app
+from flashcart.auth import passwords
+
+from .helpers import LOGIN, SIGNUP, assert_problem
+
+EMAIL = "ana.silva@example.com"
+
+
+def signup(client, password, email=EMAIL):
+    return client.post(SIGNUP, json={"email": email, "password": password, "name": "Ana"})
+
+
+# -- password rules ------------------------------------------------------------------
+
+WEAK = {
+    "too short": "Ab3$xy7",
+    "too long": "correct horse " * 10,
+    "one character": "aaaaaaaaaaaa",
+    "two characters": "abababababab",
+    "four characters": "abcdabcdabcd",
+    "common": "password123",
+    "common, other case": "PassWord123",
+    "common keyboard walk": "qwertyuiop",
+    "common digits": "1234567890",
+    "the shop's name": "flashcart123",
+    "the email": EMAIL,
+    "the email, other case": EMAIL.upper(),
+    "the part before the @": "ana.silva",
+}
+
+
+@pytest.mark.parametrize("password", WEAK.values(), ids=WEAK.keys())
+def test_sign_up_refuses_a_weak_password_and_stores_nothing(client, mongo_db, password):
+    response = signup(client, password)
+
+    problem = assert_problem(response, 422, "validation_error")
+    assert list(problem["errors"]) == ["password"]
+    assert mongo_db.users.count_documents({}) == 0
+    # The refusal never echoes the password back.
+    assert password not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["a long password", "Tr0ub4dor&3", "correct horse battery", "zwölf Äpfel", "x" * 4 + "yz!?9"],
+)
+def test_sign_up_accepts_a_reasonable_password(client, password):
+    assert signup(client, password).status_code == 201
+
+
+def test_the_common_password_list_ships_with_the_code_and_is_long_enough_to_matter():
+    common = passwords.common_passwords()
+
+    assert len(common) > 100
+    assert "password" in common and "12345678" in common
+    assert all(len(entry) >= passwords.MIN_LENGTH for entry in common)
+
+
+def test_create_admin_applies_the_same_rules(runner, mongo_db):
+    result = runner.invoke(args=["create-admin", "boss@example.com", "--password", "password1"])
+
+    assert result.exit_code != 0
+    assert "too common" in result.output
+    assert mongo_db.users.count_documents({}) == 0
+
+
+def test_existing_passwords_are_not_rechecked_at_login(client, make_user, app, mongo_db):
+    # An account from before the rules still logs in (and can then be asked to change).
+    user = make_user()
+    weak = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("password")
+    mongo_db.users.update_one({"email": user["email"]}, {"$set": {"password_hash": weak}})
+
+    response = client.post(LOGIN, json={"email": user["email"], "password": "password"})
+
+    assert response.status_code == 200
+
+
+# -- argon2id, upgraded on login -----------------------------------------------------
+
+
+def test_a_hash_made_with_weaker_parameters_is_upgraded_on_login(client, app, user, mongo_db):
+    weaker = PasswordHasher(time_cost=1, memory_cost=256, parallelism=1).hash(PASSWORD)
+    mongo_db.users.update_one({"email": user["email"]}, {"$set": {"password_hash": weaker}})
+
+    assert (
+        client.post(LOGIN, json={"email": user["email"], "password": PASSWORD}).status_code == 200
+    )
+
+    upgraded = mongo_db.users.find_one({"email": user["email"]})["password_hash"]
+    config = app.config
+    assert upgraded.startswith(
+        f"$argon2id$v=19$m={config['ARGON2_MEMORY_KIB']},t={config['ARGON2_TIME_COST']},"
+        f"p={config['ARGON2_PARALLELISM']}$"
+    )
+    assert upgraded != weaker
+    assert PasswordHasher().verify(upgraded, PASSWORD)
+
+
+def test_an_argon2i_hash_is_upgraded_to_argon2id_on_login(client, user, mongo_db):
+    from argon2 import Type
+
+    old = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.I).hash(PASSWORD)
+    mongo_db.users.update_one({"email": user["email"]}, {"$set": {"password_hash": old}})
+
+    assert (
+        client.post(LOGIN, json={"email": user["email"], "password": PASSWORD}).status_code == 200
+    )
+
+    assert mongo_db.users.find_one({"email": user["email"]})["password_hash"].startswith(
+        "$argon2id$"
+    )
+
+
+def test_a_failed_login_does_not_touch_the_stored_hash(client, user, mongo_db):
+    weaker = PasswordHasher(time_cost=1, memory_cost=256, parallelism=1).hash(PASSWORD)
+    mongo_db.users.update_one({"email": user["email"]}, {"$set": {"password_hash": weaker}})
+
+    client.post(LOGIN, json={"email": user["email"], "password": "not the password"})
+
+    assert mongo_db.users.find_one({"email": user["email"]})["password_hash"] == weaker
+
+
+# -- no account enumeration ------------------------------------------------------------
+
+
+@pytest.fixture
+def verify_calls(monkeypatch):
+    """Each PasswordHasher.verify call made while the test runs: (hash, ok)."""
+    calls = []
+    verify = PasswordHasher.verify
+
+    def spy(self, stored, password):
+        try:
+            result = verify(self, stored, password)
+        except VerificationError:
+            calls.append((stored, False))
+            raise
+        calls.append((stored, True))
+        return result
+
+    monkeypatch.setattr(PasswordHasher, "verify", spy)
+    return calls
+
+
+def _answer(response):
+    drop = {"X-Request-ID", "Date", "Content-Length"}
+    return (
+        response.status_code,
+        response.get_data(),
+        {name: value for name, value in response.headers if name not in drop},
+    )
+
+
+def test_no_such_user_and_wrong_password_get_the_same_answer_after_one_hash_check_each(
+    client, user, verify_calls
+):
+    wrong_password = client.post(LOGIN, json={"email": user["email"], "password": "wrong pass 1"})
+    assert len(verify_calls) == 1
+    unknown_user = client.post(
+        LOGIN, json={"email": "nobody@example.com", "password": "wrong pass 1"}
+    )
+    assert len(verify_calls) == 2
+
+    assert_problem(wrong_password, 401, "invalid_credentials")
+    assert _answer(wrong_password) == _answer(unknown_user)
+    # Both paths paid for one full argon2id verification with the same parameters.
+    (real_hash, ok1), (dummy_hash, ok2) = verify_calls
+    assert not ok1 and not ok2
+    assert real_hash.rsplit("$", 2)[0] == dummy_hash.rsplit("$", 2)[0]
+
+
+def test_sign_up_does_not_reveal_more_than_that_an_email_is_taken(client, user):
+    # Sign-up must say "taken" to be usable; it is rate-limited per address instead.
+    response = signup(client, "another long one", email=user["email"])
+
+    body = assert_problem(response, 409, "email_taken")
+    assert user["id"] not in str(body)
+
+
+# -- login throttling ----------------------------------------------------------------
+
+
+@pytest.fixture
+def limited(mongo_db, redis_client, app_config):
+    def build(**limits):
+        config = _testing() | app_config | {"RATELIMIT_ENABLED": True} | limits
+        return create_app(config, db=mongo_db, redis_client=redis_client).test_client()
+
+    return build
+
+
+def test_password_guessing_on_one_account_is_throttled_across_addresses_and_spellings(
+    limited, user
+):
+    client = limited(RATELIMIT_LOGIN_PER_ACCOUNT="3 per minute", RATELIMIT_LOGIN_PER_IP="")
+    spellings = [user["email"], user["email"].upper(), f"  {user['email'].title()} "]
+
+    for number, email in enumerate(spellings):
+        response = client.post(
+            LOGIN,
+            json={"email": email, "password": f"guess number {number}"},
+            environ_base={"REMOTE_ADDR": f"10.1.0.{number}"},
+        )
+        assert response.status_code == 401
+
+    # Even the right password is refused now: the attacker cannot tell it was right.
+    right = client.post(
+        LOGIN,
+        json={"email": user["email"], "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.1.0.99"},
+    )
+    assert_problem(right, 429, "too_many_requests")
+    assert "access_token" not in right.json
+
+
+def test_guessing_from_one_address_is_throttled_across_accounts(limited, make_user):
+    client = limited(RATELIMIT_LOGIN_PER_IP="3 per minute", RATELIMIT_LOGIN_PER_ACCOUNT="")
+    here = {"REMOTE_ADDR": "192.0.2.50"}
+
+    for _ in range(3):
+        body = {"email": make_user()["email"], "password": "wrong password"}
+        assert client.post(LOGIN, json=body, environ_base=here).status_code == 401
+
+    body = {"email": make_user()["email"], "password": PASSWORD}
+    assert_problem(client.post(LOGIN, json=body, environ_base=here), 429, "too_many_requests")
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_address_limit(limited, user):
+    # No trusted proxy is configured, so the header is the client's word and is ignored.
+    client = limited(RATELIMIT_LOGIN_PER_IP="2 per minute", RATELIMIT_LOGIN_PER_ACCOUNT="")
+    body = {"email": user["email"], "password": "wrong password"}
+
+    for number in range(2):
+        forged = {"X-Forwarded-For": f"203.0.113.{number}"}
+        assert client.post(LOGIN, json=body, headers=forged).status_code == 401
+
+    forged = {"X-Forwarded-For": "203.0.113.200"}
+    assert_problem(client.post(LOGIN, json=body, headers=forged), 429, "too_many_requests")

@@ -1,0 +1,341 @@
+"""Tokens: short-lived access tokens, one-use refresh tokens, logout that revokes both,
+and every kind of bad token refused with 401 in the problem shape."""
+
+import hashlib
+import hmac
+import threading
+import time
+from datetime import timedelta
+
+import jwt as pyjwt
+import pytest
+from conftest import _testing
+from flask_jwt_extended import create_access_token, create_refresh_token
+
+from flashcart import create_app
+
+from .helpers import (
+    LOGOUT,
+    REFRESH,
+    assert_problem,
+    b64,
+    bearer,
+    claims_of,
+    login,
+    unb64,
+)
+
+ORDERS = "/api/v1/orders"
+
+
+def refresh(client, token):
+    return client.post(REFRESH, json={"refresh_token": token})
+
+
+def logout(client, tokens):
+    return client.post(
+        LOGOUT,
+        json={"refresh_token": tokens["refresh_token"]},
+        headers=bearer(tokens["access_token"]),
+    )
+
+
+# -- lifetimes ---------------------------------------------------------------------
+
+
+def test_login_returns_a_15_minute_access_token_and_a_7_day_refresh_token(client, user):
+    tokens = login(client, user)
+
+    access, refresh_ = claims_of(tokens["access_token"]), claims_of(tokens["refresh_token"])
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 15 * 60 == access["exp"] - access["iat"]
+    assert tokens["refresh_expires_in"] == 7 * 24 * 3600 == refresh_["exp"] - refresh_["iat"]
+    assert (access["type"], refresh_["type"]) == ("access", "refresh")
+    assert access["role"] == "user" and access["sub"] == refresh_["sub"] == user["id"]
+    # The refresh token carries no role: the role is read from the account on refresh.
+    assert "role" not in refresh_
+
+
+def test_token_lifetimes_come_from_the_config(client, user):
+    app = client.application
+    app.config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=60)
+    app.config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(seconds=600)
+
+    tokens = login(client, user)
+
+    assert (tokens["expires_in"], tokens["refresh_expires_in"]) == (60, 600)
+    assert claims_of(tokens["access_token"])["exp"] - claims_of(tokens["access_token"])["iat"] == 60
+
+
+# -- refresh -----------------------------------------------------------------------
+
+
+def test_a_refresh_token_buys_a_new_pair_that_works(client, user):
+    tokens = login(client, user)
+
+    renewed = refresh(client, tokens["refresh_token"])
+
+    assert renewed.status_code == 200
+    assert renewed.json["access_token"] != tokens["access_token"]
+    assert renewed.json["refresh_token"] != tokens["refresh_token"]
+    assert renewed.json["user"]["id"] == user["id"]
+    assert client.get(ORDERS, headers=bearer(renewed.json["access_token"])).status_code == 200
+
+
+def test_a_refresh_token_replayed_after_use_is_refused(client, user):
+    tokens = login(client, user)
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+
+    replay = refresh(client, tokens["refresh_token"])
+
+    assert_problem(replay, 401, "token_revoked")
+
+
+def test_the_same_refresh_token_sent_by_many_at_once_buys_one_pair(client, user):
+    token = login(client, user)["refresh_token"]
+    app = client.application
+    results = []
+
+    def attempt():
+        results.append(app.test_client().post(REFRESH, json={"refresh_token": token}).status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [200] + [401] * 7
+
+
+def test_an_access_token_cannot_be_used_to_refresh(client, user):
+    tokens = login(client, user)
+
+    assert_problem(refresh(client, tokens["access_token"]), 401, "token_invalid")
+
+
+def test_a_refresh_token_cannot_be_used_as_an_access_token(client, user, make_product):
+    tokens = login(client, user)
+    product = make_product(live=True)
+
+    for response in (
+        client.get(ORDERS, headers=bearer(tokens["refresh_token"])),
+        client.post(
+            f"/api/v1/sales/reserve/{product['id']}", headers=bearer(tokens["refresh_token"])
+        ),
+        client.post(
+            LOGOUT,
+            json={"refresh_token": tokens["refresh_token"]},
+            headers=bearer(tokens["refresh_token"]),
+        ),
+    ):
+        body = assert_problem(response, 401, "token_invalid")
+        assert "refresh" in body["detail"]
+
+
+def test_an_expired_refresh_token_is_refused(client, app, user):
+    with app.app_context():
+        expired = create_refresh_token(identity=user["id"], expires_delta=timedelta(seconds=-5))
+
+    assert_problem(refresh(client, expired), 401, "token_expired")
+
+
+def test_a_tampered_or_foreign_refresh_token_is_refused(client, user, admin):
+    token = login(client, user)["refresh_token"]
+    header, payload, signature = token.split(".")
+    as_admin = ".".join([header, b64(unb64(payload) | {"sub": admin["id"]}), signature])
+    foreign = pyjwt.encode(
+        {**claims_of(token), "jti": "x"}, "another-secret-that-is-long-enough-0123", "HS256"
+    )
+
+    for forged in (as_admin, foreign, "garbage", token + "x", "a.b.c"):
+        assert_problem(refresh(client, forged), 401, "token_invalid")
+
+
+def test_refresh_reads_the_role_from_the_account(client, mongo_db, user):
+    tokens = login(client, user)
+    mongo_db.users.update_one({"email": user["email"]}, {"$set": {"role": "admin"}})
+
+    renewed = refresh(client, tokens["refresh_token"]).json
+
+    assert claims_of(renewed["access_token"])["role"] == "admin"
+    assert renewed["user"]["role"] == "admin"
+
+
+def test_refresh_for_a_deleted_account_is_refused(client, mongo_db, user):
+    tokens = login(client, user)
+    mongo_db.users.delete_one({"email": user["email"]})
+
+    assert_problem(refresh(client, tokens["refresh_token"]), 401, "token_revoked")
+
+
+# -- logout --------------------------------------------------------------------------
+
+
+def test_logout_revokes_both_the_access_and_the_refresh_token(client, user):
+    tokens = login(client, user)
+    assert client.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200
+
+    response = logout(client, tokens)
+
+    assert response.status_code == 204
+    assert response.get_data() == b""
+    assert_problem(client.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
+    assert_problem(refresh(client, tokens["refresh_token"]), 401, "token_revoked")
+    # Logging out twice with the same tokens: the access token is already dead.
+    assert_problem(logout(client, tokens), 401, "token_revoked")
+
+
+def test_logout_leaves_the_users_other_sessions_alone(client, user):
+    laptop, phone = login(client, user), login(client, user)
+
+    assert logout(client, laptop).status_code == 204
+
+    assert client.get(ORDERS, headers=bearer(phone["access_token"])).status_code == 200
+    assert refresh(client, phone["refresh_token"]).status_code == 200
+
+
+def test_revocations_expire_with_the_token_they_revoke(client, user, redis_client):
+    tokens = login(client, user)
+
+    assert logout(client, tokens).status_code == 204
+
+    now = time.time()
+    for token in (tokens["access_token"], tokens["refresh_token"]):
+        claims = claims_of(token)
+        ttl = redis_client.ttl(f"fc:revoked:{claims['jti']}")
+        assert 0 < ttl <= claims["exp"] - now + 1
+
+
+def test_logout_refuses_another_users_refresh_token_and_revokes_nothing(client, user, make_user):
+    mine, theirs = login(client, user), login(client, make_user())
+
+    response = client.post(
+        LOGOUT,
+        json={"refresh_token": theirs["refresh_token"]},
+        headers=bearer(mine["access_token"]),
+    )
+
+    assert_problem(response, 401, "token_invalid")
+    assert client.get(ORDERS, headers=bearer(mine["access_token"])).status_code == 200
+    assert refresh(client, theirs["refresh_token"]).status_code == 200
+
+
+def test_logout_accepts_an_already_expired_refresh_token(client, app, user):
+    tokens = login(client, user)
+    with app.app_context():
+        expired = create_refresh_token(identity=user["id"], expires_delta=timedelta(seconds=-5))
+
+    response = logout(client, tokens | {"refresh_token": expired})
+
+    assert response.status_code == 204
+    assert_problem(client.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
+
+
+def test_logout_needs_an_access_token_and_a_refresh_token(client, user):
+    tokens = login(client, user)
+
+    assert_problem(
+        client.post(LOGOUT, json={"refresh_token": tokens["refresh_token"]}), 401, "token_missing"
+    )
+    assert_problem(
+        client.post(LOGOUT, json={}, headers=bearer(tokens["access_token"])),
+        422,
+        "validation_error",
+    )
+
+
+def test_a_revoked_token_is_refused_by_every_worker_even_one_that_cached_it(
+    client, user, mongo_db, redis_client, app_config
+):
+    # Another process (a second gunicorn worker) sharing the same Redis.
+    worker = create_app(_testing() | app_config, db=mongo_db, redis_client=redis_client)
+    other = worker.test_client()
+    tokens = login(client, user)
+    assert other.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200
+
+    assert logout(client, tokens).status_code == 204
+
+    assert_problem(other.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
+
+
+# -- bad access tokens ---------------------------------------------------------------
+
+
+def _sign(header, payload, secret):
+    signing_input = f"{b64(header)}.{b64(payload)}".encode()
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[
+        header["alg"]
+    ]
+    return f"{signing_input.decode()}.{b64(hmac.new(secret, signing_input, digest).digest())}"
+
+
+def forged_tokens(app, user):
+    """(name, token) pairs, each an attack on the token check."""
+    with app.app_context():
+        real = create_access_token(identity=user["id"], additional_claims={"role": "user"})
+        expired = create_access_token(
+            identity=user["id"],
+            additional_claims={"role": "user"},
+            expires_delta=timedelta(seconds=-1),
+        )
+    secret = app.config["JWT_SECRET_KEY"].encode()
+    header, payload, signature = real.split(".")
+    claims = unb64(payload)
+    as_admin = claims | {"role": "admin"}
+    return [
+        ("role rewritten", ".".join([header, b64(as_admin), signature]), "token_invalid"),
+        (
+            "subject rewritten",
+            ".".join([header, b64(claims | {"sub": "0" * 24}), signature]),
+            "token_invalid",
+        ),
+        ("signature dropped", f"{header}.{payload}.", "token_invalid"),
+        ("alg none", f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(as_admin)}.", "token_invalid"),
+        ("alg None", f"{b64({'alg': 'None', 'typ': 'JWT'})}.{b64(as_admin)}.", "token_invalid"),
+        (
+            "other algorithm, right secret",
+            _sign({"alg": "HS512", "typ": "JWT"}, as_admin, secret),
+            "token_invalid",
+        ),
+        (
+            "wrong secret",
+            _sign({"alg": "HS256", "typ": "JWT"}, as_admin, b"guess"),
+            "token_invalid",
+        ),
+        ("empty secret", _sign({"alg": "HS256", "typ": "JWT"}, as_admin, b""), "token_invalid"),
+        ("expired", expired, "token_expired"),
+        (
+            "expiry extended",
+            ".".join([header, b64(claims | {"exp": claims["exp"] + 10**6}), signature]),
+            "token_invalid",
+        ),
+        ("not a jwt", "garbage", "token_invalid"),
+    ]
+
+
+def test_every_forged_or_expired_access_token_is_refused_with_401(
+    client, app, user, mongo_db, make_product
+):
+    product = make_product(live=True)
+    for name, token, code in forged_tokens(app, user):
+        for method, path in (
+            ("GET", ORDERS),
+            ("POST", f"/api/v1/sales/reserve/{product['id']}"),
+            ("POST", "/api/v1/products"),
+        ):
+            response = client.open(path, method=method, json={}, headers=bearer(token))
+            body = assert_problem(response, 401)
+            assert body["code"] == code, (name, path, body)
+            assert response.headers["WWW-Authenticate"] == "Bearer", name
+    assert mongo_db.orders.count_documents({}) == 0
+
+
+@pytest.mark.parametrize(
+    "authorization", ["", "Bearer", "Basic dXNlcjpwYXNz", "bearer", "Bearer a b"]
+)
+def test_a_missing_or_malformed_authorization_header_is_refused(client, authorization):
+    response = client.get(ORDERS, headers={"Authorization": authorization})
+
+    body = assert_problem(response, 401)
+    assert body["code"] in {"token_missing", "token_invalid"}
