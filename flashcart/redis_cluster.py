@@ -7,8 +7,12 @@ pipelines that the inventory engine needs (redis-py 8.1):
   redis-py would retry a failed WATCH-time read, or the EXEC, on a fresh connection:
   the WATCH is gone with the old connection, so the transaction would commit
   unguarded (and an EXEC that did run before its reply was lost would run twice).
-  Here the error reaches the caller instead (a 503, which clients retry), after
-  the client has refreshed its slot map, so the next request finds the new master.
+  Here the client refreshes its slot map on the first error. If a command failed
+  before EXEC and the slot now lives on another node (a failover, a moved slot),
+  the pipeline raises WatchError: nothing was written, and the engine runs the
+  transaction again from its WATCH, on the new master, as it does on one Redis.
+  Otherwise (the node is just down, or EXEC itself failed and may have run) the
+  error reaches the caller: a 503, which clients retry.
 - A plain pipeline may MGET keys of one hash slot. redis-py blocks MGET in cluster
   pipelines since keys could span slots; a product's keys never do (hash tag
   `{p:<id>}`), and keys of several slots still fail loudly.
@@ -20,6 +24,7 @@ database 0.
 
 from urllib.parse import unquote
 
+import redis
 import redis.exceptions
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -124,6 +129,42 @@ class ClusterClient(RedisCluster):
 
 
 class _Pipeline(ClusterPipeline):
+    def __init__(self, *args, transaction=None, **kwargs):
+        super().__init__(*args, transaction=transaction, **kwargs)
+        self._transactional = bool(transaction)
+
+    def execute_command(self, *args, **kwargs):
+        return self._rerouted(args, super().execute_command, *args, **kwargs)
+
+    def watch(self, *names):
+        return self._rerouted(("WATCH", *names), super().watch, *names)
+
+    def _rerouted(self, command, call, *args, **kwargs):
+        """Run `call`; in a transaction, a WATCH-time command that failed because its
+        slot moved to another node raises WatchError (nothing was written yet: after
+        MULTI commands are only queued, and EXEC is `execute()`)."""
+        if not self._transactional:
+            return call(*args, **kwargs)
+        node = self._node_of(command)
+        try:
+            return call(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.AskError) as error:
+            now = self._node_of(command)
+            if node is not None and now not in (None, node):
+                raise redis.exceptions.WatchError(
+                    f"slot moved from {node} to {now} while watching: run again"
+                ) from error
+            raise
+
+    def _node_of(self, args):
+        """The node now serving the slot of a keyed command, by the client's map."""
+        if args[0] in self.NO_SLOTS_COMMANDS:
+            return None
+        try:
+            return self.nodes_manager.get_node_from_slot(self.determine_slot(*args)).name
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            return None
+
     def mget(self, keys, *args):
         """MGET of keys in one hash slot (several slots raise RedisClusterException)."""
         return self.execute_command("MGET", *list_or_args(keys, args))

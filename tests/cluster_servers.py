@@ -81,6 +81,7 @@ class ClusterServers:
                 timeout=60,
             )
             self.wait_healthy()
+            self.wait_replicas_synced()
         except BaseException:
             self.stop()
             raise
@@ -182,10 +183,31 @@ class ClusterServers:
         """The client port of a replica of the master on `master_port`."""
         client = redis.Redis(port=master_port, decode_responses=True, socket_timeout=1)
         try:
-            replicas = client.role()[2]
+            nodes = client.execute_command("CLUSTER", "NODES")
         finally:
             client.close()
-        return int(replicas[0][1])
+        lines = [line.split() for line in nodes.splitlines()]
+        [master_id] = [f[0] for f in lines if f[1].startswith(f"127.0.0.1:{master_port}@")]
+        return next(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in lines if f[3] == master_id)
+
+    def wait_replicas_synced(self, timeout=30):
+        """Every replica's link to its master is up (only then can it take over)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            links = []
+            for port in self.live_ports():
+                client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+                try:
+                    info = client.info("replication")
+                finally:
+                    client.close()
+                if info["role"] == "slave":
+                    links.append(info["master_link_status"] == "up")
+            if len(links) == self.size - self.size // (1 + self.replicas_per_master) and all(links):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas not in sync after {timeout}s")
+            time.sleep(0.1)
 
     def kill(self, port):
         """SIGKILL the node on `port` (no goodbye to the cluster: a crash)."""

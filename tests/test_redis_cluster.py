@@ -22,7 +22,7 @@ from flashcart.products.service import TRENDING_KEY, cache_key
 from flashcart.redis_cluster import ClusterClient, parse_url
 from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
-from flashcart.sales.inventory import Inventory, Keys
+from flashcart.sales.inventory import LIVE, Inventory, Keys, SalePlan
 from flashcart.stores import connect_redis
 
 RESERVE = "/api/v1/sales/reserve/{}"
@@ -119,6 +119,28 @@ def test_a_transaction_that_lost_its_connection_after_watch_never_commits(redis_
         pipe.decr(key)
         pipe.execute()
     assert client.get(key) == "0"
+    client.close()
+
+
+def test_a_transaction_sent_where_the_slot_no_longer_lives_runs_again_on_its_owner(
+    redis_cluster,
+):
+    """As after a failover or a moved slot: the first WATCH gets MOVED, the client
+    refreshes its slot map and the engine runs the transaction again, there."""
+    client = connect_redis(redis_cluster.url)
+    product_id, retries = "f" * 24, []
+    engine = Inventory(client, on_retry=lambda: retries.append(1))
+    engine.open_sale(product_id, SalePlan(status=LIVE, limit=5, total=5, sold_by_user={}))
+    slot = client.keyslot(Keys(product_id).sale)
+    owner = client.nodes_manager.slots_cache[slot][0].name
+    stale = next(node for node in client.get_primaries() if node.name != owner)
+    client.nodes_manager.slots_cache[slot] = [stale]
+
+    engine.reserve(product_id, "u1", 2)
+
+    assert retries == [1]
+    assert client.get_node_from_key(Keys(product_id).sale).name == owner
+    assert engine.snapshot(product_id).held == 2
     client.close()
 
 
