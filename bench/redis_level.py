@@ -12,7 +12,7 @@ import time
 import redis
 from bson import ObjectId
 
-from bench.reference import ScriptReservations
+from bench.reference import NaiveWatchReservations, ScriptReservations
 from flashcart.sales.inventory import Inventory, SalePlan
 
 PLENTY = 10**9
@@ -21,10 +21,14 @@ PLENTY = 10**9
 def _client_loop(kind, url, product_id, user_id, seconds, out):
     client = redis.Redis.from_url(url, decode_responses=True)
     retries = [0]
+
+    def count_retry():
+        retries[0] += 1
+
     if kind == "engine":
-        engine = Inventory(
-            client, max_attempts=10_000, on_retry=lambda: retries.__setitem__(0, retries[0] + 1)
-        )
+        engine = Inventory(client, max_attempts=10_000, on_retry=count_retry)
+    elif kind == "naive":
+        engine = NaiveWatchReservations(client, on_retry=count_retry)
     else:
         engine = ScriptReservations(client)
     latencies = []
