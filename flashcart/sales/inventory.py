@@ -470,9 +470,10 @@ class Inventory:
     def reserve(self, product_id, user_id, quantity=1):
         """Take `quantity` units into a new hold for `user_id`; returns the Hold.
 
-        One round trip WATCHes the sale, the user's count and one stripe (chosen at
-        random) while reading every stripe; a second runs MULTI/EXEC. Only when the
-        chosen stripe lacks units does it look again, at stripes known to have some.
+        One round trip WATCHes and reads the sale, the user's count and one stripe
+        (chosen at random among those last seen with units); a second runs
+        MULTI/EXEC. Only when that stripe lacks units does it read them all and
+        choose again.
         """
         if _sold_out_lately(product_id):
             self._refuse_if_sold_out(product_id, quantity)
@@ -483,13 +484,14 @@ class Inventory:
 
         def body(pipe):
             count = plan["count"]
-            chosen = plan.pop("stripes", None) or [random.randrange(count)]
-            meta, (owned, *stock), expired = _watch_and_read(
+            chosen = plan.pop("stripes", None) or [_pick_stripe(product_id, count)]
+            chosen_keys = [keys.stripe(i) for i in chosen]
+            meta, (owned, *stock_here), expired = _watch_and_read(
                 pipe,
-                [keys.sale, user_key, *(keys.stripe(i) for i in chosen)],
+                [keys.sale, user_key, *chosen_keys],
                 [
                     ("HMGET", keys.sale, *_META),
-                    ("MGET", user_key, *keys.stripes(count)),
+                    ("MGET", user_key, *chosen_keys),
                     ("ZCOUNT", keys.deadlines, "-inf", self.clock()),
                 ],
             )
@@ -497,18 +499,20 @@ class Inventory:
             if stripes != count:
                 plan["count"] = stripes
                 raise _LookAgain()
-            owned, stock = int(owned or 0), _ints(stock)
+            owned, stock_here = int(owned or 0), _ints(stock_here)
             if owned + quantity > limit:
                 raise LimitExceeded(
                     f"The limit is {limit} per customer and you already hold or bought {owned}."
                 )
-            if sum(stock[i] for i in chosen) < quantity:
+            if sum(stock_here) < quantity:
+                stock = _ints(self.redis.mget(keys.stripes(count)))
+                _remember_stripes(product_id, stock)
                 self._choose_again(plan, product_id, stock, quantity, expired)
             writes, remaining = [], quantity
-            for i in chosen:
-                take = min(stock[i], remaining)
+            for key, units in zip(chosen_keys, stock_here, strict=True):
+                take = min(units, remaining)
                 if take:
-                    writes.append(("DECRBY", keys.stripe(i), take))
+                    writes.append(("DECRBY", key, take))
                     remaining -= take
             expires_at = self.clock() + self.hold_seconds
             deadline = repr(expires_at)
@@ -687,6 +691,21 @@ _META = ("status", "limit", "stripes", "opens_at", "closes_at")
 # reservations try a plain read first and answer without WATCH/MULTI.
 _SOLD_OUT = {}
 SOLD_OUT_HINT_SECONDS = 1.0
+
+
+# Per process: the stripes each product last had units in, to choose from first.
+_STRIPES_WITH_UNITS = {}
+
+
+def _pick_stripe(product_id, count):
+    candidates = [i for i in _STRIPES_WITH_UNITS.get(product_id, ()) if i < count]
+    return random.choice(candidates) if candidates else random.randrange(count)
+
+
+def _remember_stripes(product_id, stock):
+    if len(_STRIPES_WITH_UNITS) > 10_000:
+        _STRIPES_WITH_UNITS.clear()
+    _STRIPES_WITH_UNITS[product_id] = [i for i, units in enumerate(stock) if units > 0]
 
 
 def _sold_out_lately(product_id):
