@@ -595,3 +595,52 @@ def test_audit_endpoint_returns_the_cli_row_to_admins_only(
     assert client.get(f"/api/v1/sales/audit/{pid}").status_code == 401
     unknown = client.get("/api/v1/sales/audit/0123456789abcdef01234567", headers=admin_headers)
     assert unknown.status_code == 404
+
+
+# -- Redis loses a claim (failover to a replica that had not received it) -------------
+
+
+@pytest.mark.parametrize("cancelled_later", [False, True])
+def test_an_expired_hold_whose_order_was_placed_is_never_sold_again(
+    cancelled_later,
+    short_holds,
+    app,
+    client,
+    make_product,
+    user_headers,
+    mongo_db,
+    redis_client,
+    sale_state,
+):
+    """The claim is undone in Redis (as a failover can lose it) after the order was placed:
+    when the hold expires, its units must stay sold, not go back on sale."""
+    product = make_product(live=True, stock=3, per_user_limit=2)
+    pid = product["id"]
+    keys = Keys(pid)
+    reservation = reserve(client, pid, user_headers, 2).json
+    hold_key = keys.hold(reservation["id"])
+    saved_hold = redis_client.hgetall(hold_key)
+    saved_deadline = redis_client.zscore(keys.deadlines, reservation["id"])
+    order = checkout(client, reservation["id"], user_headers).json
+    assert order["status"] == "placed"
+    # The failover: the replica never saw the claim.
+    redis_client.hset(hold_key, mapping=saved_hold)
+    redis_client.zadd(keys.deadlines, {reservation["id"]: saved_deadline})
+    redis_client.decrby(keys.sold, 2)
+    redis_client.hdel(keys.claimed, reservation["id"])
+    if cancelled_later:
+        assert (
+            client.delete(f"/api/v1/orders/{order['id']}", headers=user_headers).status_code == 200
+        )
+    time.sleep(HOLD_WAIT)
+
+    # Lazily, through a stock read, and by the sweeper: neither may sell the units twice.
+    client.get(f"/api/v1/sales/stock/{pid}")
+    run_sweep(app)
+
+    assert not redis_client.exists(hold_key)
+    sold = placed_units(mongo_db, pid)
+    state = sale_state(pid)
+    assert state["available"] + state["held"] + sold == 3, (state, sold)
+    assert state["sold"] == sold == (0 if cancelled_later else 2)
+    assert audit_row(app, pid)["ok"]

@@ -243,6 +243,11 @@ def reservations_sold(product_id, reservation_ids):
     return {order["reservation_id"] for order in _orders().find(query, {"reservation_id": 1})}
 
 
+def order_placed(product_id, reservation_id):
+    """Whether the reservation became an order that was placed (maybe cancelled since)."""
+    return bool(reservations_sold(product_id, [reservation_id]))
+
+
 def units_sold_by_user(product_id, restored=(), claimed=()):
     """{user id: units} sold for the product, by MongoDB's orders.
 

@@ -239,6 +239,7 @@ class Inventory:
         clock=time.time,
         on_retry=None,
         stripes=DEFAULT_STRIPES,
+        order_placed=None,
     ):
         if not 1 <= stripes <= MAX_STRIPES:
             raise ValueError(f"stripes must be 1..{MAX_STRIPES}")
@@ -249,6 +250,9 @@ class Inventory:
         self.clock = clock
         # Called once per WatchError retry (metrics, benchmarks).
         self.on_retry = on_retry
+        # (product id, reservation id) -> whether an order was placed for the hold;
+        # asked (of MongoDB) before an expired hold's units go back on sale.
+        self.order_placed = order_placed
 
     def _transaction(self, body):
         """Run `body(pipe)` under WATCH/MULTI with bounded, jittered retries.
@@ -610,7 +614,11 @@ class Inventory:
         pipe.decrby(keys.user(user_id), quantity)
 
     def release(self, reservation_id, only_if_expired=True):
-        """Return a hold's units to stock. Returns the quantity returned (0 if none)."""
+        """Return a hold's units to stock. Returns the quantity returned (0 if none).
+
+        A hold whose order was placed all the same (Redis lost the claim, e.g. in a
+        failover) is settled as sold instead: its units never go back on sale.
+        """
         product_id = product_of(reservation_id)
         keys = Keys(product_id)
         hold_key = keys.hold(reservation_id)
@@ -625,9 +633,13 @@ class Inventory:
             if only_if_expired and hold.expires_at > self.clock():
                 return 0
             stripes = pipe.hget(keys.sale, "stripes")
+            sold = self.order_placed is not None and self.order_placed(product_id, reservation_id)
             pipe.multi()
             pipe.delete(hold_key)
             pipe.zrem(keys.deadlines, reservation_id)
+            if sold:
+                pipe.incrby(keys.sold, hold.quantity)
+                return 0
             if stripes is not None:
                 self._give_back(pipe, keys, stripes, hold.user_id, hold.quantity)
             return hold.quantity

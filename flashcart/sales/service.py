@@ -37,6 +37,7 @@ def inventory():
         max_attempts=config["RESERVE_MAX_ATTEMPTS"],
         stripes=config["STOCK_STRIPES"],
         on_retry=metrics.WATCH_RETRIES.inc,
+        order_placed=orders.order_placed,
     )
 
 
