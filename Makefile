@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
+# The embedded demo has a published admin password: listen on this machine only
+# unless told otherwise (HOST=0.0.0.0).
+HOST ?= 127.0.0.1
 
 .PHONY: run test lint bench rehearse clean openapi fuzz
 
@@ -13,7 +16,7 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 run: $(BIN)/.installed  ## Serve the API (embedded in-memory backends unless MONGO_URI/REDIS_URL are set)
-	$(BIN)/flask --app wsgi run --host 0.0.0.0 --port $(PORT)
+	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
 
 test: $(BIN)/.installed  ## Lint, security scan, then the whole suite (starts its own redis-server)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -328,3 +328,33 @@ def test_sale_admin_endpoints_refuse_users_and_anonymous_callers(
     assert (doc["sale_status"], doc["stock"]) == ("live", 5)
     state = sale_state(pid)
     assert (state["status"], state["available"]) == ("live", 5)
+
+
+def test_cancelling_after_the_close_moves_the_units_to_unsold_once(
+    app, make_product, client, user_headers, admin_headers, mongo_db, redis_client
+):
+    pid = make_product(live=True, stock=5, per_user_limit=2)["id"]
+    order = checkout(client, reserve(client, pid, user_headers, 2).json["id"], user_headers).json
+    end(client, pid, admin_headers)
+    assert run_sweep(app)["sales_closed"] == 1
+    assert (product_doc(mongo_db, pid)["sold"], product_doc(mongo_db, pid)["unsold"]) == (2, 3)
+
+    assert client.delete(f"/api/v1/orders/{order['id']}", headers=user_headers).status_code == 200
+    again = client.delete(f"/api/v1/orders/{order['id']}", headers=user_headers)
+
+    assert again.status_code == 409
+    doc = product_doc(mongo_db, pid)
+    assert (doc["sale_status"], doc["sold"], doc["unsold"]) == ("closed", 0, 5)
+
+
+def test_a_sale_whose_window_closed_is_ended_and_closed_by_the_sweeper(
+    app, make_product, client, user_headers, mongo_db
+):
+    pid = make_product(live=True, stock=3, ends_at=iso(timedelta(seconds=1)))["id"]
+    checkout(client, reserve(client, pid, user_headers).json["id"], user_headers)
+    time.sleep(1.1)
+
+    assert run_sweep(app)["sales_closed"] == 1
+
+    doc = product_doc(mongo_db, pid)
+    assert (doc["sale_status"], doc["sold"], doc["unsold"]) == ("closed", 1, 2)

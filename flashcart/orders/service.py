@@ -195,7 +195,7 @@ def finish_cancel(inventory: Inventory, order):
     )
     if not restored:
         # The sale may be closed: its written-back figures take the units instead.
-        products.return_unsold(order["product_id"], str(order["_id"]), order["quantity"])
+        refresh_closed_figures(order["product_id"])
     done = _set_status(order["_id"], CANCELLED, expected=[CANCELLING], cancelled_at=utcnow())
     if done:
         metrics.order(CANCELLED)
@@ -241,6 +241,20 @@ def reservations_sold(product_id, reservation_ids):
         "status": {"$in": [PLACED, CANCELLING, CANCELLED]},
     }
     return {order["reservation_id"] for order in _orders().find(query, {"reservation_id": 1})}
+
+
+def refresh_closed_figures(product_id):
+    """A closed sale's sold and unsold units, recounted from its placed orders.
+
+    Absolute rather than incremental, so a cancel after the close (its units go
+    to unsold) and the close itself agree whatever order they run in.
+    """
+    product = products.find(product_id)
+    if product["sale_status"] != products.CLOSED:
+        return
+    query = {"product_id": product_id, "status": PLACED}
+    sold = sum(o["quantity"] for o in _orders().find(query, {"quantity": 1}))
+    products.record_figures(product_id, sold=sold, unsold=product["stock"] - sold)
 
 
 def order_placed(product_id, reservation_id):

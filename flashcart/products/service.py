@@ -197,36 +197,31 @@ def add_stock(product_id, quantity, allowed):
     return doc
 
 
+def window_closed(product):
+    """Whether a live sale's `ends_at` has passed (the sweeper then ends it)."""
+    ends_at = product.get("ends_at")
+    return product["sale_status"] == LIVE and ends_at is not None and as_utc(ends_at) <= utcnow()
+
+
 def products_in_sale(statuses=(LIVE, ENDED)):
     """Products whose sale state lives in Redis."""
     return list(_products().find({"sale_status": {"$in": list(statuses)}}))
 
 
-def return_unsold(product_id, order_id, quantity):
-    """A cancel after the sale closed: move its units from sold to unsold, once."""
-    _products().update_one(
-        {
-            "_id": object_id_or_none(product_id),
-            "sale_status": CLOSED,
-            "returned_orders": {"$ne": order_id},
-        },
-        {"$inc": {"sold": -quantity, "unsold": quantity}, "$push": {"returned_orders": order_id}},
-    )
-
-
-def record_close(product_id, *, sold, unsold):
-    """Write a finished sale's figures back and mark it closed."""
+def mark_closed(product_id):
+    """An ended sale is over: no hold or claim is left in Redis."""
     now = utcnow()
     _products().update_one(
         {"_id": object_id_or_none(product_id), "sale_status": ENDED},
-        {
-            "$set": {
-                "sale_status": CLOSED,
-                "sold": sold,
-                "unsold": unsold,
-                "closed_at": now,
-                "updated_at": now,
-            }
-        },
+        {"$set": {"sale_status": CLOSED, "closed_at": now, "updated_at": now}},
+    )
+    stores.redis.delete(cache_key(product_id))
+
+
+def record_figures(product_id, *, sold, unsold):
+    """Write a closed sale's figures back."""
+    _products().update_one(
+        {"_id": object_id_or_none(product_id), "sale_status": CLOSED},
+        {"$set": {"sold": sold, "unsold": unsold}},
     )
     stores.redis.delete(cache_key(product_id))

@@ -30,6 +30,7 @@ from flashcart.errors import Busy, Conflict, DomainError, NotFound
 
 LIVE = "live"
 ENDED = "ended"
+CLOSED = "closed"
 DEFAULT_STRIPES = 16
 RESTORED_MARK_SECONDS = 7 * 24 * 3600
 MAX_STRIPES = 64
@@ -283,15 +284,18 @@ class Inventory:
     # -- sale lifecycle -------------------------------------------------------
 
     def open_sale(self, product_id, plan):
-        """Put a sale live in Redis from `plan`. Returns False if Redis already has it."""
+        """Put a sale live in Redis from `plan` (a SalePlan, or a function making one
+        after the WATCH, so a cancel racing the start makes it look again).
+        Returns False if Redis already has the sale."""
         keys = Keys(product_id)
 
         def body(pipe):
-            pipe.watch(keys.sale)
+            pipe.watch(keys.sale, keys.restored, keys.claimed)
             if pipe.exists(keys.sale):
                 return False
+            plan_now = plan() if callable(plan) else plan
             pipe.multi()
-            self._write_sale(pipe, keys, plan, plan.total - plan.sold, old_buyers=())
+            self._write_sale(pipe, keys, plan_now, plan_now.total - plan_now.sold, old_buyers=())
             return True
 
         return self._transaction(body)
@@ -390,6 +394,27 @@ class Inventory:
             for key, units in zip(keys.stripes(count), _split(quantity, count), strict=True):
                 if units:
                     pipe.incrby(key, units)
+            # Touch the sale hash: a rebuild racing this restock then starts over.
+            pipe.hincrby(keys.sale, "restocks", 1)
+            return True
+
+        return self._transaction(body)
+
+    def close_sale(self, product_id):
+        """Stop the sale's stock from moving, once no hold or claim is left.
+
+        Returns False while one is. After this a cancel no longer restores units
+        into Redis: the figures written to MongoDB take them instead.
+        """
+        keys = Keys(product_id)
+
+        def body(pipe):
+            pipe.watch(keys.sale, keys.deadlines, keys.claimed)
+            if pipe.zcard(keys.deadlines) or pipe.hlen(keys.claimed):
+                return False
+            if pipe.exists(keys.sale):
+                pipe.multi()
+                pipe.hset(keys.sale, "status", CLOSED)
             return True
 
         return self._transaction(body)
@@ -413,15 +438,21 @@ class Inventory:
         """Every hold of the product, live or expired but not yet returned."""
         return self._holds(self.redis, product_id)
 
-    @staticmethod
-    def _holds(client, product_id):
+    def _holds(self, client, product_id):
+        """The holds, read in one batch (`client` may be a watching pipeline)."""
         keys = Keys(product_id)
-        holds = []
-        for reservation_id in client.zrange(keys.deadlines, 0, -1):
-            hold = _hold_from(reservation_id, product_id, client.hgetall(keys.hold(reservation_id)))
-            if hold is not None:
-                holds.append(hold)
-        return holds
+        reservation_ids = client.zrange(keys.deadlines, 0, -1)
+        if not reservation_ids:
+            return []
+        with self.redis.pipeline(transaction=False) as batch:
+            for reservation_id in reservation_ids:
+                batch.hgetall(keys.hold(reservation_id))
+            found = batch.execute()
+        holds = (
+            _hold_from(rid, product_id, data)
+            for rid, data in zip(reservation_ids, found, strict=True)
+        )
+        return [hold for hold in holds if hold is not None]
 
     def claims(self, product_id):
         """{reservation id: order id} for claims not yet settled in MongoDB."""
@@ -668,10 +699,10 @@ class Inventory:
             pipe.watch(keys.restored, keys.sale)
             if pipe.sismember(keys.restored, order_id):
                 return False
-            stripes = pipe.hget(keys.sale, "stripes")
+            status, stripes = pipe.hmget(keys.sale, "status", "stripes")
             pipe.multi()
             pipe.sadd(keys.restored, order_id)
-            if stripes is None:
+            if stripes is None or status == CLOSED:
                 # Only orders still `cancelling` need the mark; let a closed sale's go.
                 pipe.expire(keys.restored, RESTORED_MARK_SECONDS)
                 return False

@@ -27,6 +27,9 @@ def sweep():
         done["cancels_finished"] += 1
     for product in products.products_in_sale():
         product_id = str(product["_id"])
+        if products.window_closed(product):
+            sales.end_sale(product_id)
+            product = products.find(product_id)
         _settle_confirmed_claims(engine, product_id)
         while returned := engine.release_expired(product_id):
             done["units_returned"] += returned
@@ -48,10 +51,13 @@ def close_ended_sale(engine, product):
     product_id = str(product["_id"])
     # A checkout or cancel still in flight would change the figures after they are
     # written, and dropping `restored` would let a cancel restore twice.
-    if engine.holds(product_id) or engine.claims(product_id) or orders.in_flight(product_id):
+    if orders.in_flight(product_id):
         return False
-    plan = sales.plan_for(product, engine)
-    products.record_close(product_id, sold=plan.sold, unsold=plan.total - plan.sold)
+    engine.end_sale(product_id)  # in case ending it died between MongoDB and Redis
+    if not engine.close_sale(product_id):
+        return False
+    products.mark_closed(product_id)
+    orders.refresh_closed_figures(product_id)
     engine.drop_sale(product_id)
     return True
 
@@ -118,7 +124,8 @@ def audit(repair=False, product_id=None):
         if repair and not row["ok"] and product["sale_status"] in (products.LIVE, products.ENDED):
             engine.rebuild(
                 row["product_id"],
-                lambda p=product: sales.plan_for(p, engine),
+                # Read again inside the WATCH: an admin may end or restock meanwhile.
+                lambda p=row["product_id"]: sales.plan_for(products.find(p), engine),
                 already_sold=lambda ids, p=row["product_id"]: orders.reservations_sold(p, ids),
             )
             row = {**audit_product(product, engine), "repaired": True}

@@ -74,7 +74,7 @@ def start_sale(product_id):
         raise SaleEnded()
     started = products.set_sale_status(product_id, products.LIVE, expected=[products.DRAFT])
     engine = inventory()
-    pushed = engine.open_sale(product_id, plan_for(started or product, engine))
+    pushed = engine.open_sale(product_id, lambda: plan_for(products.find(product_id), engine))
     # A start that died between MongoDB and Redis is finished by the retry.
     if started is None and not pushed:
         raise SaleAlreadyStarted()
@@ -101,7 +101,8 @@ def restock(product_id, quantity):
     product = products.add_stock(product_id, quantity, allowed=[products.DRAFT, products.LIVE])
     if product["sale_status"] == products.LIVE and not inventory().restock(product_id, quantity):
         # Redis has no sale (lost?): rebuild it from MongoDB, which already counts the units.
-        inventory().open_sale(product_id, plan_for(product))
+        engine = inventory()
+        engine.open_sale(product_id, lambda: plan_for(products.find(product_id), engine))
     status, available = inventory().available(product_id)
     return {"product_id": product_id, "stock": product["stock"], "available": available}
 
