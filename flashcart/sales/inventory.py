@@ -31,9 +31,9 @@ from flashcart.errors import Busy, Conflict, DomainError, NotFound
 LIVE = "live"
 ENDED = "ended"
 CLOSED = "closed"
-DEFAULT_STRIPES = 16
+DEFAULT_STRIPES = 64
 RESTORED_MARK_SECONDS = 7 * 24 * 3600
-MAX_STRIPES = 64
+MAX_STRIPES = 256
 
 
 class SaleNotStarted(Conflict):
