@@ -60,6 +60,9 @@ class Config:
     # Fail fast when a dependency is down or slow instead of hanging the request.
     MONGO_TIMEOUT_MS = _int("MONGO_TIMEOUT_MS", 2000)
     REDIS_TIMEOUT_SECONDS = _float("REDIS_TIMEOUT_SECONDS", 2.0)
+    # Orders are the durable truth: acknowledged once a majority of the replica set
+    # has them, so a MongoDB failover cannot roll a placed order back ("" = the URI's).
+    MONGO_ORDERS_WRITE_CONCERN = os.environ.get("MONGO_ORDERS_WRITE_CONCERN", "majority")
 
     JWT_SECRET_KEY = _env("JWT_SECRET_KEY", _env("JWT_SECRET", DEV_JWT_SECRET))
     # Short-lived access tokens; clients renew them with the refresh token.

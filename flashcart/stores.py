@@ -21,13 +21,22 @@ from flashcart import redis_cluster
 
 log = logging.getLogger(__name__)
 
+# Every query has an index; README "Scaling out" gives the shard keys they suit.
+_NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]  # page_of's sort
 _INDEXES = {
     "users": [([("email", ASCENDING)], {"unique": True})],
-    "products": [([("created_at", DESCENDING)], {})],
+    "products": [
+        (_NEWEST_FIRST, {}),
+        # The sweeper and the audit look for sales in progress every few seconds.
+        ([("sale_status", ASCENDING)], {}),
+    ],
     "orders": [
         # One order per reservation: the database refuses a second one.
         ([("reservation_id", ASCENDING)], {"unique": True}),
-        ([("user_id", ASCENDING), ("created_at", DESCENDING)], {}),
+        # "My orders" (and checkout's lookup, which names the user too).
+        ([("user_id", ASCENDING), *_NEWEST_FIRST], {}),
+        # An admin's list of every order.
+        (_NEWEST_FIRST, {}),
         ([("product_id", ASCENDING), ("status", ASCENDING)], {}),
         ([("status", ASCENDING), ("updated_at", ASCENDING)], {}),
     ],
@@ -67,6 +76,8 @@ def ping_redis(client):
 
 
 def connect_mongo(uri, timeout_ms=2000):
+    """The database named in `uri`. Replica set, read preference, write concern,
+    TLS and pool options come from the URI; the timeouts from MONGO_TIMEOUT_MS."""
     if uri == MEMORY_URI:
         import mongomock
 
@@ -82,6 +93,15 @@ def connect_mongo(uri, timeout_ms=2000):
     return client.get_default_database("flashcart")
 
 
+def orders_collection(db, write_concern):
+    """`db.orders`, written with `write_concern` ("majority", a number of members, or
+    "" for the URI's) when `db` is a real MongoDB database."""
+    if not write_concern or not isinstance(db, pymongo.database.Database):
+        return db.orders
+    w = int(write_concern) if write_concern.isdigit() else write_concern
+    return db.orders.with_options(write_concern=pymongo.WriteConcern(w=w))
+
+
 class _Connections:
     def __init__(self, config, db=None, redis_client=None):
         self.config = config
@@ -91,6 +111,7 @@ class _Connections:
         self._probe = None
         self._pid = os.getpid()
         self._indexed = False
+        self._orders = None
         self._lock = threading.Lock()
 
     def _after_fork(self):
@@ -117,6 +138,13 @@ class _Connections:
                     ensure_indexes(self._db)
                     self._indexed = True
         return self._db
+
+    @property
+    def orders(self):
+        db = self.db
+        if self._orders is None or self._orders[0] is not db:
+            self._orders = (db, orders_collection(db, self.config["MONGO_ORDERS_WRITE_CONCERN"]))
+        return self._orders[1]
 
     @property
     def redis(self):
@@ -157,6 +185,11 @@ class Stores:
     @property
     def db(self):
         return self._connections().db
+
+    @property
+    def orders(self):
+        """The orders collection, written with MONGO_ORDERS_WRITE_CONCERN."""
+        return self._connections().orders
 
     @property
     def redis(self):
