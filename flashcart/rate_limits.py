@@ -10,12 +10,14 @@ TRUSTED_PROXIES, or every client shares the balancer's address.
 import hashlib
 import time
 
+import redis.exceptions
 from flask import current_app, request
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import RateLimitExceeded
 from flask_limiter.util import get_remote_address
+from limits.storage import RedisClusterStorage, Storage
 
-from flashcart import health, metrics
+from flashcart import health, metrics, redis_cluster
 from flashcart.apidoc import RETRY_AFTER, problem
 from flashcart.errors import problem as problem_response
 from flashcart.extensions import limiter
@@ -24,25 +26,74 @@ from flashcart.extensions import limiter
 def init_app(app):
     """Bind the limiter: counters in RATELIMIT_STORAGE_URI, else REDIS_URL."""
     config = app.config
-    config["RATELIMIT_STORAGE_URI"] = config["RATELIMIT_STORAGE_URI"] or config["REDIS_URL"]
-    tls = {}
-    if config["RATELIMIT_STORAGE_URI"].startswith("rediss+cluster://"):
-        # limits spells a TLS Redis Cluster as redis+cluster:// with ssl on.
-        config["RATELIMIT_STORAGE_URI"] = config["RATELIMIT_STORAGE_URI"].replace(
-            "rediss", "redis", 1
-        )
-        tls = {"ssl": True}
-    if config["RATELIMIT_STORAGE_URI"].startswith("redis"):
+    uri = config["RATELIMIT_STORAGE_URI"] or config["REDIS_URL"]
+    options = {}
+    if redis_cluster.is_cluster_url(uri):
+        options = {"ssl": True} if uri.startswith("rediss") else {}
+        uri = ClusterCounters.STORAGE_SCHEME[0] + "://" + uri.partition("://")[2]
+    config["RATELIMIT_STORAGE_URI"] = uri
+    if uri.startswith(("redis", ClusterCounters.STORAGE_SCHEME[0])):
         timeout = config["REDIS_TIMEOUT_SECONDS"]
         config.setdefault(
             "RATELIMIT_STORAGE_OPTIONS",
-            {"socket_timeout": timeout, "socket_connect_timeout": timeout, **tls},
+            {"socket_timeout": timeout, "socket_connect_timeout": timeout, **options},
         )
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, too_many_requests)
     # Probes and scrapes must never be refused.
     for blueprint in (health.blp, metrics.blp):
         limiter.exempt(blueprint)
+
+
+class ClusterCounters(Storage):
+    """limits' Redis Cluster storage, connected on first use instead of at start-up.
+
+    limits' own `redis+cluster://` storage connects when the app is built, so an API
+    host could not even start while the cluster is unreachable; with one Redis it
+    starts and answers 503 until Redis is back. This keeps it so: until the cluster
+    answers, the limiter counts in memory (as in any Redis outage, extensions.py).
+    """
+
+    STORAGE_SCHEME = ["flashcart+redis-cluster"]
+
+    def __init__(self, uri, wrap_exceptions=False, **options):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._uri = "redis+cluster://" + uri.partition("://")[2]
+        self._options = options
+        self._storage = None
+
+    def _counters(self):
+        if self._storage is None:
+            try:
+                self._storage = RedisClusterStorage(self._uri, **self._options)
+            except redis.exceptions.RedisClusterException as error:  # no node answered
+                raise redis.exceptions.ConnectionError(str(error)) from error
+        return self._storage
+
+    @property
+    def base_exceptions(self):
+        return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+    def incr(self, key, expiry, amount=1):
+        return self._counters().incr(key, expiry, amount=amount)
+
+    def get(self, key):
+        return self._counters().get(key)
+
+    def get_expiry(self, key):
+        return self._counters().get_expiry(key)
+
+    def check(self):
+        try:
+            return self._counters().check()
+        except redis.exceptions.RedisError:
+            return False
+
+    def reset(self):
+        return self._counters().reset()
+
+    def clear(self, key):
+        return self._counters().clear(key)
 
 
 def too_many_requests(error):

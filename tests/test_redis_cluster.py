@@ -203,6 +203,24 @@ def auth(app, role, email):
         return user, {"Authorization": f"Bearer {accounts.issue_token(user)['access_token']}"}
 
 
+def test_an_api_host_starts_while_the_cluster_is_unreachable_and_answers_503(mongo_db):
+    config = _testing() | {
+        "REDIS_URL": "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        "REDIS_TIMEOUT_SECONDS": 0.3,
+        # limits' own cluster storage would connect (and fail) while the app is built.
+        "RATELIMIT_ENABLED": True,
+        # Off, so that no request marks the limiter's storage dead: the limiter object
+        # is shared by the apps of this test process (one app per process in production).
+        "RATELIMIT_GLOBAL": "",
+    }
+    client = create_app(config, db=mongo_db).test_client()
+
+    assert client.get("/api/v1/products").status_code == 200  # MongoDB only
+    for path in ("/readyz", f"/api/v1/sales/stock/{'a' * 24}"):
+        response = client.get(path)
+        assert (response.status_code, response.json["code"]) == (503, "redis_unavailable")
+
+
 def test_readyz_on_a_cluster_pings_every_primary(cluster_client):
     response = cluster_client.get("/readyz")
     assert response.status_code == 200, response.json
