@@ -39,18 +39,25 @@ def available():
     return bool(shutil.which("redis-server") and shutil.which("redis-cli"))
 
 
+class PortTaken(RuntimeError):
+    """A node exited at once: its port or bus port was taken meanwhile."""
+
+
 class ClusterServers:
     """Start with `start()`, always `stop()` (kills every process, removes the dirs)."""
 
     def __init__(self, masters=MASTERS, replicas_per_master=1):
         self.size = masters * (1 + replicas_per_master)
         self.replicas_per_master = replicas_per_master
+        self.processes = {}
+        self._choose_ports()
+
+    def _choose_ports(self):
         ports = free_ports(self.size * 2)
         # Client ports, and cluster bus ports chosen too (the default, port + 10000,
         # may be taken or past 65535).
         self.ports, self.bus_ports = ports[: self.size], ports[self.size :]
         self.dir = tempfile.mkdtemp(prefix="flashcart-cluster-")
-        self.processes = {}
 
     @property
     def url(self):
@@ -60,7 +67,19 @@ class ClusterServers:
     def node_url(self, port):
         return f"redis://127.0.0.1:{port}/0"
 
-    def start(self):
+    def start(self, attempts=3):
+        """Start the nodes and join them. A port taken between choosing and binding
+        (other test runs share the machine) means fresh ports and another go."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                self._choose_ports()
+        return self
+
+    def _start(self):
         try:
             for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
                 self.start_node(port, bus_port)
@@ -118,16 +137,17 @@ class ClusterServers:
             stderr=subprocess.DEVNULL,
         )
 
-    @staticmethod
-    def _wait_answers(port, timeout=10):
-        client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    def _wait_answers(self, port, timeout=10):
+        client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
                     client.ping()
                     return
-                except redis.ConnectionError:
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if self.processes[port].poll() is not None:
+                        raise PortTaken(f"redis-server on {port} exited") from None
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
