@@ -6,20 +6,14 @@ from decimal import Decimal
 
 from flask import current_app
 
-from flashcart.errors import Conflict, NotFound
+from flashcart.errors import NotFound
 from flashcart.extensions import stores
-from flashcart.sales.inventory import product_prefix
+from flashcart.sales.inventory import SaleEnded, product_prefix
 from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
 # draft -> live -> ended (no new reservations) -> closed (figures written back).
 DRAFT, LIVE, ENDED, CLOSED = "draft", "live", "ended", "closed"
 TRENDING_KEY = "fc:trending"
-
-
-class SaleClosed(Conflict):
-    """The sale for this product has ended; its stock can no longer change."""
-
-    code = "sale_ended"
 
 
 class ProductNotFound(NotFound):
@@ -192,7 +186,7 @@ def add_stock(product_id, quantity, allowed):
         return_document=True,
     )
     if doc is None:
-        raise SaleClosed()
+        raise SaleEnded("The sale has ended; its stock can no longer change.")
     stores.redis.delete(cache_key(product_id))
     return doc
 

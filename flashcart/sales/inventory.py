@@ -473,32 +473,32 @@ class Inventory:
     # -- reading --------------------------------------------------------------
 
     def _read_stock(self, product_id):
-        """(status, available, expired holds) in one round trip."""
+        """(the sale's `_META` fields, available, expired holds) in one round trip."""
         keys = Keys(product_id)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.sale, "status", "stripes")
+            pipe.hmget(keys.sale, *_META)
             pipe.mget(keys.stripes(self.stripes))
             pipe.zcount(keys.deadlines, "-inf", self.clock())
-            (status, stripes), stock, expired = pipe.execute()
+            meta, stock, expired = pipe.execute()
+        stripes = meta[2]
         if stripes is not None and int(stripes) > self.stripes:
             stock += self.redis.mget(keys.stripes(int(stripes))[self.stripes :])
-        return status, sum(_ints(stock)), expired
+        return meta, sum(_ints(stock)), expired
 
     def snapshot(self, product_id):
         """What Redis says about the sale now (expired holds are not yet returned)."""
-        keys = Keys(product_id)
-        status, available, _ = self._read_stock(product_id)
-        limit, sold = self.redis.hget(keys.sale, "limit"), self.redis.get(keys.sold)
+        (status, limit, *_), available, _ = self._read_stock(product_id)
+        sold = self.redis.get(Keys(product_id).sold)
         held = sum(hold.quantity for hold in self.holds(product_id))
         return SaleSnapshot(status, available, held, int(sold or 0), int(limit or 0))
 
     def available(self, product_id):
         """(status, available units), returning expired holds first."""
-        status, available, expired = self._read_stock(product_id)
+        meta, available, expired = self._read_stock(product_id)
         if expired:
             self.release_expired(product_id)
-            status, available, _ = self._read_stock(product_id)
-        return status, available
+            meta, available, _ = self._read_stock(product_id)
+        return meta[0], available
 
     # -- reservations ---------------------------------------------------------
 
@@ -585,15 +585,9 @@ class Inventory:
 
     def _refuse_if_sold_out(self, product_id, quantity):
         """The sold-out fast path: one plain read, no transaction, while nothing is left."""
-        keys = Keys(product_id)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.sale, *_META)
-            pipe.mget(keys.stripes(self.stripes))
-            pipe.zcount(keys.deadlines, "-inf", self.clock())
-            meta, stock, expired = pipe.execute()
-        _, stripes = _check_open(meta, self.clock())
-        total = sum(_ints(stock))
-        if stripes == self.stripes and not expired and total < quantity:
+        meta, total, expired = self._read_stock(product_id)
+        _check_open(meta, self.clock())
+        if not expired and total < quantity:
             _refuse(product_id, total, quantity)
         _SOLD_OUT.pop(product_id, None)
 

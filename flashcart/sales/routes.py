@@ -5,7 +5,7 @@ from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id
 from flashcart.errors import Busy
 from flashcart.idempotency import idempotent
-from flashcart.products.service import ProductNotFound, SaleClosed
+from flashcart.products.service import ProductNotFound
 from flashcart.sales import inventory, recovery, service
 from flashcart.sales.schemas import (
     AuditOut,
@@ -73,9 +73,9 @@ def end_sale(product_id):
 @auth_required("admin")
 @blp.arguments(RestockIn)
 @blp.response(200, RestockOut)
-@problems(ProductNotFound, SaleClosed)
+@problems(ProductNotFound, inventory.SaleEnded)
 def restock(data, product_id):
-    """Add units to the drop, atomically, even while it is live (admin)."""
+    """Add units to the drop, even while it is live (admin)."""
     return service.restock(product_id, data["quantity"])
 
 
