@@ -159,6 +159,13 @@ class TestingConfig(Config):
     ARGON2_PARALLELISM = 1
     # Tests about rate limits turn them on.
     RATELIMIT_ENABLED = False
+    # The suite's own values, whatever the machine's environment says.
+    HOLD_SECONDS = 600
+    RESERVE_MAX_ATTEMPTS = 64
+    STOCK_STRIPES = 64
+    SWEEP_GRACE_SECONDS = 10
+    PRODUCT_CACHE_SECONDS = 60
+    IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 
 class ProductionConfig(Config):
