@@ -256,3 +256,43 @@ def sale_state(redis_client):
         }
 
     return state
+
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
+
+
+def assert_problem(response, status=None, code=None):
+    """The response is an RFC 9457 problem (with `status` and `code` if named, else
+    some 4xx); returns its body."""
+    text = response.get_data(as_text=True)
+    if status is None:
+        assert 400 <= response.status_code < 500, f"{response.status_code}: {text}"
+    else:
+        assert response.status_code == status, text
+    assert response.content_type == PROBLEM_JSON
+    body = response.json
+    assert set(body) >= PROBLEM_KEYS, body
+    assert body["status"] == response.status_code
+    assert body["type"] == f"urn:flashcart:problem:{body['code']}"
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def redis_state(redis_client):
+    """Every key with its type and value, to prove a request changed nothing."""
+    readers = {
+        "string": redis_client.get,
+        "hash": redis_client.hgetall,
+        "set": redis_client.smembers,
+        "zset": lambda key: redis_client.zrange(key, 0, -1, withscores=True),
+        "list": lambda key: redis_client.lrange(key, 0, -1),
+    }
+    return {
+        key: (kind, readers[kind](key))
+        for key in redis_client.keys("*")
+        if (kind := redis_client.type(key))
+    }

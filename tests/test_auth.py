@@ -7,23 +7,11 @@ from datetime import timedelta
 import jwt as pyjwt
 import pytest
 from argon2 import PasswordHasher
-from conftest import PASSWORD
+from conftest import PASSWORD, assert_problem
 from flask_jwt_extended import create_access_token, decode_token
 
 SIGNUP = "/api/v1/auth/signup"
 LOGIN = "/api/v1/auth/login"
-PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/problem+json"
-    body = response.json
-    assert set(body) >= PROBLEM_KEYS
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"] == f"urn:flashcart:problem:{code}"
-    return body
 
 
 def signup(client, email="shopper@example.com", password=PASSWORD, name="Shopper", **extra):

@@ -2,19 +2,9 @@
 
 import pytest
 from bson import ObjectId
+from conftest import assert_problem
 
 ORDERS = "/api/v1/orders"
-PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/problem+json"
-    body = response.json
-    assert set(body) >= PROBLEM_KEYS
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
 
 
 def reserve(client, product_id, headers, quantity=1):

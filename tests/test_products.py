@@ -1,25 +1,15 @@
 """The catalogue: creation, paging, the read-through cache and trending views."""
 
 from bson import ObjectId
+from conftest import assert_problem
 
 PRODUCTS = "/api/v1/products"
 TRENDING = "/api/v1/products/trending"
 TRENDING_KEY = "fc:trending"
-PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
 
 
 def cache_key(product_id):
     return f"fc:{{p:{product_id}}}:cache"
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/problem+json"
-    body = response.json
-    assert set(body) >= PROBLEM_KEYS
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
 
 
 # -- create --------------------------------------------------------------------

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId
-
-PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
+from conftest import assert_problem, redis_state
 
 
 def sale_key(product_id):
@@ -27,32 +26,6 @@ def available(client, product_id):
     response = client.get(f"/api/v1/sales/stock/{product_id}")
     assert response.status_code == 200, response.json
     return response.json["available"]
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/problem+json"
-    body = response.json
-    assert set(body) >= PROBLEM_KEYS
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
-
-
-def redis_state(redis_client):
-    """Every key with its type and value, to prove a request changed nothing."""
-    readers = {
-        "string": redis_client.get,
-        "hash": redis_client.hgetall,
-        "set": redis_client.smembers,
-        "zset": lambda key: redis_client.zrange(key, 0, -1, withscores=True),
-        "list": lambda key: redis_client.lrange(key, 0, -1),
-    }
-    state = {}
-    for key in redis_client.keys("*"):
-        kind = redis_client.type(key)
-        state[key] = (kind, readers[kind](key))
-    return state
 
 
 # -- starting a sale -----------------------------------------------------------

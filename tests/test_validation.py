@@ -7,9 +7,7 @@ problem-details shape and that MongoDB and Redis are exactly as they were.
 import json
 
 import pytest
-
-PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
-PROBLEM_JSON = "application/problem+json"
+from conftest import assert_problem, redis_state
 
 # name -> (path template, who calls it, a body that would succeed)
 ENDPOINTS = {
@@ -31,32 +29,6 @@ ENDPOINTS = {
 
 HUGE_INT_TEXT = "9" * 5000  # past Python's 4300-digit int parsing limit
 DEEP_JSON = "[" * 20_000 + "]" * 20_000  # under MAX_CONTENT_LENGTH, past the recursion limit
-
-
-def assert_problem(response, status=None):
-    text = response.get_data(as_text=True)
-    assert 400 <= response.status_code < 500, f"{response.status_code}: {text}"
-    if status is not None:
-        assert response.status_code == status, text
-    assert response.content_type == PROBLEM_JSON
-    body = response.json
-    assert set(body) >= PROBLEM_KEYS, body
-    assert body["status"] == response.status_code
-    assert body["type"] == f"urn:flashcart:problem:{body['code']}"
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
-def redis_state(redis_client):
-    readers = {
-        "string": redis_client.get,
-        "hash": redis_client.hgetall,
-        "set": redis_client.smembers,
-        "zset": lambda key: redis_client.zrange(key, 0, -1, withscores=True),
-        "list": lambda key: redis_client.lrange(key, 0, -1),
-    }
-    return {key: readers[redis_client.type(key)](key) for key in redis_client.keys("*")}
 
 
 def store_state(mongo_db, redis_client):
