@@ -3,24 +3,13 @@
 import base64
 import json
 
-from conftest import PASSWORD
+from conftest import PASSWORD, assert_problem  # noqa: F401 (the attack tests import it from here)
 
 API = "/api/v1"
 LOGIN = f"{API}/auth/login"
 REFRESH = f"{API}/auth/refresh"
 LOGOUT = f"{API}/auth/logout"
 SIGNUP = f"{API}/auth/signup"
-
-
-def assert_problem(response, status, code=None):
-    """The answer is the RFC 9457 problem `status` (and `code`); returns the body."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/problem+json"
-    body = response.json
-    assert body["status"] == status
-    if code:
-        assert body["code"] == code, body
-    return body
 
 
 def login(client, user, password=PASSWORD):
