@@ -263,11 +263,6 @@ def refresh_closed_figures(product_id):
     products.record_figures(product_id, sold=sold, unsold=product["stock"] - sold)
 
 
-def order_placed(product_id, reservation_id):
-    """Whether the reservation became an order that was placed (maybe cancelled since)."""
-    return bool(reservations_sold(product_id, [reservation_id]))
-
-
 def units_sold_by_user(product_id, restored=(), claimed=()):
     """{user id: units} sold for the product, by MongoDB's orders.
 

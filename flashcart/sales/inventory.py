@@ -241,7 +241,7 @@ class Inventory:
         clock=time.time,
         on_retry=None,
         stripes=DEFAULT_STRIPES,
-        order_placed=None,
+        placed_orders=None,
     ):
         if not 1 <= stripes <= MAX_STRIPES:
             raise ValueError(f"stripes must be 1..{MAX_STRIPES}")
@@ -252,9 +252,9 @@ class Inventory:
         self.clock = clock
         # Called once per WatchError retry (metrics, benchmarks).
         self.on_retry = on_retry
-        # (product id, reservation id) -> whether an order was placed for the hold;
-        # asked (of MongoDB) before an expired hold's units go back on sale.
-        self.order_placed = order_placed
+        # (product id, reservation ids) -> those whose order was placed; asked (of
+        # MongoDB) before expired holds' units go back on sale.
+        self.placed_orders = placed_orders
 
     def _transaction(self, body):
         """Run `body(pipe)` under WATCH/MULTI with bounded, jittered retries.
@@ -639,11 +639,12 @@ class Inventory:
         pipe.incrby(keys.stripe(random.randrange(int(stripes))), quantity)
         pipe.decrby(keys.user(user_id), quantity)
 
-    def release(self, reservation_id, only_if_expired=True):
+    def release(self, reservation_id, only_if_expired=True, order_placed=None):
         """Return a hold's units to stock. Returns the quantity returned (0 if none).
 
         A hold whose order was placed all the same (Redis lost the claim, e.g. in a
         failover) is settled as sold instead: its units never go back on sale.
+        `order_placed` says so when the caller already knows; else MongoDB is asked.
         """
         product_id = product_of(reservation_id)
         keys = Keys(product_id)
@@ -659,7 +660,9 @@ class Inventory:
             if only_if_expired and hold.expires_at > self.clock():
                 return 0
             stripes = pipe.hget(keys.sale, "stripes")
-            sold = self.order_placed is not None and self.order_placed(product_id, reservation_id)
+            sold = order_placed
+            if sold is None:
+                sold = reservation_id in self._placed(product_id, [reservation_id])
             pipe.multi()
             pipe.delete(hold_key)
             pipe.zrem(keys.deadlines, reservation_id)
@@ -676,7 +679,13 @@ class Inventory:
         """Return the units of up to `batch` expired holds. Returns units returned."""
         keys = Keys(product_id)
         expired = self.redis.zrangebyscore(keys.deadlines, "-inf", self.clock(), 0, batch)
-        return sum(self.release(reservation_id) for reservation_id in expired)
+        placed = self._placed(product_id, expired)  # one lookup for the whole batch
+        return sum(self.release(rid, order_placed=rid in placed) for rid in expired)
+
+    def _placed(self, product_id, reservation_ids):
+        if self.placed_orders is None or not reservation_ids:
+            return set()
+        return self.placed_orders(product_id, reservation_ids)
 
     # -- cancellation ---------------------------------------------------------
 

@@ -22,8 +22,8 @@ class SaleAlreadyStarted(Conflict):
 class _MeteredInventory(Inventory):
     """The engine, counting the holds it returns to stock for /metrics."""
 
-    def release(self, reservation_id, only_if_expired=True):
-        returned = super().release(reservation_id, only_if_expired)
+    def release(self, reservation_id, only_if_expired=True, order_placed=None):
+        returned = super().release(reservation_id, only_if_expired, order_placed)
         if returned:
             metrics.holds_returned(returned, "expired" if only_if_expired else "released")
         return returned
@@ -37,7 +37,7 @@ def inventory():
         max_attempts=config["RESERVE_MAX_ATTEMPTS"],
         stripes=config["STOCK_STRIPES"],
         on_retry=metrics.WATCH_RETRIES.inc,
-        order_placed=orders.order_placed,
+        placed_orders=orders.reservations_sold,
     )
 
 
