@@ -9,15 +9,14 @@ mongomock call under one lock to give the app the guarantees it was written agai
 import collections
 import functools
 import threading
-import time
 
 import mongomock
 import pytest
+from conftest import run_threads
 
 from flashcart.sales.inventory import Inventory, Keys
 from flashcart.stores import connect_redis
 
-JOIN_TIMEOUT = 30
 ORDERS = "/api/v1/orders"
 
 _ATOMIC = (
@@ -71,31 +70,6 @@ def redis_client(real_redis_url):
     client = connect_redis(real_redis_url, max_connections=1000)
     yield client
     client.close()
-
-
-def run_threads(count, target, timeout=JOIN_TIMEOUT):
-    """Run target(index) in `count` threads released together; return their results."""
-    barrier = threading.Barrier(count, timeout=timeout)
-    results, errors = [None] * count, []
-
-    def guarded(index):
-        try:
-            barrier.wait()
-            results[index] = target(index)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    hung = sum(thread.is_alive() for thread in threads)
-    assert hung == 0, f"{hung} threads still running after {timeout}s"
-    if errors:
-        raise errors[0]
-    return results
 
 
 def placed_orders(mongo_db, product_id):

@@ -25,6 +25,7 @@ import uuid
 
 import pytest
 from bson import ObjectId
+from conftest import run_threads
 
 from flashcart.errors import Busy
 from flashcart.sales.inventory import (
@@ -87,29 +88,6 @@ class CountingInventory(Inventory):
 
 def new_product_id():
     return str(ObjectId())
-
-
-def run_threads(count, target, timeout=JOIN_TIMEOUT):
-    """Run target(index, barrier) in `count` threads; re-raise the first thread error."""
-    barrier = threading.Barrier(count, timeout=timeout)
-    errors = []
-
-    def guarded(index):
-        try:
-            target(index, barrier)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    hung = sum(thread.is_alive() for thread in threads)
-    assert hung == 0, f"{hung} threads still running after {timeout}s (deadlock or livelock?)"
-    if errors:
-        raise errors[0]
 
 
 def hold_quantities(client, product_id):
@@ -176,7 +154,7 @@ def test_200_shoppers_racing_for_50_units_get_exactly_50_holds(real_redis):
         with lock:
             outcomes[outcome] += 1
 
-    run_threads(200, shopper)
+    run_threads(200, shopper, pass_barrier=True)
 
     assert outcomes == {"ok": 50, "sold_out": 150}, (outcomes, inventory.retries)
     snapshot = assert_invariant(real_redis, inventory, product_id, total, limit=1)
@@ -208,7 +186,7 @@ def test_many_attempts_by_few_shoppers_never_exceed_the_per_user_limit(real_redi
             if outcome == "ok":
                 per_user[user] += 1
 
-    run_threads(users * attempts_each, shopper)
+    run_threads(users * attempts_each, shopper, pass_barrier=True)
 
     assert per_user == {f"user-{u}": limit for u in range(users)}
     assert outcomes == {"ok": users * limit, "limit": users * (attempts_each - limit)}
@@ -453,7 +431,7 @@ def test_a_mixed_storm_of_reserve_claim_release_restore_keeps_every_unit(real_re
         else:
             consumers[index - producers - 1]()
 
-    run_threads(producers + 1 + len(consumers), worker, timeout=45)
+    run_threads(producers + 1 + len(consumers), worker, timeout=45, pass_barrier=True)
 
     # Every restore and every claim/release contest had exactly one winner.
     assert storm.restore_wins == {order_id: 1 for order_id in storm.queued_restores}
@@ -499,7 +477,7 @@ def test_bounded_retries_give_up_with_busy_and_leave_no_trace(real_redis):
             with lock:
                 outcome[user] += 1
 
-    run_threads(threads, shopper)
+    run_threads(threads, shopper, pass_barrier=True)
 
     ok, gave_up = sum(succeeded.values()), sum(busy.values())
     assert ok + gave_up == threads * calls_each

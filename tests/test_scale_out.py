@@ -33,7 +33,7 @@ import uuid
 import chaos_app
 import cluster_servers
 import pytest
-from conftest import free_port
+from conftest import free_port, run_threads
 from test_chaos import Api
 
 from flashcart import create_app
@@ -182,25 +182,6 @@ def open_drop(app, api, stock, limit, users):
     return product["id"], tokens
 
 
-def run_threads(count, target):
-    errors = []
-
-    def guarded(index):
-        try:
-            target(index)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not [t for t in threads if t.is_alive()], "client threads hung"
-    if errors:
-        raise errors[0]
-
-
 def durable_truth(app, product_id):
     """MongoDB's orders and Redis's figures for the product, at a quiet moment."""
     with app.app_context():
@@ -295,7 +276,7 @@ def test_one_drop_through_three_api_hosts_sells_exactly_the_stock_once(real_redi
         drop = Drop(hosts, product_id, tokens)
         started = time.monotonic()
 
-        run_threads(CLIENTS, drop.shop)
+        run_threads(CLIENTS, drop.shop, timeout=JOIN_TIMEOUT)
 
         elapsed = time.monotonic() - started
         with app.app_context():
