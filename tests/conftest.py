@@ -152,6 +152,12 @@ def app_config(redis_server):
 
 
 @pytest.fixture
+def short_holds(app_config):
+    """Holds expire after one second (must be requested before `app` is built)."""
+    app_config["HOLD_SECONDS"] = 1
+
+
+@pytest.fixture
 def app(app_config, mongo_db, redis_client):
     return create_app({**_testing(), **app_config}, db=mongo_db, redis_client=redis_client)
 

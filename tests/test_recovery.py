@@ -30,12 +30,6 @@ def app_config(app_config):
     return {**app_config, "SWEEP_GRACE_SECONDS": 0}
 
 
-@pytest.fixture
-def short_holds(app_config):
-    """Holds expire after one second (must be requested before `app` is built)."""
-    app_config["HOLD_SECONDS"] = 1
-
-
 class Crash(RuntimeError):
     """The process 'died' here."""
 
