@@ -91,19 +91,20 @@ def end_sale(product_id):
     if product["sale_status"] == products.DRAFT:
         raise SaleNotStarted()
     products.set_sale_status(product_id, products.ENDED, expected=[products.LIVE])
-    inventory().end_sale(product_id)
-    status, available = inventory().available(product_id)
+    engine = inventory()
+    engine.end_sale(product_id)
+    status, available = engine.available(product_id)
     return {"product_id": product_id, "status": status or products.CLOSED, "available": available}
 
 
 def restock(product_id, quantity):
     """Add units to a live sale: MongoDB's stock first (the truth), then Redis."""
     product = products.add_stock(product_id, quantity, allowed=[products.DRAFT, products.LIVE])
-    if product["sale_status"] == products.LIVE and not inventory().restock(product_id, quantity):
+    engine = inventory()
+    if product["sale_status"] == products.LIVE and not engine.restock(product_id, quantity):
         # Redis has no sale (lost?): rebuild it from MongoDB, which already counts the units.
-        engine = inventory()
         engine.open_sale(product_id, lambda: plan_for(products.find(product_id), engine))
-    status, available = inventory().available(product_id)
+    _, available = engine.available(product_id)
     return {"product_id": product_id, "stock": product["stock"], "available": available}
 
 
