@@ -1,6 +1,7 @@
 """The inventory engine's own rules, on the real redis-server: stripes and fast paths."""
 
 import pytest
+import redis
 from bson import ObjectId
 
 from flashcart.errors import Busy
@@ -112,3 +113,25 @@ def test_exhausted_retries_are_busy_not_a_hang(redis_client, monkeypatch):
         engine.reserve(product_id, "ana")
     assert len(attempts) == 3
     assert not redis_client.exists(Keys(product_id).user("ana"))
+
+
+def test_an_error_reply_midway_does_not_leave_replies_for_the_next_caller(redis_server):
+    if redis_server is None:
+        pytest.skip("needs a real redis-server")
+    # One pooled connection: whatever the failed call leaves unread, the next one reads.
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_server.url, max_connections=1, decode_responses=True
+    )
+    client = redis.Redis(connection_pool=pool)
+    client.flushdb()
+    engine = Inventory(client, stripes=2)
+    broken, fine = open_sale(engine, 5), open_sale(engine, 5)
+    client.delete(Keys(broken).sale)
+    client.set(Keys(broken).sale, "not a hash")  # HMGET fails before the other reads
+
+    with pytest.raises(redis.ResponseError):
+        engine.reserve(broken, "ana")
+
+    assert engine.reserve(fine, "ana").quantity == 1
+    assert client.get(Keys(fine).user("ana")) == "1"
+    pool.disconnect()
