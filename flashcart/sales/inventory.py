@@ -20,6 +20,7 @@ Keys of product P (prefix `fc:{p:P}:`):
 Invariant while a sale is live: total = sum(stock:*) + held + sold.
 """
 
+import functools
 import random
 import secrets
 import time
@@ -116,7 +117,7 @@ class Keys:
         return f"{self.prefix}stock:{index}"
 
     def stripes(self, count):
-        return [self.stripe(i) for i in range(count)]
+        return list(_stripe_keys(self.prefix, count))
 
     def user(self, user_id):
         return f"{self.prefix}user:{user_id}"
@@ -158,6 +159,12 @@ class SalePlan:
         return sum(self.sold_by_user.values())
 
 
+@functools.lru_cache(maxsize=4096)
+def _stripe_keys(prefix, count):
+    # Hot reads (stock, sold out) name every stripe: build the keys once per sale.
+    return tuple(f"{prefix}stock:{i}" for i in range(count))
+
+
 def new_reservation_id(product_id):
     # The product id travels inside the reservation id so that checkout can find
     # the product's keys without a cross-slot index.
@@ -192,6 +199,22 @@ def _round_trip(connection, commands):
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
         connection.disconnect()
         raise
+
+
+def _query(client, commands):
+    """Plain reads in one round trip, skipping redis-py's pipeline machinery where
+    the client is a plain Redis (a Redis Cluster client takes its own path)."""
+    if not isinstance(client, redis.Redis):
+        with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return pipe.execute()
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        return _round_trip(connection, commands)
+    finally:
+        pool.release(connection)
 
 
 def _exec_packed(pipe, commands):
@@ -484,11 +507,14 @@ class Inventory:
     def _read_stock(self, product_id):
         """(the sale's `_META` fields, available, expired holds) in one round trip."""
         keys = Keys(product_id)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.sale, *_META)
-            pipe.mget(keys.stripes(self.stripes))
-            pipe.zcount(keys.deadlines, "-inf", self.clock())
-            meta, stock, expired = pipe.execute()
+        meta, stock, expired = _query(
+            self.redis,
+            [
+                ("HMGET", keys.sale, *_META),
+                ("MGET", *_stripe_keys(keys.prefix, self.stripes)),
+                ("ZCOUNT", keys.deadlines, "-inf", self.clock()),
+            ],
+        )
         stripes = meta[2]
         if stripes is not None and int(stripes) > self.stripes:
             stock += self.redis.mget(keys.stripes(int(stripes))[self.stripes :])
@@ -530,14 +556,10 @@ class Inventory:
             count = plan["count"]
             chosen = plan.pop("stripes", None) or [_pick_stripe(product_id, count)]
             chosen_keys = [keys.stripe(i) for i in chosen]
-            meta, (owned, *stock_here), expired = _watch_and_read(
+            meta, (owned, *stock_here) = _watch_and_read(
                 pipe,
                 [keys.sale, user_key, *chosen_keys],
-                [
-                    ("HMGET", keys.sale, *_META),
-                    ("MGET", user_key, *chosen_keys),
-                    ("ZCOUNT", keys.deadlines, "-inf", self.clock()),
-                ],
+                [("HMGET", keys.sale, *_META), ("MGET", user_key, *chosen_keys)],
             )
             limit, stripes = _check_open(meta, self.clock())
             if stripes != count:
@@ -549,7 +571,14 @@ class Inventory:
                     f"The limit is {limit} per customer and you already hold or bought {owned}."
                 )
             if sum(stock_here) < quantity:
-                stock = _ints(self.redis.mget(keys.stripes(count)))
+                stock, expired = _query(
+                    self.redis,
+                    [
+                        ("MGET", *_stripe_keys(keys.prefix, count)),
+                        ("ZCOUNT", keys.deadlines, "-inf", self.clock()),
+                    ],
+                )
+                stock = _ints(stock)
                 _remember_stripes(product_id, stock)
                 self._choose_again(plan, product_id, stock, quantity, expired)
             writes, remaining = [], quantity
