@@ -57,6 +57,25 @@ def test_units_coming_back_after_a_sell_out_are_sold_again_at_once(redis_client)
     assert engine.reserve(product_id, "ben").quantity == 1
 
 
+def test_units_another_process_returns_are_seen_once_the_sold_out_mark_is_old(
+    redis_client, monkeypatch
+):
+    from flashcart.sales import inventory
+
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 1)
+    engine.reserve(product_id, "ana")
+    with pytest.raises(SoldOut):
+        engine.reserve(product_id, "ben")
+    redis_client.incr(Keys(product_id).stripe(0))  # a unit another worker returned
+
+    with pytest.raises(SoldOut):  # within the trust window: answered from memory
+        engine.reserve(product_id, "ben")
+    monkeypatch.setattr(inventory, "SOLD_OUT_TRUST_SECONDS", 0)
+
+    assert engine.reserve(product_id, "ben").quantity == 1
+
+
 def test_the_sold_out_fast_path_still_reports_an_ended_sale(redis_client):
     engine = Inventory(redis_client, stripes=4)
     product_id = open_sale(engine, 1)

@@ -202,6 +202,37 @@ def test_reserving_when_no_unit_is_left_is_409_sold_out(
     assert state["users"] == {user["id"]: 1}
 
 
+def test_once_seen_sold_out_a_reservation_is_refused_before_authentication(
+    client, make_product, user_headers, make_user, headers_for, redis_client
+):
+    product = make_product(live=True, stock=1, per_user_limit=1)
+    assert reserve(client, product["id"], user_headers).status_code == 201
+    assert_problem(reserve(client, product["id"], headers_for(make_user())), 409, "sold_out")
+    commands_before = redis_client.info("stats")["total_commands_processed"]
+
+    response = reserve(client, product["id"], {})  # no token at all
+
+    assert_problem(response, 409, "sold_out")
+    # Answered from memory: the only command since is the INFO reading the count.
+    assert redis_client.info("stats")["total_commands_processed"] == commands_before + 1
+
+
+def test_with_an_idempotency_key_a_sold_out_reservation_still_goes_the_whole_way(
+    client, make_product, user_headers, make_user, headers_for
+):
+    product = make_product(live=True, stock=1, per_user_limit=1)
+    keyed = {**user_headers, "Idempotency-Key": "first-click"}
+    first = reserve(client, product["id"], keyed)
+    assert first.status_code == 201
+    assert_problem(reserve(client, product["id"], headers_for(make_user())), 409, "sold_out")
+
+    replay = reserve(client, product["id"], keyed)
+    unauthenticated = reserve(client, product["id"], {"Idempotency-Key": "other"})
+
+    assert (replay.status_code, replay.json) == (201, first.json)
+    assert_problem(unauthenticated, 401)
+
+
 def test_reserving_more_than_is_left_is_409_insufficient_stock(
     client, make_product, user_headers, sale_state
 ):

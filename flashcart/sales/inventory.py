@@ -330,7 +330,7 @@ class Inventory:
             self._write_sale(pipe, keys, plan_now, plan_now.total - plan_now.sold, old_buyers=())
             return True
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
     def _write_sale(self, pipe, keys, plan, available, old_buyers, held_by_user=None):
         meta = {"status": plan.status, "limit": plan.limit, "stripes": self.stripes}
@@ -396,7 +396,7 @@ class Inventory:
             self._write_sale(pipe, keys, plan, available, old_buyers, held_by_user)
             return SaleSnapshot(plan.status, available, held, plan.sold, plan.limit)
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
     def end_sale(self, product_id):
         """No new reservations; live holds may still check out until their deadline."""
@@ -410,7 +410,7 @@ class Inventory:
             pipe.hset(keys.sale, "status", ENDED)
             return True
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
     def restock(self, product_id, quantity):
         """Add units to a sale in Redis. Returns False if the sale is not in Redis."""
@@ -430,7 +430,7 @@ class Inventory:
             pipe.hincrby(keys.sale, "restocks", 1)
             return True
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
     def close_sale(self, product_id):
         """Stop the sale's stock from moving, once no hold or claim is left.
@@ -449,7 +449,7 @@ class Inventory:
                 pipe.hset(keys.sale, "status", CLOSED)
             return True
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
     def drop_sale(self, product_id):
         """Forget a finished sale's keys (after its figures are written to MongoDB)."""
@@ -465,6 +465,7 @@ class Inventory:
             *keys.stripes(MAX_STRIPES),
             *(keys.user(u) for u in buyers),
         )
+        _forget_sold_out(product_id)
 
     def holds(self, product_id):
         """Every hold of the product, live or expired but not yet returned."""
@@ -545,8 +546,7 @@ class Inventory:
         MULTI/EXEC. Only when that stripe lacks units does it read them all and
         choose again.
         """
-        if _sold_out_lately(product_id):
-            self._refuse_if_sold_out(product_id, quantity)
+        self.refuse_if_sold_out(product_id, quantity)
         keys = Keys(product_id)
         user_key = keys.user(user_id)
         reservation_id = new_reservation_id(product_id)
@@ -621,13 +621,29 @@ class Inventory:
             raise _LookAgain()
         _refuse(product_id, total, quantity)
 
-    def _refuse_if_sold_out(self, product_id, quantity):
-        """The sold-out fast path: one plain read, no transaction, while nothing is left."""
+    def refuse_if_sold_out(self, product_id, quantity=1):
+        """The sold-out fast path: raise SoldOut, without a transaction, while this
+        process saw the product sold out moments ago.
+
+        Within SOLD_OUT_TRUST_SECONDS of a read that found it sold out it answers from
+        memory; later, up to SOLD_OUT_HINT_SECONDS, one plain read confirms it. Units
+        that come back through this process clear the mark at once; through another,
+        they are seen within SOLD_OUT_TRUST_SECONDS. Otherwise returns quietly.
+        """
+        seen = _SOLD_OUT.get(product_id)
+        if seen is None:
+            return
+        age = time.monotonic() - seen
+        if age < SOLD_OUT_TRUST_SECONDS:
+            raise SoldOut()
+        if age >= SOLD_OUT_HINT_SECONDS:
+            _forget_sold_out(product_id)
+            return
         meta, total, expired = self._read_stock(product_id)
         _check_open(meta, self.clock())
         if not expired and total < quantity:
             _refuse(product_id, total, quantity)
-        _SOLD_OUT.pop(product_id, None)
+        _forget_sold_out(product_id)
 
     def get_hold(self, reservation_id):
         """The live or expired-but-not-yet-returned hold, or None."""
@@ -710,7 +726,7 @@ class Inventory:
                 self._give_back(pipe, keys, stripes, hold.user_id, hold.quantity)
             return hold.quantity
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
     def release_expired(self, product_id, batch=100):
         """Return the units of up to `batch` expired holds. Returns units returned."""
@@ -751,7 +767,7 @@ class Inventory:
             pipe.decrby(keys.sold, quantity)
             return True
 
-        return self._transaction(body)
+        return _forget_sold_out_if(self._transaction(body), product_id)
 
 
 def _cover(stock, quantity):
@@ -771,9 +787,9 @@ def _cover(stock, quantity):
 
 
 _META = ("status", "limit", "stripes", "opens_at", "closes_at")
-# Per process: when a reservation last found each product sold out. While recent,
-# reservations try a plain read first and answer without WATCH/MULTI.
+# Per process: when a read last found each product sold out (Inventory.refuse_if_sold_out).
 _SOLD_OUT = {}
+SOLD_OUT_TRUST_SECONDS = 0.1
 SOLD_OUT_HINT_SECONDS = 1.0
 
 
@@ -792,9 +808,14 @@ def _remember_stripes(product_id, stock):
     _STRIPES_WITH_UNITS[product_id] = [i for i, units in enumerate(stock) if units > 0]
 
 
-def _sold_out_lately(product_id):
-    seen = _SOLD_OUT.get(product_id)
-    return seen is not None and time.monotonic() - seen < SOLD_OUT_HINT_SECONDS
+def _forget_sold_out(product_id):
+    _SOLD_OUT.pop(product_id, None)
+
+
+def _forget_sold_out_if(units_came_back, product_id):
+    if units_came_back:
+        _forget_sold_out(product_id)
+    return units_came_back
 
 
 def _refuse(product_id, total, quantity):

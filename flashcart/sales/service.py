@@ -140,6 +140,15 @@ def reserve(product_id, user_id, quantity=1):
     return reservation
 
 
+def refuse_if_sold_out(product_id):
+    """Refuse a reservation from this process's sold-out mark (no-op without one)."""
+    try:
+        inventory().refuse_if_sold_out(product_id)
+    except DomainError as error:
+        metrics.reservation(error.code)
+        raise
+
+
 def live_stock():
     """{product id: available units} for every product whose sale is in Redis."""
     engine = inventory()
