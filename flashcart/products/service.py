@@ -8,6 +8,7 @@ from flask import current_app
 
 from flashcart.errors import NotFound
 from flashcart.extensions import stores
+from flashcart.redis_wire import query
 from flashcart.sales.inventory import SaleEnded, product_prefix
 from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
@@ -137,10 +138,10 @@ def view_product(product_id):
     """One product for a shopper: cache first, and the view counts toward trending."""
     if object_id_or_none(product_id) is None:
         raise ProductNotFound()
-    with stores.redis.pipeline(transaction=False) as pipe:
-        pipe.get(cache_key(product_id))
-        pipe.zincrby(TRENDING_KEY, 1, product_id)
-        raw, _ = pipe.execute()
+    raw, _ = query(
+        stores.redis,
+        [("GET", cache_key(product_id)), ("ZINCRBY", TRENDING_KEY, 1, product_id)],
+    )
     if raw is not None:
         return _decode(raw)
     try:

@@ -28,12 +28,8 @@ from dataclasses import dataclass
 
 import redis
 
-try:  # redis-py's own C packer, called directly: a quarter of redis-py's cost per command
-    from hiredis import pack_command as _pack_command
-except ImportError:  # pragma: no cover - hiredis is in requirements.txt
-    _pack_command = None
-
 from flashcart.errors import Busy, Conflict, DomainError, NotFound
+from flashcart.redis_wire import query, round_trip
 
 LIVE = "live"
 ENDED = "ended"
@@ -184,39 +180,6 @@ def _ints(values):
     return [int(v or 0) for v in values]
 
 
-def _round_trip(connection, commands):
-    """Send `commands` at once and read their raw replies (no response callbacks).
-
-    On any error replies may be left unread, so the connection is never reused.
-    """
-    if _pack_command is None:
-        packed = connection.pack_commands(commands)
-    else:
-        packed = b"".join(map(_pack_command, commands))
-    try:
-        connection.send_packed_command([packed])
-        return [connection.read_response() for _ in commands]
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-        connection.disconnect()
-        raise
-
-
-def _query(client, commands):
-    """Plain reads in one round trip, skipping redis-py's pipeline machinery where
-    the client is a plain Redis (a Redis Cluster client takes its own path)."""
-    if not isinstance(client, redis.Redis):
-        with client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return pipe.execute()
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        return _round_trip(connection, commands)
-    finally:
-        pool.release(connection)
-
-
 def _exec_packed(pipe, commands):
     """MULTI, `commands`, EXEC in one round trip on the watching connection.
 
@@ -229,7 +192,7 @@ def _exec_packed(pipe, commands):
             pipe.execute_command(*command)
         return pipe.execute()
     try:
-        results = _round_trip(pipe.connection, [("MULTI",), *commands, ("EXEC",)])[-1]
+        results = round_trip(pipe.connection, [("MULTI",), *commands, ("EXEC",)])[-1]
     finally:
         pipe.watching = False
     if results is None:
@@ -256,7 +219,7 @@ def _watch_and_read(pipe, watch_keys, reads):
         return [pipe.execute_command(*command) for command in reads]
     connection = pipe.connection or pipe.connection_pool.get_connection()
     pipe.connection = connection
-    replies = _round_trip(connection, [("WATCH", *watch_keys), *reads])
+    replies = round_trip(connection, [("WATCH", *watch_keys), *reads])
     pipe.watching = True  # so that leaving without EXEC sends UNWATCH
     return replies[1:]
 
@@ -508,7 +471,7 @@ class Inventory:
     def _read_stock(self, product_id):
         """(the sale's `_META` fields, available, expired holds) in one round trip."""
         keys = Keys(product_id)
-        meta, stock, expired = _query(
+        meta, stock, expired = query(
             self.redis,
             [
                 ("HMGET", keys.sale, *_META),
@@ -571,7 +534,7 @@ class Inventory:
                     f"The limit is {limit} per customer and you already hold or bought {owned}."
                 )
             if sum(stock_here) < quantity:
-                stock, expired = _query(
+                stock, expired = query(
                     self.redis,
                     [
                         ("MGET", *_stripe_keys(keys.prefix, count)),
