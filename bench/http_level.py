@@ -3,10 +3,12 @@
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 
 import redis
 from bson import ObjectId
@@ -99,6 +101,26 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2):
         "statuses": raw["statuses"],
         "socket_errors": errors,
         "requests": raw["requests"],
+    }
+
+
+def combine(runs):
+    """One figure for several wrk runs of the same scenario (as `wrk` returns them).
+
+    Requests, statuses and socket errors add up; requests/s is the mean over the runs
+    (they are equally long); p50 is the median of the runs' p50 and p99 the worst p99.
+    """
+    statuses = Counter()
+    for run in runs:
+        statuses.update(run["statuses"])
+    return {
+        "requests_per_s": statistics.fmean(run["requests_per_s"] for run in runs),
+        "p50_ms": statistics.median(run["p50_ms"] for run in runs),
+        "p99_ms": max(run["p99_ms"] for run in runs),
+        "statuses": dict(statuses),
+        "socket_errors": sum(run["socket_errors"] for run in runs),
+        "requests": sum(run["requests"] for run in runs),
+        "runs": len(runs),
     }
 
 
