@@ -1,9 +1,9 @@
 """Rate limits: on here (TestingConfig turns them off), counted in the suite's Redis."""
 
 import pytest
-from conftest import PASSWORD, _testing
+from conftest import PASSWORD, _testing, free_port
 
-from flashcart import create_app
+from flashcart import create_app, rate_limits
 
 LOGIN = "/api/v1/auth/login"
 
@@ -69,8 +69,7 @@ def test_login_attempts_per_address_are_limited(limited, user):
     assert client.post(LOGIN, json=body, environ_base=elsewhere).status_code == 200
 
 
-def test_reservations_are_limited_per_user(limited, make_user, headers_for, mongo_db):
-    client = limited(RATELIMIT_RESERVE_PER_USER="2 per minute")
+def _sale(client, headers_for, make_user):
     admin = headers_for(make_user("admin"))
     product = client.post(
         "/api/v1/products",
@@ -78,13 +77,37 @@ def test_reservations_are_limited_per_user(limited, make_user, headers_for, mong
         headers=admin,
     ).json
     assert client.post(f"/api/v1/sales/start/{product['id']}", headers=admin).status_code == 200
-    reserve = f"/api/v1/sales/reserve/{product['id']}"
+    return f"/api/v1/sales/reserve/{product['id']}"
+
+
+def test_reservations_are_limited_per_user(limited, make_user, headers_for, redis_client):
+    client = limited(RATELIMIT_RESERVE_PER_USER="2 per minute")
+    reserve = _sale(client, headers_for, make_user)
     first, second = headers_for(make_user()), headers_for(make_user())
 
     assert client.post(reserve, json={}, headers=first).status_code == 201
     assert client.post(reserve, json={}, headers=first).status_code == 201
     assert_limited(client.post(reserve, json={}, headers=first))
     assert client.post(reserve, json={}, headers=second).status_code == 201
+    assert any("reserve-user" in key for key in redis_client.keys("LIMITS:*"))
+
+
+def test_reservations_stay_limited_per_user_while_the_counters_store_is_down(
+    limited, make_user, headers_for, monkeypatch
+):
+    # The store's outage is remembered per process: forget it after this test.
+    monkeypatch.setattr(rate_limits, "_storage_down_until", 0.0)
+    client = limited(
+        RATELIMIT_RESERVE_PER_USER="2 per minute",
+        RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}",  # nothing listens
+        RATELIMIT_GLOBAL="",  # nothing else finds the store down first
+    )
+    reserve = _sale(client, headers_for, make_user)
+    first = headers_for(make_user())
+
+    assert client.post(reserve, json={}, headers=first).status_code == 201
+    assert client.post(reserve, json={}, headers=first).status_code == 201
+    assert_limited(client.post(reserve, json={}, headers=first))
 
 
 def test_a_global_ceiling_per_address_covers_the_whole_api(limited):
