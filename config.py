@@ -88,7 +88,7 @@ class Config:
     RESERVE_MAX_ATTEMPTS = _int("RESERVE_MAX_ATTEMPTS", 64)
     # Keys one product's live stock is spread over, so concurrent reservations
     # rarely WATCH the same one (README "Performance"); a sale keeps its count.
-    STOCK_STRIPES = _int("STOCK_STRIPES", 64)
+    STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
     TRENDING_SIZE = 3
 

@@ -34,7 +34,7 @@ from flashcart.redis_wire import query, round_trip
 LIVE = "live"
 ENDED = "ended"
 CLOSED = "closed"
-DEFAULT_STRIPES = 64
+DEFAULT_STRIPES = 128
 RESTORED_MARK_SECONDS = 7 * 24 * 3600
 MAX_STRIPES = 256
 
