@@ -120,6 +120,33 @@ def test_a_global_ceiling_per_address_covers_the_whole_api(limited):
     assert other.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/products/6b0000000000000000000001",
+        "/api/v1/sales/stock/6b0000000000000000000001",
+    ],
+)
+def test_the_ceiling_covers_the_hot_routes_too(limited, path):
+    client = limited(RATELIMIT_GLOBAL="2 per minute")
+    assert client.get(path).status_code == 404
+    assert client.get(path).status_code == 404
+    assert_limited(client.get(path))
+
+
+def test_the_hot_routes_have_no_limit_but_the_ceiling(app):
+    # rate_limits skips flask-limiter on them while the ceiling is off.
+    from flask_limiter.util import get_qualified_name
+
+    from flashcart.extensions import limiter
+
+    limited_views = limiter._marked_for_limiting
+    assert "flashcart.auth.routes.login.login" in limited_views  # the check can see limits
+    for endpoint in rate_limits.HOT_ROUTES:
+        assert get_qualified_name(app.view_functions[endpoint]) not in limited_views
+        assert not limiter.limit_manager.has_hints(endpoint)
+
+
 def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(limited):
     client = limited(RATELIMIT_GLOBAL="1 per minute", TRUSTED_PROXIES=1)
     first = {"X-Forwarded-For": "203.0.113.1"}
