@@ -12,7 +12,7 @@ blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accoun
 
 @blp.route("/signup", methods=["POST"])
 @rate_limits.signup
-@blp.arguments(SignupIn)
+@blp.arguments(SignupIn())
 @blp.response(201, UserOut)
 @problems(service.EmailTaken)
 def signup(data):
@@ -22,7 +22,7 @@ def signup(data):
 
 @blp.route("/login", methods=["POST"])
 @rate_limits.login
-@blp.arguments(Credentials)
+@blp.arguments(Credentials())
 @blp.response(200, TokenOut)
 @problems(service.InvalidCredentials)
 def login(data):
@@ -31,7 +31,7 @@ def login(data):
 
 
 @blp.route("/refresh", methods=["POST"])
-@blp.arguments(RefreshTokenIn)
+@blp.arguments(RefreshTokenIn())
 @blp.response(200, TokenOut)
 @problems(tokens.TokenInvalid, tokens.TokenExpired, tokens.TokenRevoked)
 def refresh(data):
@@ -41,7 +41,7 @@ def refresh(data):
 
 @blp.route("/logout", methods=["POST"])
 @auth_required()
-@blp.arguments(RefreshTokenIn)
+@blp.arguments(RefreshTokenIn())
 @blp.response(204)
 @problems(tokens.TokenInvalid)
 def logout(data):
@@ -51,7 +51,7 @@ def logout(data):
 
 @blp.route("/users/<user_id>/role", methods=["PUT"])
 @auth_required("admin")
-@blp.arguments(RoleIn)
+@blp.arguments(RoleIn())
 @blp.response(200, UserOut)
 @problems(service.UserNotFound, service.LastAdmin)
 def set_role(data, user_id):

@@ -14,7 +14,7 @@ blp = Blueprint("orders", __name__, url_prefix="/api/v1/orders", description="Ch
 @blp.route("", methods=["POST"])
 @auth_required()
 @idempotent
-@blp.arguments(OrderIn)
+@blp.arguments(OrderIn())
 @blp.response(201, OrderOut)
 @blp.alt_response(200, schema=OrderOut, description="Retry: the order already placed.")
 @problems(ReservationNotFound, ReservationExpired)
@@ -26,7 +26,7 @@ def place_order(data):
 
 @blp.route("", methods=["GET"])
 @auth_required()
-@blp.arguments(OrderListQuery, location="query", unknown=RAISE)
+@blp.arguments(OrderListQuery(), location="query", unknown=RAISE)
 @blp.response(200, OrderPage)
 def list_orders(query):
     """The caller's orders, newest first (an admin sees all)."""

@@ -19,7 +19,7 @@ blp = Blueprint("products", __name__, url_prefix="/api/v1/products", description
 
 @blp.route("", methods=["GET"])
 @cacheable
-@blp.arguments(ProductListQuery, location="query", unknown=RAISE)
+@blp.arguments(ProductListQuery(), location="query", unknown=RAISE)
 @blp.response(200, ProductPage)
 def list_products(query):
     """List products, newest first, a page at a time."""
@@ -28,7 +28,7 @@ def list_products(query):
 
 @blp.route("", methods=["POST"])
 @auth_required("admin")
-@blp.arguments(ProductIn)
+@blp.arguments(ProductIn())
 @blp.response(201, ProductOut)
 def create_product(data):
     """Create a product for a drop (admin)."""

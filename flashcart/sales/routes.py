@@ -64,7 +64,7 @@ def sold_out_first(view):
 @auth_required()
 @rate_limits.reservations
 @idempotent
-@blp.arguments(ReserveIn, required=False)
+@blp.arguments(ReserveIn(), required=False)
 @blp.response(201, ReservationOut)
 @problems(
     ProductNotFound,
@@ -92,7 +92,7 @@ def end_sale(product_id):
 
 @blp.route("/restock/<product_id>", methods=["POST"])
 @auth_required("admin")
-@blp.arguments(RestockIn)
+@blp.arguments(RestockIn())
 @blp.response(200, RestockOut)
 @problems(ProductNotFound, inventory.SaleEnded)
 def restock(data, product_id):
