@@ -90,6 +90,9 @@ class Config:
     # rarely WATCH the same one (README "Performance"); a sale keeps its count.
     STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
+    # A worker may answer GET /sales/stock from its own read this many seconds old
+    # (0 = always ask Redis); reservations never rely on it.
+    STOCK_READ_MAX_AGE = _float("STOCK_READ_MAX_AGE", 0.1)
     TRENDING_SIZE = 3
 
     # argon2id parameters (RFC 9106 "second recommended option" by default).

@@ -27,7 +27,14 @@ def real_redis_server(redis_server):
 
 
 def build_app(mongo_db, redis_url, **overrides):
-    config = _testing() | {"REDIS_URL": redis_url, "REDIS_TIMEOUT_SECONDS": 0.5} | overrides
+    # STOCK_READ_MAX_AGE=0: each stock read asks Redis (what these tests are about),
+    # never the 0.1 s-old figure an earlier read in this process may have left.
+    config = _testing() | {
+        "REDIS_URL": redis_url,
+        "REDIS_TIMEOUT_SECONDS": 0.5,
+        "STOCK_READ_MAX_AGE": 0,
+    }
+    config |= overrides
     return create_app(config, db=mongo_db)
 
 

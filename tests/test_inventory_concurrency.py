@@ -69,7 +69,7 @@ class CountingInventory(Inventory):
         with self._lock:
             self.watch_retries += 1
 
-    def _transaction(self, body):
+    def _transaction(self, body, product_id):
         with self._lock:
             self.calls += 1
 
@@ -78,7 +78,7 @@ class CountingInventory(Inventory):
                 self.runs += 1
             return body(pipe)
 
-        return super()._transaction(counted)
+        return super()._transaction(counted, product_id)
 
     @property
     def retries(self):

@@ -1,5 +1,7 @@
 """The inventory engine's own rules, on the real redis-server: stripes and fast paths."""
 
+import time
+
 import pytest
 import redis
 from bson import ObjectId
@@ -154,3 +156,21 @@ def test_an_error_reply_midway_does_not_leave_replies_for_the_next_caller(redis_
     assert engine.reserve(fine, "ana").quantity == 1
     assert client.get(Keys(fine).user("ana")) == "1"
     pool.disconnect()
+
+
+def test_a_recent_stock_read_is_reused_until_this_process_changes_the_sale(
+    redis_client, monkeypatch
+):
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 10)
+    assert engine.available(product_id, max_age=60) == ("live", 10)
+    redis_client.decr(Keys(product_id).stripe(0))  # another worker sold a unit
+
+    assert engine.available(product_id, max_age=60) == ("live", 10)  # remembered
+    assert engine.available(product_id) == ("live", 9)  # no max_age: Redis
+    engine.reserve(product_id, "ana")  # a change through this process
+    assert engine.available(product_id, max_age=60) == ("live", 8)
+    redis_client.decr(Keys(product_id).stripe(1))
+    clock = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: clock + 61)
+    assert engine.available(product_id, max_age=60) == ("live", 7)  # too old

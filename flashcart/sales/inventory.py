@@ -24,6 +24,7 @@ import functools
 import random
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 
 import redis
@@ -250,12 +251,13 @@ class Inventory:
         # MongoDB) before expired holds' units go back on sale.
         self.placed_orders = placed_orders
 
-    def _transaction(self, body):
+    def _transaction(self, body, product_id):
         """Run `body(pipe)` under WATCH/MULTI with bounded, jittered retries.
 
         `body` WATCHes what it reads, checks it, then queues writes after
         `pipe.multi()`. A WatchError means another client changed a watched key:
         wait a little (full jitter, growing) and run the whole body again.
+        Afterwards this process's remembered stock read of the product is stale.
         """
         attempt = looks = 0
         while attempt < self.max_attempts and looks <= MAX_STRIPES:
@@ -265,6 +267,7 @@ class Inventory:
                     result = body(pipe)
                     if len(pipe):  # writes the body queued (on any kind of pipeline)
                         pipe.execute()
+                    _stock_reads(self.redis).pop(product_id, None)
                     return result
                 except _LookAgain:
                     looks += 1  # a fresh choice, not contention: no backoff, no attempt used
@@ -293,7 +296,7 @@ class Inventory:
             self._write_sale(pipe, keys, plan_now, plan_now.total - plan_now.sold, old_buyers=())
             return True
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
     def _write_sale(self, pipe, keys, plan, available, old_buyers, held_by_user=None):
         meta = {"status": plan.status, "limit": plan.limit, "stripes": self.stripes}
@@ -359,7 +362,7 @@ class Inventory:
             self._write_sale(pipe, keys, plan, available, old_buyers, held_by_user)
             return SaleSnapshot(plan.status, available, held, plan.sold, plan.limit)
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
     def end_sale(self, product_id):
         """No new reservations; live holds may still check out until their deadline."""
@@ -373,7 +376,7 @@ class Inventory:
             pipe.hset(keys.sale, "status", ENDED)
             return True
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
     def restock(self, product_id, quantity):
         """Add units to a sale in Redis. Returns False if the sale is not in Redis."""
@@ -393,7 +396,7 @@ class Inventory:
             pipe.hincrby(keys.sale, "restocks", 1)
             return True
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
     def close_sale(self, product_id):
         """Stop the sale's stock from moving, once no hold or claim is left.
@@ -412,7 +415,7 @@ class Inventory:
                 pipe.hset(keys.sale, "status", CLOSED)
             return True
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
     def drop_sale(self, product_id):
         """Forget a finished sale's keys (after its figures are written to MongoDB)."""
@@ -491,12 +494,25 @@ class Inventory:
         held = sum(hold.quantity for hold in self.holds(product_id))
         return SaleSnapshot(status, available, held, int(sold or 0), int(limit or 0))
 
-    def available(self, product_id):
-        """(status, available units), returning expired holds first."""
+    def available(self, product_id, max_age=0.0):
+        """(status, available units), returning expired holds first.
+
+        With `max_age` (seconds), an answer this process read that recently, with
+        no change to the sale through this process since, is given again.
+        """
+        reads = _stock_reads(self.redis)
+        if max_age:
+            seen = reads.get(product_id)
+            if seen is not None and time.monotonic() - seen[0] < max_age:
+                return seen[1]
         meta, available, expired = self._read_stock(product_id)
         if expired:
             self.release_expired(product_id)
             meta, available, _ = self._read_stock(product_id)
+        if max_age:
+            if len(reads) > 10_000:
+                reads.clear()
+            reads[product_id] = (time.monotonic(), (meta[0], available))
         return meta[0], available
 
     # -- reservations ---------------------------------------------------------
@@ -570,7 +586,7 @@ class Inventory:
             _exec_packed(pipe, writes)
             return Hold(reservation_id, product_id, user_id, quantity, expires_at)
 
-        return self._transaction(body)
+        return self._transaction(body, product_id)
 
     def _choose_again(self, plan, product_id, stock, quantity, expired):
         """The chosen stripes lack units: pick ones that have them, or say sold out."""
@@ -640,7 +656,7 @@ class Inventory:
             pipe.incrby(keys.sold, hold.quantity)
             return True
 
-        return self._transaction(body)
+        return self._transaction(body, product_id)
 
     def settle_claim(self, reservation_id):
         """Forget a claim once its order is confirmed in MongoDB."""
@@ -689,7 +705,7 @@ class Inventory:
                 self._give_back(pipe, keys, stripes, hold.user_id, hold.quantity)
             return hold.quantity
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
     def release_expired(self, product_id, batch=100):
         """Return the units of up to `batch` expired holds. Returns units returned."""
@@ -730,7 +746,7 @@ class Inventory:
             pipe.decrby(keys.sold, quantity)
             return True
 
-        return _forget_sold_out_if(self._transaction(body), product_id)
+        return _forget_sold_out_if(self._transaction(body, product_id), product_id)
 
 
 def _cover(stock, quantity):
@@ -754,6 +770,18 @@ _META = ("status", "limit", "stripes", "opens_at", "closes_at")
 _SOLD_OUT = {}
 SOLD_OUT_TRUST_SECONDS = 0.1
 SOLD_OUT_HINT_SECONDS = 1.0
+
+
+# Per process and Redis client: product id -> (when, (status, available)) of its
+# last stock read (Inventory.available's max_age); a transaction on it here drops it.
+_STOCK_READS = weakref.WeakKeyDictionary()
+
+
+def _stock_reads(client):
+    reads = _STOCK_READS.get(client)
+    if reads is None:
+        reads = _STOCK_READS[client] = {}
+    return reads
 
 
 # Per process: the stripes each product last had units in, to choose from first.

@@ -112,7 +112,8 @@ def stock(product_id):
     """Live stock from Redis; MongoDB is asked only to explain a missing sale."""
     if object_id_or_none(product_id) is None:
         raise products.ProductNotFound()
-    status, available = inventory().available(product_id)
+    max_age = current_app.config["STOCK_READ_MAX_AGE"]
+    status, available = inventory().available(product_id, max_age=max_age)
     if status is None:
         _explain_missing_sale(product_id)
     return {"product_id": product_id, "status": status, "available": available}
