@@ -90,6 +90,11 @@ class Config:
     # rarely WATCH the same one (README "Performance"); a sale keeps its count.
     STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
+    # A worker may answer a product page from its own copy this many seconds old
+    # (a change through that worker shows at once), and adds its pages' views to
+    # "trending" at most this often (README "Performance").
+    PRODUCT_WORKER_CACHE_SECONDS = _float("PRODUCT_WORKER_CACHE_SECONDS", 1.0)
+    VIEW_FLUSH_SECONDS = _float("VIEW_FLUSH_SECONDS", 1.0)
     # A worker may answer GET /sales/stock from its own read this many seconds old
     # (0 = always ask Redis); reservations never rely on it.
     STOCK_READ_MAX_AGE = _float("STOCK_READ_MAX_AGE", 0.1)
@@ -168,6 +173,10 @@ class TestingConfig(Config):
     STOCK_STRIPES = 64
     SWEEP_GRACE_SECONDS = 10
     PRODUCT_CACHE_SECONDS = 60
+    # Product pages and views go to Redis each time; tests of the workers' own
+    # copies turn these on.
+    PRODUCT_WORKER_CACHE_SECONDS = 0
+    VIEW_FLUSH_SECONDS = 0
     IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 

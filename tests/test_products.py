@@ -1,5 +1,7 @@
 """The catalogue: creation, paging, the read-through cache and trending views."""
 
+import pytest
+import redis
 from bson import ObjectId
 from conftest import assert_problem
 
@@ -280,6 +282,65 @@ def test_an_unknown_product_id_is_404_and_leaves_trending_untouched(
     assert redis_client.zrange(TRENDING_KEY, 0, -1) == [known["id"]]
     assert not redis_client.exists(cache_key(unknown))
     assert [row["product"]["id"] for row in client.get(TRENDING).json] == [known["id"]]
+
+
+@pytest.fixture
+def worker_copies(app_config):
+    """Workers keep product pages and view counts for a minute (before `app`)."""
+    app_config["PRODUCT_WORKER_CACHE_SECONDS"] = 60
+    app_config["VIEW_FLUSH_SECONDS"] = 60
+
+
+def test_a_worker_answers_a_page_from_its_own_copy_until_a_change_goes_through_it(
+    worker_copies, client, make_product, admin_headers, redis_client
+):
+    product = make_product(name="Before")
+    page = f"{PRODUCTS}/{product['id']}"
+    assert client.get(page).json["name"] == "Before"
+    redis_client.delete(cache_key(product["id"]))  # gone from Redis: the copy answers
+    commands_before = redis_client.info("stats")["total_commands_processed"]
+
+    assert client.get(page).json["name"] == "Before"
+    assert redis_client.info("stats")["total_commands_processed"] == commands_before + 1  # INFO
+
+    started = client.post(f"/api/v1/sales/start/{product['id']}", headers=admin_headers)
+    assert started.status_code == 200
+    assert client.get(page).json["sale_status"] == "live"
+
+
+def test_a_worker_adds_its_views_to_trending_in_one_write_per_product(
+    worker_copies, client, make_product, redis_client
+):
+    product = make_product()
+    for _ in range(4):
+        assert client.get(f"{PRODUCTS}/{product['id']}").status_code == 200
+    assert redis_client.zscore(TRENDING_KEY, product["id"]) is None  # not yet added
+
+    trending = client.get(TRENDING).json  # adds this worker's views first
+
+    assert [(row["product"]["id"], row["views"]) for row in trending] == [(product["id"], 4)]
+    assert redis_client.zscore(TRENDING_KEY, product["id"]) == 4
+
+
+def test_views_redis_did_not_take_are_kept_for_the_next_try(
+    worker_copies, app, client, make_product, redis_client, monkeypatch
+):
+    from flashcart.products import view_counts
+
+    product = make_product()
+    for _ in range(2):
+        client.get(f"{PRODUCTS}/{product['id']}")
+
+    def unreachable(*args, **kwargs):
+        raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(redis_client, "pipeline", unreachable)
+    with app.app_context():
+        view_counts.flush()  # logs a warning, the page answers anyway
+    monkeypatch.undo()
+    assert redis_client.zscore(TRENDING_KEY, product["id"]) is None
+
+    assert client.get(TRENDING).json[0]["views"] == 2
 
 
 MALFORMED_IDS = ["abc", "0" * 23, "0" * 25, "g" * 24, "6b0819c5f9a3416a6362d779x", "%24gt", "null"]

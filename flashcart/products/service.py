@@ -1,6 +1,8 @@
 """The catalogue: products in MongoDB, a read-through cache and view counts in Redis."""
 
 import json
+import time
+import weakref
 from datetime import datetime
 from decimal import Decimal
 
@@ -8,13 +10,13 @@ from flask import current_app
 
 from flashcart.errors import NotFound
 from flashcart.extensions import stores
-from flashcart.redis_wire import query
+from flashcart.products import view_counts
+from flashcart.products.view_counts import TRENDING_KEY
 from flashcart.sales.inventory import SaleEnded, product_prefix
 from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
 # draft -> live -> ended (no new reservations) -> closed (figures written back).
 DRAFT, LIVE, ENDED, CLOSED = "draft", "live", "ended", "closed"
-TRENDING_KEY = "fc:trending"
 
 
 class ProductNotFound(NotFound):
@@ -134,25 +136,40 @@ def _fill_cache(product_id):
     return product
 
 
+# Per worker and Redis client: product id -> (when, public product) of recent views.
+# A drop's crowd reloads one page; the worker answers it from memory for up to
+# PRODUCT_WORKER_CACHE_SECONDS (pages may be cached for PRODUCT_HTTP_MAX_AGE anyway),
+# and forgets it at once when a change goes through this worker.
+_RECENT = weakref.WeakKeyDictionary()
+
+
+def _recent():
+    recent = _RECENT.get(stores.redis)
+    if recent is None:
+        recent = _RECENT.setdefault(stores.redis, {})
+    return recent
+
+
 def view_product(product_id):
     """One product for a shopper: cache first, and the view counts toward trending."""
     if object_id_or_none(product_id) is None:
         raise ProductNotFound()
-    raw, _ = query(
-        stores.redis,
-        [("GET", cache_key(product_id)), ("ZINCRBY", TRENDING_KEY, 1, product_id)],
-    )
-    if raw is not None:
-        return _decode(raw)
-    try:
-        return _fill_cache(product_id)
-    except ProductNotFound:
-        stores.redis.zrem(TRENDING_KEY, product_id)
-        raise
+    recent, now = _recent(), time.monotonic()
+    seen = recent.get(product_id)
+    if seen is not None and now - seen[0] < current_app.config["PRODUCT_WORKER_CACHE_SECONDS"]:
+        product = seen[1]
+    else:
+        product = _cached(product_id)
+        if len(recent) > 10_000:
+            recent.clear()
+        recent[product_id] = (now, product)
+    view_counts.count(product_id)
+    return product
 
 
 def trending(limit=None):
-    """The most viewed products, most viewed first."""
+    """The most viewed products, most viewed first (this worker's views included)."""
+    view_counts.flush()
     limit = limit or current_app.config["TRENDING_SIZE"]
     ranked = stores.redis.zrevrange(TRENDING_KEY, 0, limit - 1, withscores=True)
     result = []
@@ -160,8 +177,14 @@ def trending(limit=None):
         try:
             result.append({"product": _cached(product_id), "views": int(views)})
         except ProductNotFound:
-            stores.redis.zrem(TRENDING_KEY, product_id)
+            view_counts.forget(product_id)
     return result
+
+
+def _forget_cached(product_id):
+    """After a change: drop the shared cache entry and this worker's copy."""
+    stores.redis.delete(cache_key(product_id))
+    _recent().pop(product_id, None)
 
 
 def set_sale_status(product_id, status, expected):
@@ -174,7 +197,7 @@ def set_sale_status(product_id, status, expected):
         {"$set": {"sale_status": status, "updated_at": utcnow()}},
         return_document=True,
     )
-    stores.redis.delete(cache_key(product_id))
+    _forget_cached(product_id)
     return doc
 
 
@@ -188,7 +211,7 @@ def add_stock(product_id, quantity, allowed):
     )
     if doc is None:
         raise SaleEnded("The sale has ended; its stock can no longer change.")
-    stores.redis.delete(cache_key(product_id))
+    _forget_cached(product_id)
     return doc
 
 
@@ -210,7 +233,7 @@ def mark_closed(product_id):
         {"_id": object_id_or_none(product_id), "sale_status": ENDED},
         {"$set": {"sale_status": CLOSED, "closed_at": now, "updated_at": now}},
     )
-    stores.redis.delete(cache_key(product_id))
+    _forget_cached(product_id)
 
 
 def record_figures(product_id, *, sold, unsold):
@@ -219,4 +242,4 @@ def record_figures(product_id, *, sold, unsold):
         {"_id": object_id_or_none(product_id), "sale_status": CLOSED},
         {"$set": {"sold": sold, "unsold": unsold}},
     )
-    stores.redis.delete(cache_key(product_id))
+    _forget_cached(product_id)
