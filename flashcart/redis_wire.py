@@ -40,6 +40,8 @@ def query(client, commands):
     the node owning its key.
     """
     if not isinstance(client, redis.Redis):
+        if len(commands) == 1:
+            return [client.execute_command(*commands[0])]
         with client.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)

@@ -17,6 +17,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 
 from flashcart.errors import Unauthorized
 from flashcart.extensions import stores
+from flashcart.redis_wire import query
 
 ACCESS, REFRESH = "access", "refresh"
 SCHEME = "Bearer"
@@ -90,7 +91,8 @@ def revoke(claims):
 
 
 def is_revoked(claims):
-    return stores.redis.exists(_revoked_key(claims["jti"])) > 0
+    # Asked on every authenticated request: one raw round trip (redis_wire).
+    return query(stores.redis, [("EXISTS", _revoked_key(claims["jti"]))])[0] > 0
 
 
 def redeem(refresh_token):
