@@ -217,6 +217,26 @@ def test_once_seen_sold_out_a_reservation_is_refused_before_authentication(
     assert redis_client.info("stats")["total_commands_processed"] == commands_before + 1
 
 
+def test_a_sale_another_worker_closed_is_explained_not_answered_sold_out(
+    client, make_product, user_headers, make_user, headers_for, redis_client, mongo_db, monkeypatch
+):
+    from flashcart.sales import inventory
+
+    product = make_product(live=True, stock=1, per_user_limit=1)
+    assert reserve(client, product["id"], user_headers).status_code == 201
+    assert_problem(reserve(client, product["id"], headers_for(make_user())), 409, "sold_out")
+    # Elsewhere the sale closed: its figures went to MongoDB, its keys left Redis.
+    mongo_db.products.update_one(
+        {"_id": ObjectId(product["id"])}, {"$set": {"sale_status": "closed"}}
+    )
+    redis_client.delete(sale_key(product["id"]))
+    monkeypatch.setattr(inventory, "SOLD_OUT_TRUST_SECONDS", 0)  # the mark is old
+
+    response = reserve(client, product["id"], headers_for(make_user()))
+
+    assert_problem(response, 409, "sale_ended")
+
+
 def test_with_an_idempotency_key_a_sold_out_reservation_still_goes_the_whole_way(
     client, make_product, user_headers, make_user, headers_for
 ):

@@ -432,6 +432,7 @@ class Inventory:
             *(keys.user(u) for u in buyers),
         )
         _forget_sold_out(product_id)
+        _stock_reads(self.redis).pop(product_id, None)
 
     def holds(self, product_id):
         """Every hold of the product, live or expired but not yet returned."""
@@ -619,8 +620,8 @@ class Inventory:
             _forget_sold_out(product_id)
             return
         meta, total, expired = self._read_stock(product_id)
-        _check_open(meta, self.clock())
-        if not expired and total < quantity:
+        # A sale no longer open takes the full path, which says what became of it.
+        if _is_open(meta, self.clock()) and not expired and total < quantity:
             _refuse(product_id, total, quantity)
         _forget_sold_out(product_id)
 
@@ -803,10 +804,11 @@ def _forget_sold_out(product_id):
     _SOLD_OUT.pop(product_id, None)
 
 
-def _forget_sold_out_if(units_came_back, product_id):
-    if units_came_back:
+def _forget_sold_out_if(changed, product_id):
+    """After a transaction that may bring units back or change the sale's status."""
+    if changed:
         _forget_sold_out(product_id)
-    return units_came_back
+    return changed
 
 
 def _refuse(product_id, total, quantity):
@@ -828,6 +830,14 @@ def _check_open(meta, now):
     if opens_at is not None and now < float(opens_at):
         raise SaleNotOpen()
     return int(limit), int(stripes)
+
+
+def _is_open(meta, now):
+    try:
+        _check_open(meta, now)
+    except DomainError:
+        return False
+    return True
 
 
 def _hold_from(reservation_id, product_id, data):
