@@ -11,7 +11,10 @@ log = logging.getLogger("flashcart")
 
 def run(app):
     config = app.config
-    embedded = config["MONGO_URI"] == MEMORY_URI and not config["TESTING"]
+    # Both stores in memory (the benchmark pairs in-memory MongoDB with a real Redis,
+    # which must not get demo sales).
+    in_memory = config["MONGO_URI"] == MEMORY_URI and config["REDIS_URL"] == MEMORY_URI
+    embedded = in_memory and not config["TESTING"]
     if not (embedded or config["ADMIN_EMAIL"]):
         return
     with app.app_context():
