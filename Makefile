@@ -7,7 +7,7 @@ PORT ?= 5000
 # unless told otherwise (HOST=0.0.0.0).
 HOST ?= 127.0.0.1
 
-.PHONY: run test lint bench rehearse clean openapi fuzz
+.PHONY: run test lint bench bench-cpu rehearse clean openapi fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ clean:
 bench: $(BIN)/.installed  ## Benchmark: Redis level, HTTP level (wrk, gunicorn) and a drop rehearsal
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-cpu: $(BIN)/.installed  ## CPU per reservation and per request, without server or load (before/after a change)
+	$(BIN)/python -m bench.cpu $(BENCH_ARGS)
 
 # A drop rehearsal against any FlashCart: make rehearse URL=... ADMIN_EMAIL=... ADMIN_PASSWORD=...
 SHOPPERS ?= 500

@@ -21,4 +21,7 @@ class BenchConfig(ProductionConfig):
             raise RuntimeError("the benchmark needs REDIS_URL and a JWT secret")
 
 
-app = create_app(BenchConfig)
+def create(**overrides):
+    """The app (gunicorn: `bench.app:create()`); `overrides` replace settings."""
+    config = type("BenchConfig", (BenchConfig,), overrides) if overrides else BenchConfig
+    return create_app(config)

@@ -94,7 +94,7 @@ class Gunicorn:
                 "gunicorn.conf.py",
                 "--bind",
                 f"127.0.0.1:{self.port}",
-                "bench.app:app",
+                "bench.app:create()",
             ],
             cwd=ROOT,
             env=self.env,

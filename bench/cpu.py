@@ -1,0 +1,126 @@
+"""CPU per operation, without the network or a load generator: `make bench-cpu`.
+
+`make bench` measures throughput under load, with the box's noise in it. This
+measures what one operation costs the Python process, in CPU microseconds
+(`time.process_time`, best of 3 rounds), so a change can be weighed before and after:
+  1. one reservation (one client): the engine, the single-script yardstick and the
+     first engine's design;
+  2. one request through the app (production settings, called as gunicorn calls
+     it, without gunicorn): /healthz, reserve, sold-out reserve, stock read and
+     product page, each reserve with a token not seen before, as in `make bench`.
+The app's ratios against /healthz leave out what the server adds to every request,
+so they are lower than `make bench`'s.
+"""
+
+import functools
+import logging
+import os
+import sys
+import time
+
+import redis
+from bson import ObjectId
+from werkzeug.test import EnvironBuilder
+
+from bench import http_level
+from bench.reference import NaiveWatchReservations, ScriptReservations
+from bench.servers import RedisServer
+from flashcart.sales.inventory import Inventory, SalePlan
+
+SECRET = "bench-secret-" + "x" * 40
+ROUNDS = 3
+
+
+def best_cpu_us(rounds):
+    """Least CPU time per call among `rounds` (lists of calls), in µs."""
+    best = None
+    for calls in rounds:
+        started = time.process_time()
+        for call in calls:
+            call()
+        spent = (time.process_time() - started) / len(calls) * 1e6
+        best = spent if best is None else min(best, spent)
+    return best
+
+
+def reservation_costs(url, count):
+    client = redis.Redis.from_url(url, decode_responses=True)
+    engines = {
+        "engine": Inventory(client, max_attempts=10_000),
+        "script": ScriptReservations(client),
+        "naive": NaiveWatchReservations(client),
+    }
+    costs = {}
+    for name, engine in engines.items():
+        product_id = str(ObjectId())
+        if name == "engine":
+            engine.open_sale(product_id, SalePlan("live", 10**9, 10**9, {}))
+        else:
+            ScriptReservations(client).open(product_id, 10**9, 10**9)
+        reserve = functools.partial(engine.reserve, product_id, "u")
+        costs[name] = best_cpu_us([[reserve] * count for _ in range(ROUNDS)])
+    return costs
+
+
+def request_costs(url, count):
+    from bench.app import create
+
+    app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL="")
+    quiet = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
+    for handler in logging.getLogger().handlers + logging.getLogger("flashcart").handlers:
+        if hasattr(handler, "stream"):
+            handler.stream = quiet  # logs are still formatted, as in production
+    plenty = http_level.open_sale(url, stock=10**9, limit=10**9)
+    sold_out = http_level.open_sale(url, stock=0, limit=1)
+    http_level.cache_product(url, plenty)
+    tokens_path = http_level.make_tokens(count * ROUNDS * 2, SECRET)
+    with open(tokens_path) as lines:
+        tokens = iter(lines.read().split())
+    os.unlink(tokens_path)
+
+    def environ(method, path, token=None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return EnvironBuilder(method=method, path=path, headers=headers).get_environ()
+
+    scenarios = {
+        "/healthz": lambda: environ("GET", "/healthz"),
+        "reserve": lambda: environ("POST", f"/api/v1/sales/reserve/{plenty}", next(tokens)),
+        "reserve, sold out": lambda: environ(
+            "POST", f"/api/v1/sales/reserve/{sold_out}", next(tokens)
+        ),
+        "stock read": lambda: environ("GET", f"/api/v1/sales/stock/{plenty}"),
+        "product page": lambda: environ("GET", f"/api/v1/products/{plenty}"),
+    }
+
+    def start_response(status, headers, exc_info=None):
+        if status[0] == "5":
+            raise RuntimeError(f"the app answered {status}")
+
+    def serve(environ):
+        b"".join(app.wsgi_app(environ, start_response))
+
+    costs = {}
+    for name, make_environ in scenarios.items():
+        rounds = [
+            [functools.partial(serve, make_environ()) for _ in range(count)] for _ in range(ROUNDS)
+        ]
+        costs[name] = best_cpu_us(rounds)
+    return costs
+
+
+def main():
+    count = 500 if "--quick" in sys.argv else 3000
+    with RedisServer() as server:
+        reservations = reservation_costs(server.url, count)
+        requests = request_costs(server.url, count)
+    print("\n1. One reservation, CPU µs (one client)")
+    for name, cost in reservations.items():
+        print(f"   {name:<8} {cost:7.0f}   engine/this {cost / reservations['engine']:.2f}")
+    print("\n2. One request through the app, CPU µs (production settings, no server)")
+    health = requests["/healthz"]
+    for name, cost in requests.items():
+        print(f"   {name:<18} {cost:7.0f}   /healthz/this {health / cost:.2f}")
+
+
+if __name__ == "__main__":
+    main()
