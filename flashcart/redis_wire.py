@@ -18,26 +18,26 @@ except ImportError:  # pragma: no cover - hiredis is in requirements.txt
 def round_trip(connection, commands):
     """Send `commands` at once on `connection` and read their replies.
 
-    On any error replies may be left unread, so the connection is dropped rather
-    than handed to the next caller.
+    On any failure replies may be left unread (or a WATCH left standing), so the
+    connection is dropped rather than handed to the next caller.
     """
-    if _pack_command is None:  # pragma: no cover
-        packed = connection.pack_commands(commands)
-    else:
-        packed = b"".join(map(_pack_command, commands))
     try:
-        connection.send_packed_command([packed])
+        if _pack_command is None:
+            connection.send_packed_command(connection.pack_commands(commands))
+        else:
+            connection.send_packed_command([b"".join(map(_pack_command, commands))])
         return [connection.read_response() for _ in commands]
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+    except BaseException:
         connection.disconnect()
         raise
 
 
 def query(client, commands):
-    """Run `commands` (no transaction) in one round trip; returns their replies.
+    """Run read `commands` (no transaction) in one round trip; returns their replies.
 
-    A Redis Cluster client takes its own pipeline, which routes each command to
-    the node owning its key.
+    Retried on a lost connection as the connection's Retry says, like a redis-py
+    command (reads only: a write could run twice). A Redis Cluster client takes its own pipeline, which
+    routes each command to the node owning its key.
     """
     if not isinstance(client, redis.Redis):
         if len(commands) == 1:
@@ -49,6 +49,8 @@ def query(client, commands):
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        return round_trip(connection, commands)
+        return connection.retry.call_with_retry(
+            lambda: round_trip(connection, commands), lambda _error: connection.disconnect()
+        )
     finally:
         pool.release(connection)
