@@ -20,7 +20,7 @@ from flask_limiter import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisClusterStorage, Storage
-from limits.strategies import FixedWindowRateLimiter
+from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
 from flashcart import health, metrics, redis_cluster
 from flashcart.apidoc import RETRY_AFTER, problem
@@ -198,10 +198,22 @@ def reservations(view):
 
 
 # Counts per process while the limiter's storage does not answer (as flask-limiter's
-# own in-memory fallback does for the other limits); it is tried again after a pause.
+# own in-memory fallback does for the other limits); it is tried again after a pause,
+# whatever flask-limiter thinks of the storage (it may not look on the hot routes).
 _FALLBACK = FixedWindowRateLimiter(MemoryStorage())
 STORAGE_RETRY_SECONDS = 5.0
 _storage_down_until = 0.0
+STORAGE_ERRORS = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,  # not a RedisError
+    StorageError,
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _counting(strategy, storage):
+    """The strategy flask-limiter is set to (RATELIMIT_STRATEGY), on its storage."""
+    return STRATEGIES[strategy](storage)
 
 
 def _count_reservation(user_id):
@@ -210,10 +222,14 @@ def _count_reservation(user_id):
     if not spec or not limiter.enabled:
         return
     for item in _parsed(spec):
-        strategy = limiter.limiter if time.monotonic() >= _storage_down_until else _FALLBACK
+        if time.monotonic() >= _storage_down_until:
+            name = current_app.config.get("RATELIMIT_STRATEGY") or "fixed-window"
+            strategy = _counting(name, limiter.storage)
+        else:
+            strategy = _FALLBACK
         try:
             allowed = strategy.hit(item, "reserve-user", user_id)
-        except (redis.exceptions.RedisError, StorageError):
+        except STORAGE_ERRORS:
             _storage_down_until = time.monotonic() + STORAGE_RETRY_SECONDS
             strategy = _FALLBACK
             allowed = strategy.hit(item, "reserve-user", user_id)

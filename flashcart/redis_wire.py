@@ -36,8 +36,8 @@ def query(client, commands):
     """Run read `commands` (no transaction) in one round trip; returns their replies.
 
     Retried on a lost connection as the connection's Retry says, like a redis-py
-    command (reads only: a write could run twice). A Redis Cluster client takes its own pipeline, which
-    routes each command to the node owning its key.
+    command (reads only: a write could run twice). A Redis Cluster client takes its
+    own pipeline, which routes each command to the node owning its key.
     """
     if not isinstance(client, redis.Redis):
         if len(commands) == 1:
