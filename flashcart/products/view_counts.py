@@ -2,9 +2,10 @@
 
 In a drop the crowd reloads one product page; one ZINCRBY per view on the single
 trending key was a Redis write per page. Each worker now counts views in memory and
-adds them at most every VIEW_FLUSH_SECONDS: one write per product per interval.
-Views a worker counted but had not yet added are lost if it dies (at most that
-interval's); a Redis error while adding keeps them for the next try.
+adds them at most every VIEW_FLUSH_SECONDS, with its next view or trending read:
+one write per product per interval. Views a worker counted but had not yet added
+are lost when it stops; a Redis error while adding keeps them for the next try (if
+Redis did add them before the error, they count twice: trending is a ranking).
 """
 
 import logging
