@@ -65,13 +65,17 @@ def cache_product(redis_url, product_id):
     client.set(cache_key(product_id), json.dumps(product), ex=3600)
 
 
-def wrk(url, method, path, connections, seconds, tokens=None, threads=2):
-    """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors)."""
+def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_token=0):
+    """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors).
+
+    With `tokens`, requests carry the tokens from line `first_token` on, one each.
+    """
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    env = {**os.environ, "WRK_METHOD": method, "WRK_PATH": path}
+    env = {**os.environ, "WRK_METHOD": method, "WRK_PATH": path, "WRK_THREADS": str(threads)}
     if tokens:
         env["WRK_TOKENS"] = tokens
+        env["WRK_OFFSET"] = str(first_token)
     output = subprocess.run(
         [
             "wrk",

@@ -1,9 +1,11 @@
 -- Cycles through pre-generated bearer tokens (one per user) and counts statuses.
--- Environment: WRK_TOKENS (file, one token a line), WRK_METHOD, WRK_PATH.
+-- Environment: WRK_TOKENS (file, one token a line), WRK_OFFSET (the first token to
+-- use), WRK_THREADS (wrk's -t), WRK_METHOD, WRK_PATH.
 local tokens = {}
 local method = os.getenv("WRK_METHOD") or "GET"
 local path = os.getenv("WRK_PATH") or "/healthz"
 local counter = 0
+local step = 1
 statuses = {}
 local threads = {}
 
@@ -19,15 +21,17 @@ function init(args)
       table.insert(tokens, line)
     end
   end
-  -- Each thread starts at its own offset so threads do not share users.
-  counter = id * 7919
+  -- Thread i takes tokens offset + i, offset + i + threads, ...: no two requests of
+  -- a run share a user until the file wraps.
+  step = tonumber(os.getenv("WRK_THREADS") or "1")
+  counter = tonumber(os.getenv("WRK_OFFSET") or "0") + id
 end
 
 function request()
   local headers = { ["Content-Type"] = "application/json" }
   if #tokens > 0 then
-    counter = counter + 1
     headers["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]
+    counter = counter + step
   end
   local body = nil
   if method == "POST" then body = "{}" end
