@@ -20,16 +20,11 @@ reservation, and an audit that is clean (drift 0, oversold 0).
 """
 
 import collections
-import contextlib
-import http.client
-import json
 import multiprocessing
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +33,8 @@ import uuid
 import chaos_app
 import pytest
 import redis
-from conftest import RedisServer, free_port
+from conftest import RedisServer
+from gunicorn_hosts import GunicornHost
 
 from flashcart import create_app
 from flashcart.auth import service as accounts
@@ -56,7 +52,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STOCK = 300
 LIMIT = 3
@@ -69,7 +64,6 @@ LOAD_SECONDS = 27
 RESTART_AT = 7  # seconds into the load
 REPAIR_DELAY = 1.0  # the operator reacts to the alert
 KILL_AT = 16
-HTTP_TIMEOUT = 10
 JOIN_TIMEOUT = 30
 # What "a meaningful number" of successes is, per phase of the drop.
 MIN_RESERVATIONS = 40
@@ -92,127 +86,6 @@ EXPECTED_REFUSALS = {"sold_out", "insufficient_stock", "limit_exceeded"}
 
 
 # -- plumbing ---------------------------------------------------------------------
-
-
-class Api:
-    """Plain HTTP/1.1 to the gunicorn server (sync workers close every connection)."""
-
-    def __init__(self, port):
-        self.port = port
-
-    def call(self, method, path, token=None, body=None, headers=None):
-        """(status, json body, error kind): status None when the connection failed."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
-        sent = dict(headers or {})
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            sent["Content-Type"] = "application/json"
-        if token:
-            sent["Authorization"] = f"Bearer {token}"
-        try:
-            conn.request(method, path, body=data, headers=sent)
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            return None, {}, f"connection:{type(error).__name__}"
-        finally:
-            conn.close()
-        try:
-            payload = json.loads(raw) if raw else {}
-        except ValueError:
-            payload = {}
-        return response.status, payload, payload.get("code", "") if response.status >= 400 else ""
-
-
-class Gunicorn:
-    """`gunicorn chaos_app:make_app()` with WORKERS sync workers on a free port."""
-
-    def __init__(self, env, workdir):
-        self.port = free_port()
-        self.log_path = os.path.join(workdir, "gunicorn.log")
-        self.workdir = workdir
-        self.env = env
-        self.process = None
-        self._log = None
-
-    def start(self):
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--pythonpath",
-            f"{ROOT},{os.path.join(ROOT, 'tests')}",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            str(WORKERS),
-            "--worker-class",
-            "sync",
-            "--timeout",
-            "30",
-            "--graceful-timeout",
-            "5",
-            "--max-requests",
-            "0",
-            "--log-level",
-            "info",
-            "chaos_app:make_app()",
-        ]
-        # cwd is a scratch directory, so the production gunicorn.conf.py is not read.
-        self.process = subprocess.Popen(
-            command, cwd=self.workdir, env=self.env, stdout=self._log, stderr=self._log
-        )
-        return self
-
-    def workers(self):
-        """Pids of the master's live children (its workers), read from /proc."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-                if fields[0] != "Z" and int(fields[1]) == self.process.pid:
-                    pids.append(int(entry))
-        return sorted(pids)
-
-    def wait_ready(self, api, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited:\n{self.log_tail()}"
-            if len(self.workers()) == WORKERS and api.call("GET", "/readyz")[0] == 200:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"gunicorn not ready in {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines=40):
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return "".join(log.readlines()[-lines:])
-        return ""
-
-    def log_lines(self, needle):
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return [line.strip() for line in log if needle in line]
-        return []
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            workers = self.workers()
-            self.process.terminate()  # graceful: the master stops its workers
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-            for pid in workers:  # by id, in case the master could not stop them
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class Recorder:
@@ -396,14 +269,14 @@ def operator_repair(app, attempts=20):
 
 def kill_a_worker(server, api):
     """SIGKILL one worker; wait until gunicorn has reaped it and booted a replacement."""
-    before = server.workers()
+    before = server.worker_pids()
     booted_before = len(server.log_lines("Booting worker with pid"))
     victim = random.choice(before)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     deadline = killed_at + 20
     while time.monotonic() < deadline:
-        now = server.workers()
+        now = server.worker_pids()
         reaped = not os.path.exists(f"/proc/{victim}")
         booted = [
             int(line.rsplit(":", 1)[1])
@@ -496,7 +369,7 @@ def chaos_rig():
                 chaos_app.ENV_HOLD_SECONDS: str(HOLD_SECONDS),
             },
         )
-        server = Gunicorn(env, workdir).start()
+        server = GunicornHost(env, workdir, WORKERS).start()
         yield {"app": app, "redis": redis_server, "gunicorn": server, "db": shared_db}
     finally:
         if server is not None:
@@ -657,8 +530,8 @@ def summarise(rec, sweeper, faults, recovered, state):
 @pytest.mark.timeout(150)
 def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
     app, redis_server, server = chaos_rig["app"], chaos_rig["redis"], chaos_rig["gunicorn"]
-    api = Api(server.port)
-    server.wait_ready(api)
+    api = server.api
+    server.wait_ready(timeout=30)
     product_id, tokens = set_up_drop(app, api)
 
     rec, sweeper, faults = run_drop(app, api, server, redis_server, product_id, tokens)

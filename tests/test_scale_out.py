@@ -23,8 +23,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,8 +31,8 @@ import uuid
 import chaos_app
 import cluster_servers
 import pytest
-from conftest import free_port, run_threads
-from test_chaos import Api
+from conftest import run_threads
+from gunicorn_hosts import GunicornHost
 
 from flashcart import create_app
 from flashcart.auth import service as accounts
@@ -51,76 +49,9 @@ pytestmark = [
     ),
 ]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESERVE = "/api/v1/sales/reserve/{}"
 ORDERS = "/api/v1/orders"
 JOIN_TIMEOUT = 60
-
-
-class Host:
-    """One API host: `gunicorn chaos_app:make_app()`, its own master and workers."""
-
-    def __init__(self, env, workdir, workers=2):
-        self.port = free_port()
-        self.workers = workers
-        self.env = env
-        self.workdir = workdir
-        self.log_path = os.path.join(workdir, f"gunicorn-{self.port}.log")
-        self.process = None
-        self.api = Api(self.port)
-        self._log = None
-
-    def start(self):
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--pythonpath",
-            f"{ROOT},{os.path.join(ROOT, 'tests')}",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            str(self.workers),
-            "--worker-class",
-            "sync",
-            "--timeout",
-            "30",
-            "--graceful-timeout",
-            "5",
-            "chaos_app:make_app()",
-        ]
-        # cwd is a scratch directory, so the production gunicorn.conf.py is not read.
-        self.process = subprocess.Popen(
-            command, cwd=self.workdir, env=self.env, stdout=self._log, stderr=self._log
-        )
-        return self
-
-    def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited:\n{self.log_tail()}"
-            if self.api.call("GET", "/readyz")[0] == 200:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"host on {self.port} not ready in {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines=30):
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return "".join(log.readlines()[-lines:])
-        return ""
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # the master stops its workers
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 @contextlib.contextmanager
@@ -147,7 +78,7 @@ def api_hosts(redis_url, count, workers=2, hold_seconds=60):
             PYTHONUNBUFFERED="1",
             **{chaos_app.ENV_REDIS_URL: redis_url, chaos_app.ENV_HOLD_SECONDS: str(hold_seconds)},
         )
-        hosts = [Host(env, workdir, workers).start() for _ in range(count)]
+        hosts = [GunicornHost(env, workdir, workers).start() for _ in range(count)]
         for host in hosts:
             host.wait_ready()
         yield app, hosts
