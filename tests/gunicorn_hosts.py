@@ -1,5 +1,5 @@
-"""Test plumbing: the app under a real gunicorn master (`chaos_app:make_app()`), and
-plain HTTP to it. Used by the chaos and scale-out tests."""
+"""Test plumbing: the app under a real gunicorn master (`chaos_app:make_app()`), plain
+HTTP to it, and a drop opened through it. Used by the chaos and scale-out tests."""
 
 import contextlib
 import http.client
@@ -11,6 +11,8 @@ import sys
 import time
 
 from conftest import free_port
+
+from flashcart.auth import service as accounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HTTP_TIMEOUT = 10
@@ -140,3 +142,25 @@ class GunicornHost:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def open_drop(app, api, *, name, price, stock, limit, shoppers):
+    """An admin, `shoppers` shoppers with tokens (made in `app`) and a live product
+    (made through `api`); returns (product id, {user id: token})."""
+    with app.app_context():
+        admin = accounts.register(
+            email="admin@drop.example", password="correct horse", name="A", role="admin"
+        )
+        admin_token = accounts.issue_token(admin)["access_token"]
+        tokens = {}
+        for n in range(shoppers):
+            user = accounts.register(
+                email=f"shopper{n}@drop.example", password="correct horse", name=f"S{n}"
+            )
+            tokens[user["id"]] = accounts.issue_token(user)["access_token"]
+    body = {"name": name, "price": price, "stock": stock, "per_user_limit": limit}
+    status, product, _ = api.call("POST", "/api/v1/products", admin_token, body)
+    assert status == 201, product
+    status, started, _ = api.call("POST", f"/api/v1/sales/start/{product['id']}", admin_token)
+    assert status == 200, started
+    return product["id"], tokens

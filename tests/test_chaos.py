@@ -34,10 +34,9 @@ import chaos_app
 import pytest
 import redis
 from conftest import RedisServer
-from gunicorn_hosts import GunicornHost
+from gunicorn_hosts import GunicornHost, open_drop
 
 from flashcart import create_app
-from flashcart.auth import service as accounts
 from flashcart.orders import service as order_service
 from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
@@ -383,31 +382,6 @@ def chaos_rig():
         shutil.rmtree(redis_server.dir, ignore_errors=True)
 
 
-def set_up_drop(app, api):
-    """An admin, USERS shoppers with tokens, and a live product (through the API)."""
-    with app.app_context():
-        admin = accounts.register(
-            email="chaos-admin@example.com", password="correct horse", name="A", role="admin"
-        )
-        admin_token = accounts.issue_token(admin)["access_token"]
-        tokens = {}
-        for n in range(USERS):
-            user = accounts.register(
-                email=f"shopper{n}@example.com", password="correct horse", name=f"S{n}"
-            )
-            tokens[user["id"]] = accounts.issue_token(user)["access_token"]
-    status, product, _ = api.call(
-        "POST",
-        "/api/v1/products",
-        admin_token,
-        {"name": "Chaos drop", "price": "25.00", "stock": STOCK, "per_user_limit": LIMIT},
-    )
-    assert status == 201, product
-    status, body, _ = api.call("POST", f"/api/v1/sales/start/{product['id']}", admin_token)
-    assert status == 200, body
-    return product["id"], tokens
-
-
 def run_drop(app, api, server, redis_server, product_id, tokens):
     """The load, with both faults injected on schedule. Returns (recorder, sweeper, faults)."""
     rec = Recorder()
@@ -532,7 +506,9 @@ def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
     app, redis_server, server = chaos_rig["app"], chaos_rig["redis"], chaos_rig["gunicorn"]
     api = server.api
     server.wait_ready(timeout=30)
-    product_id, tokens = set_up_drop(app, api)
+    product_id, tokens = open_drop(
+        app, api, name="Chaos drop", price="25.00", stock=STOCK, limit=LIMIT, shoppers=USERS
+    )
 
     rec, sweeper, faults = run_drop(app, api, server, redis_server, product_id, tokens)
     assert server.process.poll() is None, server.log_tail()

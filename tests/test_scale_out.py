@@ -32,10 +32,9 @@ import chaos_app
 import cluster_servers
 import pytest
 from conftest import run_threads
-from gunicorn_hosts import GunicornHost
+from gunicorn_hosts import GunicornHost, open_drop
 
 from flashcart import create_app
-from flashcart.auth import service as accounts
 from flashcart.orders import service as order_service
 from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
@@ -90,27 +89,6 @@ def api_hosts(redis_url, count, workers=2, hold_seconds=60):
         if manager is not None:
             manager.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def open_drop(app, api, stock, limit, users):
-    """An admin, `users` shoppers with tokens, and a live product (through `api`)."""
-    with app.app_context():
-        admin = accounts.register(
-            email="admin@scale.example", password="correct horse", name="A", role="admin"
-        )
-        admin_token = accounts.issue_token(admin)["access_token"]
-        tokens = {}
-        for n in range(users):
-            user = accounts.register(
-                email=f"shopper{n}@scale.example", password="correct horse", name=f"S{n}"
-            )
-            tokens[user["id"]] = accounts.issue_token(user)["access_token"]
-    body = {"name": "Scale drop", "price": "9.00", "stock": stock, "per_user_limit": limit}
-    status, product, _ = api.call("POST", "/api/v1/products", admin_token, body)
-    assert status == 201, product
-    status, started, _ = api.call("POST", f"/api/v1/sales/start/{product['id']}", admin_token)
-    assert status == 200, started
-    return product["id"], tokens
 
 
 def durable_truth(app, product_id):
@@ -203,7 +181,15 @@ class Drop:
 @pytest.mark.timeout(240)
 def test_one_drop_through_three_api_hosts_sells_exactly_the_stock_once(real_redis_url):
     with api_hosts(real_redis_url, HOSTS) as (app, hosts):
-        product_id, tokens = open_drop(app, hosts[0].api, STOCK, LIMIT, USERS)
+        product_id, tokens = open_drop(
+            app,
+            hosts[0].api,
+            name="Scale drop",
+            price="9.00",
+            stock=STOCK,
+            limit=LIMIT,
+            shoppers=USERS,
+        )
         drop = Drop(hosts, product_id, tokens)
         started = time.monotonic()
 
@@ -370,7 +356,13 @@ def test_a_master_killed_mid_rush_fails_over_and_the_stock_still_adds_up(failove
     cluster = failover_cluster
     with api_hosts(cluster.url, FAILOVER_HOSTS) as (app, hosts):
         product_id, tokens = open_drop(
-            app, hosts[0].api, FAILOVER_STOCK, FAILOVER_LIMIT, FAILOVER_USERS
+            app,
+            hosts[0].api,
+            name="Scale drop",
+            price="9.00",
+            stock=FAILOVER_STOCK,
+            limit=FAILOVER_LIMIT,
+            shoppers=FAILOVER_USERS,
         )
         master = cluster.master_of(Keys(product_id).sale)
         replica = cluster.replica_of(master)
