@@ -136,6 +136,44 @@ def test_exhausted_retries_are_busy_not_a_hang(redis_client, monkeypatch):
     assert not redis_client.exists(Keys(product_id).user("ana"))
 
 
+def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
+    redis_client, monkeypatch
+):
+    # So concurrent clients settle on different stripes instead of meeting by chance.
+    from flashcart.sales import inventory
+
+    engine = Inventory(redis_client, stripes=64)
+    product_id = open_sale(engine, 64 * 100, limit=1000)
+    stripe_keys = Keys(product_id).stripes(64)
+
+    def units():
+        return [int(redis_client.get(key)) for key in stripe_keys]
+
+    for _ in range(20):
+        engine.reserve(product_id, "ana")
+    [mine] = [i for i, left in enumerate(units()) if left < 100]
+    assert units()[mine] == 80
+
+    real_exec, rivals = inventory._exec_packed, []
+
+    def exec_after_a_rival_write(pipe, commands):
+        if not rivals:
+            rivals.append(1)
+            redis_client.decr(stripe_keys[mine])  # another client took a unit there
+        return real_exec(pipe, commands)
+
+    monkeypatch.setattr(inventory, "_exec_packed", exec_after_a_rival_write)
+    next_stripe = (mine + 1) % 64
+    monkeypatch.setattr(inventory.random, "getrandbits", lambda bits: next_stripe)
+    for _ in range(10):
+        engine.reserve(product_id, "ana")
+
+    after = units()
+    assert after[mine] == 79  # the rival's unit only
+    assert after[next_stripe] == 90
+    assert sum(after) == 64 * 100 - 31
+
+
 def test_an_error_reply_midway_does_not_leave_replies_for_the_next_caller(redis_server):
     if redis_server is None:
         pytest.skip("needs a real redis-server")

@@ -23,6 +23,7 @@ Invariant while a sale is live: total = sum(stock:*) + held + sold.
 import functools
 import random
 import secrets
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -273,6 +274,7 @@ class Inventory:
                     looks += 1  # a fresh choice, not contention: no backoff, no attempt used
                     continue
                 except redis.WatchError:
+                    _draw_probe()
                     if self.on_retry:
                         self.on_retry()
                     time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
@@ -787,11 +789,24 @@ def _stock_reads(client):
 
 # Per process: the stripes each product last had units in, to choose from first.
 _STRIPES_WITH_UNITS = {}
+# Per thread: a random number that picks the stripe a reservation tries first. It is
+# kept while transactions go through and drawn again after a conflict, so concurrent
+# clients settle on different stripes instead of meeting by chance on every try
+# (the way Java's LongAdder spreads threads over its cells).
+_probe = threading.local()
+
+
+def _draw_probe():
+    _probe.value = random.getrandbits(32)
+    return _probe.value
 
 
 def _pick_stripe(product_id, count):
+    probe = getattr(_probe, "value", None)
+    if probe is None:
+        probe = _draw_probe()
     candidates = [i for i in _STRIPES_WITH_UNITS.get(product_id, ()) if i < count]
-    return random.choice(candidates) if candidates else random.randrange(count)
+    return candidates[probe % len(candidates)] if candidates else probe % count
 
 
 def _remember_stripes(product_id, stock):
