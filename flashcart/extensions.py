@@ -1,13 +1,27 @@
 """The shared extension objects, created unbound and bound in `create_app`."""
 
+import flask_limiter
 from flask import current_app
 from flask_cors import CORS
-from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from flashcart.apidoc import Api
 from flashcart.stores import Stores
 from flashcart.token_cache import CachingJWTManager
+
+
+class Limiter(flask_limiter.Limiter):
+    """flask-limiter, asking its request filters before anything else.
+
+    It asks them only after resolving the route's limits: on a reserve that costs
+    about 6% of the request's CPU, to find nothing to count.
+    """
+
+    def _check_request_limit(self, callable_name=None, in_middleware=True):
+        if in_middleware and any(exempt() for exempt in self._request_filters):
+            return
+        super()._check_request_limit(callable_name, in_middleware)
+
 
 api = Api()
 jwt = CachingJWTManager()

@@ -147,6 +147,27 @@ def test_the_hot_routes_have_no_limit_but_the_ceiling(app):
         assert not limiter.limit_manager.has_hints(endpoint)
 
 
+@pytest.mark.parametrize("ceiling, checks", [("", 0), ("100 per minute", 1)])
+def test_flask_limiter_is_not_consulted_on_a_hot_route_without_a_ceiling(
+    limited, monkeypatch, ceiling, checks
+):
+    import flask_limiter
+
+    calls = []
+    check = flask_limiter.Limiter._check_request_limit
+    monkeypatch.setattr(
+        flask_limiter.Limiter,
+        "_check_request_limit",
+        lambda *args, **kwargs: calls.append(1) or check(*args, **kwargs),
+    )
+    client = limited(RATELIMIT_GLOBAL=ceiling)
+
+    client.get("/api/v1/sales/stock/6b0000000000000000000001")
+    assert len(calls) == checks
+    client.get("/api/v1/products")
+    assert len(calls) == checks + 1
+
+
 def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(limited):
     client = limited(RATELIMIT_GLOBAL="1 per minute", TRUSTED_PROXIES=1)
     first = {"X-Forwarded-For": "203.0.113.1"}
