@@ -259,6 +259,26 @@ def test_a_revoked_token_is_refused_by_every_worker_even_one_that_cached_it(
     assert_problem(other.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
 
 
+def test_each_verified_token_is_seen_with_its_own_header(app, user):
+    # Workers parse each header segment once; a token with another header gets its own.
+    from flask_jwt_extended import get_jwt_header, verify_jwt_in_request
+
+    with app.app_context():
+        tokens = [
+            create_access_token(identity=user["id"], additional_headers=extra)
+            for extra in ({}, {"kid": "k1"}, {}, {"kid": "k2"})
+        ]
+    for token in tokens:
+        with app.test_request_context(headers=bearer(token)):
+            verify_jwt_in_request()
+            seen = get_jwt_header()
+            assert seen == pyjwt.get_unverified_header(token)
+            seen["kid"] = "changed by a caller"
+    with app.test_request_context(headers=bearer(tokens[0])):
+        verify_jwt_in_request()
+        assert "kid" not in get_jwt_header()
+
+
 # -- bad access tokens ---------------------------------------------------------------
 
 
