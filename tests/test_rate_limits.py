@@ -168,6 +168,21 @@ def test_flask_limiter_is_not_consulted_on_a_hot_route_without_a_ceiling(
     assert len(calls) == checks + 1
 
 
+def test_meta_limits_still_reach_the_hot_routes(limited, user, monkeypatch):
+    # A client that breached a limit is refused everywhere while it lasts.
+    from flashcart.extensions import limiter
+
+    # flask-limiter keeps the first app's meta limits for the process: undo them after.
+    monkeypatch.setattr(limiter, "_meta_limits", limiter._meta_limits)
+    client = limited(
+        RATELIMIT_GLOBAL="", RATELIMIT_META="1 per minute", RATELIMIT_LOGIN_PER_IP="2 per minute"
+    )
+    for _ in range(4):
+        client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
+
+    assert_limited(client.get("/api/v1/sales/stock/6b0000000000000000000001"))
+
+
 def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(limited):
     client = limited(RATELIMIT_GLOBAL="1 per minute", TRUSTED_PROXIES=1)
     first = {"X-Forwarded-For": "203.0.113.1"}
