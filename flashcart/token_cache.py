@@ -10,7 +10,8 @@ their expiry. Revocation is still checked on every request: it runs after decodi
 
 Once a token is verified, the library reads its header yet again, decoding the whole
 token for it (about 7% of a reservation's CPU). Tokens signed here share one header
-segment, so each worker parses a header segment once.
+segment, so each worker parses a header segment once, and answers from that only for
+the token its thread has just verified (the signature covers the segment).
 """
 
 import threading
@@ -26,16 +27,24 @@ CACHE_SIZE = 8192
 HEADER_SEGMENTS_KEPT = 16
 _library_header = view_decorators.get_unverified_jwt_headers
 _headers = {}
+_headers_lock = threading.Lock()
+_just_verified = threading.local()
 
 
 def _verified_token_header(encoded_token):
-    """What the library's header reader answers, for a token it has just verified."""
+    """What the library's header reader answers."""
+    if getattr(_just_verified, "token", None) != encoded_token:
+        return _library_header(encoded_token)
     segment = encoded_token.partition(".")[0]
     header = _headers.get(segment)
     if header is None:
         header = _library_header(encoded_token)
-        if len(_headers) < HEADER_SEGMENTS_KEPT:
-            _headers[segment] = header
+        if all(value is None or isinstance(value, (str, int, float)) for value in header.values()):
+            # Flat, so a shallow copy per caller keeps the remembered one intact.
+            with _headers_lock:
+                if len(_headers) >= HEADER_SEGMENTS_KEPT:
+                    _headers.pop(next(iter(_headers)))  # oldest first
+                _headers[segment] = header
     return dict(header)
 
 
@@ -47,11 +56,15 @@ class CachingJWTManager(JWTManager):
 
     def init_app(self, app, add_context_processor=False):
         super().init_app(app, add_context_processor)
-        # The library's request path reads the header right after decode_token has
-        # verified the token; nothing else calls it from there.
+        # Its request path reads the header right after decode_token verified the token.
         view_decorators.get_unverified_jwt_headers = _verified_token_header
 
     def _decode_jwt_from_config(self, encoded_token, csrf_value=None, allow_expired=False):
+        claims = self._verify(encoded_token, csrf_value, allow_expired)
+        _just_verified.token = encoded_token
+        return claims
+
+    def _verify(self, encoded_token, csrf_value, allow_expired):
         cacheable = csrf_value is None and not allow_expired
         if cacheable:
             claims = self._verified.get(encoded_token)

@@ -279,6 +279,33 @@ def test_each_verified_token_is_seen_with_its_own_header(app, user):
         assert "kid" not in get_jwt_header()
 
 
+def test_a_header_is_parsed_once_and_only_for_a_token_just_verified(app, user, monkeypatch):
+    from flask_jwt_extended import verify_jwt_in_request, view_decorators
+
+    from flashcart import token_cache
+
+    parsed = []
+    library = token_cache._library_header
+    monkeypatch.setattr(token_cache, "_headers", {})
+    monkeypatch.setattr(
+        token_cache, "_library_header", lambda token: parsed.append(token) or library(token)
+    )
+    with app.app_context():
+        tokens = [create_access_token(identity=user["id"]) for _ in range(3)]
+    unverified = f"{tokens[0].split('.')[0]}.{b64({'sub': 'x'})}.forged"
+
+    for token in tokens:
+        with app.test_request_context(headers=bearer(token)):
+            verify_jwt_in_request()
+    assert parsed == tokens[:1]  # one header segment, parsed once
+
+    with app.test_request_context(headers=bearer(tokens[1])):
+        verify_jwt_in_request()
+        with pytest.raises(pyjwt.DecodeError):
+            view_decorators.get_unverified_jwt_headers(unverified)
+    assert parsed == [tokens[0], unverified]
+
+
 # -- bad access tokens ---------------------------------------------------------------
 
 
