@@ -1,5 +1,6 @@
 """The inventory engine's own rules, on the real redis-server: stripes and fast paths."""
 
+import os
 import time
 
 import pytest
@@ -140,8 +141,11 @@ def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
     redis_client, monkeypatch
 ):
     # So concurrent clients settle on different stripes instead of meeting by chance.
+    import threading
+
     from flashcart.sales import inventory
 
+    monkeypatch.setattr(inventory, "_probe", threading.local())
     engine = Inventory(redis_client, stripes=64)
     product_id = open_sale(engine, 64 * 100, limit=1000)
     stripe_keys = Keys(product_id).stripes(64)
@@ -172,6 +176,21 @@ def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
     assert after[mine] == 79  # the rival's unit only
     assert after[next_stripe] == 90
     assert sum(after) == 64 * 100 - 31
+
+
+def test_a_forked_worker_draws_its_own_stripe_probe():
+    from flashcart.sales import inventory
+
+    inventory._draw_probe()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(writer, b"1" if getattr(inventory._probe, "value", None) is None else b"0")
+        os._exit(0)
+    os.close(writer)
+    assert os.read(reader, 1) == b"1"
+    os.waitpid(child, 0)
+    os.close(reader)
 
 
 def test_an_error_reply_midway_does_not_leave_replies_for_the_next_caller(redis_server):

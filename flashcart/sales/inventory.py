@@ -21,6 +21,7 @@ Invariant while a sale is live: total = sum(stock:*) + held + sold.
 """
 
 import functools
+import os
 import random
 import secrets
 import threading
@@ -799,6 +800,14 @@ _probe = threading.local()
 def _draw_probe():
     _probe.value = random.getrandbits(32)
     return _probe.value
+
+
+def _forget_probe():
+    _probe.__dict__.pop("value", None)
+
+
+# A forked worker draws its own (a thread's locals survive fork).
+os.register_at_fork(after_in_child=_forget_probe)
 
 
 def _pick_stripe(product_id, count):
