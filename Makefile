@@ -7,7 +7,7 @@ PORT ?= 5000
 # unless told otherwise (HOST=0.0.0.0).
 HOST ?= 127.0.0.1
 
-.PHONY: run test lint bench bench-cpu rehearse clean openapi fuzz
+.PHONY: run test lint bench bench-cpu bench-instructions rehearse clean openapi fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(BIN)/.installed  ## Benchmark: Redis level, HTTP level (wrk, gunicorn) 
 
 bench-cpu: $(BIN)/.installed  ## CPU per reservation and per request, without server or load (before/after a change)
 	$(BIN)/python -m bench.cpu $(BENCH_ARGS)
+
+bench-instructions: $(BIN)/.installed  ## Instructions per request under valgrind: steady where CPU time drifts
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind >/dev/null)
+	$(BIN)/python -m bench.instructions
 
 # A drop rehearsal against any FlashCart: make rehearse URL=... ADMIN_EMAIL=... ADMIN_PASSWORD=...
 SHOPPERS ?= 500

@@ -6,13 +6,15 @@ measures what one operation costs the Python process, in CPU microseconds
   1. one reservation (one client): the engine, the single-script yardstick and the
      first engine's design;
   2. one request through the app (production settings, called as gunicorn calls
-     it, without gunicorn): /healthz, reserve, sold-out reserve, stock read and
-     product page, each reserve with a token not seen before, as in `make bench`.
+     it, without gunicorn): /healthz, reserve (with a token not seen before, as in
+     `make bench`, and with one seen before), sold-out reserve, stock read and
+     product page.
 The app's ratios against /healthz leave out what the server adds to every request,
 so they are lower than `make bench`'s.
 """
 
 import functools
+import itertools
 import logging
 import os
 import sys
@@ -62,7 +64,11 @@ def reservation_costs(url, count):
     return costs
 
 
-def request_costs(url, count):
+def app_and_scenarios(url, requests, seen):
+    """The app (production settings; logs formatted, then dropped) and its request
+    scenarios: name -> a function making the next WSGI environ, for up to `requests`
+    requests each. Every reserve brings a token not seen before, as in `make bench`,
+    except "reserve, token seen", which cycles over `seen` tokens."""
     from bench.app import create
 
     app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL="")
@@ -73,18 +79,21 @@ def request_costs(url, count):
     plenty = http_level.open_sale(url, stock=10**9, limit=10**9)
     sold_out = http_level.open_sale(url, stock=0, limit=1)
     http_level.cache_product(url, plenty)
-    tokens_path = http_level.make_tokens(count * ROUNDS * 2, SECRET)
+    tokens_path = http_level.make_tokens(requests * 2 + seen, SECRET)
     with open(tokens_path) as lines:
         tokens = iter(lines.read().split())
     os.unlink(tokens_path)
+    seen_tokens = itertools.cycle([next(tokens) for _ in range(seen)])
 
     def environ(method, path, token=None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return EnvironBuilder(method=method, path=path, headers=headers).get_environ()
 
-    scenarios = {
+    reserve = f"/api/v1/sales/reserve/{plenty}"
+    return app, {
         "/healthz": lambda: environ("GET", "/healthz"),
-        "reserve": lambda: environ("POST", f"/api/v1/sales/reserve/{plenty}", next(tokens)),
+        "reserve": lambda: environ("POST", reserve, next(tokens)),
+        "reserve, token seen": lambda: environ("POST", reserve, next(seen_tokens)),
         "reserve, sold out": lambda: environ(
             "POST", f"/api/v1/sales/reserve/{sold_out}", next(tokens)
         ),
@@ -92,17 +101,24 @@ def request_costs(url, count):
         "product page": lambda: environ("GET", f"/api/v1/products/{plenty}"),
     }
 
-    def start_response(status, headers, exc_info=None):
-        if status[0] == "5":
-            raise RuntimeError(f"the app answered {status}")
 
-    def serve(environ):
-        b"".join(app.wsgi_app(environ, start_response))
+def _start_response(status, headers, exc_info=None):
+    if status[0] == "5":
+        raise RuntimeError(f"the app answered {status}")
 
+
+def serve(app, environ):
+    """One request, as gunicorn hands it to the app."""
+    b"".join(app.wsgi_app(environ, _start_response))
+
+
+def request_costs(url, count):
+    app, scenarios = app_and_scenarios(url, requests=count * ROUNDS, seen=count)
     costs = {}
     for name, make_environ in scenarios.items():
         rounds = [
-            [functools.partial(serve, make_environ()) for _ in range(count)] for _ in range(ROUNDS)
+            [functools.partial(serve, app, make_environ()) for _ in range(count)]
+            for _ in range(ROUNDS)
         ]
         costs[name] = best_cpu_us(rounds)
     return costs
