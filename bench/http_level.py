@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -13,6 +14,7 @@ from collections import Counter
 import redis
 from bson import ObjectId
 
+from bench.servers import cpu_seconds
 from flashcart.sales.inventory import Inventory, SalePlan
 
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "requests.lua")
@@ -65,10 +67,17 @@ def cache_product(redis_url, product_id):
     client.set(cache_key(product_id), json.dumps(product), ex=3600)
 
 
-def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_token=0):
+def _children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_token=0, watch=None):
     """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors).
 
     With `tokens`, requests carry the tokens from line `first_token` on, one each.
+    With `watch` (name -> pid), the figures include the CPU seconds each of those
+    processes (with its children) and wrk itself used meanwhile, as "cpu_s".
     """
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -76,6 +85,8 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_t
     if tokens:
         env["WRK_TOKENS"] = tokens
         env["WRK_OFFSET"] = str(first_token)
+    watched = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
+    wrk_before = _children_cpu_seconds()
     output = subprocess.run(
         [
             "wrk",
@@ -93,6 +104,8 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_t
         text=True,
         check=True,
     ).stdout
+    cpu_s = {name: cpu_seconds(pid) - watched[name] for name, pid in (watch or {}).items()}
+    cpu_s["wrk"] = _children_cpu_seconds() - wrk_before
     line = next(x for x in output.splitlines() if x.startswith("JSON_RESULT "))
     raw = json.loads(line[len("JSON_RESULT ") :])
     errors = sum(
@@ -105,18 +118,21 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_t
         "statuses": raw["statuses"],
         "socket_errors": errors,
         "requests": raw["requests"],
+        "cpu_s": cpu_s,
     }
 
 
 def combine(runs):
     """One figure for several wrk runs of the same scenario (as `wrk` returns them).
 
-    Requests, statuses and socket errors add up; requests/s is the mean over the runs
-    (they are equally long); p50 is the median of the runs' p50 and p99 the worst p99.
+    Requests, statuses, socket errors and CPU seconds add up; requests/s is the mean
+    over the runs (they are equally long); p50 is the median of the runs' p50 and p99
+    the worst p99.
     """
-    statuses = Counter()
+    statuses, cpu_s = Counter(), Counter()
     for run in runs:
         statuses.update(run["statuses"])
+        cpu_s.update(run["cpu_s"])
     return {
         "requests_per_s": statistics.fmean(run["requests_per_s"] for run in runs),
         "p50_ms": statistics.median(run["p50_ms"] for run in runs),
@@ -124,6 +140,7 @@ def combine(runs):
         "statuses": dict(statuses),
         "socket_errors": sum(run["socket_errors"] for run in runs),
         "requests": sum(run["requests"] for run in runs),
+        "cpu_s": dict(cpu_s),
         "runs": len(runs),
     }
 

@@ -6,7 +6,8 @@ measures three things, each against a baseline taken in the same run:
      first engine's design (WATCH on one hash) beside it as the "before".
   2. HTTP level (wrk): reserve, sold-out reserve, stock read and cached product
      read, each against the bare /healthz endpoint measured next to it, alternating
-     (2 rounds of [healthz, scenario]; load on a shared machine drifts within a minute).
+     (3 rounds of [healthz, scenario]; load on a shared machine drifts within a minute),
+     with the CPU each request cost the app's workers, redis-server and wrk.
   3. A drop rehearsal: many distinct users race for a fixed stock.
 Prints a table and writes JSON to bench/results/. It asserts nothing about speed.
 """
@@ -46,7 +47,15 @@ def redis_table(url, clients_levels, seconds):
     return rows
 
 
-def http_table(server, redis_url, connections_levels, seconds, tokens, rounds=2):
+def _cpu_us_per_request(combined):
+    """CPU µs per request by process ("app", "redis", "wrk") over combined runs."""
+    return {name: s / combined["requests"] * 1e6 for name, s in combined["cpu_s"].items()}
+
+
+def http_table(server, redis_server, connections_levels, seconds, tokens, rounds=3):
+    redis_url = redis_server.url
+    # The box's two cores serve the workers, redis-server and wrk alike.
+    watch = {"app": server.process.pid, "redis": redis_server.process.pid}
     plenty = http_level.open_sale(redis_url, stock=http_level.PLENTY, limit=http_level.PLENTY)
     sold_out = http_level.open_sale(redis_url, stock=0, limit=1)
     http_level.cache_product(redis_url, plenty)
@@ -66,7 +75,9 @@ def http_table(server, redis_url, connections_levels, seconds, tokens, rounds=2)
             # own baseline, alternating with it: [healthz, scenario] x rounds.
             health, result = [], []
             for _ in range(rounds):
-                health.append(http_level.wrk(server.url, "GET", "/healthz", connections, seconds))
+                health.append(
+                    http_level.wrk(server.url, "GET", "/healthz", connections, seconds, watch=watch)
+                )
                 run = http_level.wrk(
                     server.url,
                     method,
@@ -75,11 +86,17 @@ def http_table(server, redis_url, connections_levels, seconds, tokens, rounds=2)
                     seconds,
                     token_file,
                     first_token=first_token,
+                    watch=watch,
                 )
                 if token_file:
                     first_token += run["requests"]
                 result.append(run)
+            round_ratios = [
+                run["requests_per_s"] / base["requests_per_s"]
+                for base, run in zip(health, result, strict=True)
+            ]
             health, result = http_level.combine(health), http_level.combine(result)
+            cpu, health_cpu = _cpu_us_per_request(result), _cpu_us_per_request(health)
             rows.append(
                 {
                     "scenario": name,
@@ -89,6 +106,11 @@ def http_table(server, redis_url, connections_levels, seconds, tokens, rounds=2)
                     # Same number of equal-length runs: the ratio of the mean rates is
                     # that of the total requests (and matches the printed columns).
                     "ratio": result["requests_per_s"] / health["requests_per_s"],
+                    "round_ratios": round_ratios,
+                    "cpu_us": cpu,
+                    "health_cpu_us": health_cpu,
+                    # On a saturated box the throughput ratio follows this one.
+                    "cpu_ratio": sum(health_cpu.values()) / sum(cpu.values()),
                 }
             )
     return rows
@@ -151,14 +173,31 @@ def print_report(report):
     )
     print(
         f"{'scenario':<18} {'conns':>5} {'req/s':>8} {'health/s':>9} {'ratio':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7}  statuses"
+        f"{'rounds':>10} {'p50 ms':>7} {'p99 ms':>7}  statuses"
     )
     for row in report["http"]:
         r = row["result"]
+        spread = f"{min(row['round_ratios']):.2f}-{max(row['round_ratios']):.2f}"
         print(
             f"{row['scenario']:<18} {row['connections']:>5} {r['requests_per_s']:>8.0f} "
-            f"{row['health']['requests_per_s']:>9.0f} {row['ratio']:>6.2f} {r['p50_ms']:>7.1f} "
-            f"{r['p99_ms']:>7.1f}  {r['statuses']} socket errors: {r['socket_errors']}"
+            f"{row['health']['requests_per_s']:>9.0f} {row['ratio']:>6.2f} {spread:>10} "
+            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}  {r['statuses']} "
+            f"socket errors: {r['socket_errors']}"
+        )
+    print(
+        "\n   CPU per request under that load, µs (app: gunicorn's workers; redis:"
+        " redis-server;\n   wrk: the load generator, on the same cores)"
+    )
+    print(
+        f"{'scenario':<18} {'conns':>5} | {'app':>6} {'redis':>6} {'wrk':>6} {'total':>6} "
+        f"| {'/healthz':>8} {'ratio':>6}"
+    )
+    for row in report["http"]:
+        cpu = row["cpu_us"]
+        print(
+            f"{row['scenario']:<18} {row['connections']:>5} | {cpu['app']:>6.0f} "
+            f"{cpu['redis']:>6.0f} {cpu['wrk']:>6.0f} {sum(cpu.values()):>6.0f} "
+            f"| {sum(row['health_cpu_us'].values()):>8.0f} {row['cpu_ratio']:>6.2f}"
         )
     d = report["drop"]
     print(
@@ -192,15 +231,13 @@ def main():
     }
     # The drop's users are not the HTTP table's: none has a token a worker has seen.
     tokens = http_level.make_tokens(users, SECRET)
-    http_tokens = http_level.make_tokens(users * 2, SECRET)
+    http_tokens = http_level.make_tokens(users * 4, SECRET)
     try:
         with RedisServer() as redis_server:
             report["redis"] = redis_table(redis_server.url, (1, 8, 32, 128), seconds)
             redis.Redis.from_url(redis_server.url).flushdb()
             with Gunicorn(redis_server.url, env={"JWT_SECRET_KEY": SECRET}) as server:
-                report["http"] = http_table(
-                    server, redis_server.url, (64, 256), seconds, http_tokens
-                )
+                report["http"] = http_table(server, redis_server, (64, 256), seconds, http_tokens)
                 report["drop"] = drop_rehearsal(server, redis_server.url, 1000, users, 256, tokens)
     finally:
         os.unlink(tokens)

@@ -33,6 +33,29 @@ def _wait(check, what, timeout=20):
         time.sleep(0.1)
 
 
+def _stat(pid):
+    """/proc/<pid>/stat's fields after the command name (state is [0], ppid [1])."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()
+
+
+def cpu_seconds(pid):
+    """CPU seconds (user + system) used so far by a process and its children: those
+    it has reaped (a recycled gunicorn worker) and those still running."""
+    fields = _stat(pid)
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            child = _stat(entry)
+        except OSError:  # gone meanwhile
+            continue
+        if child[1] == str(pid):
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class RedisServer:
     def __init__(self):
         self.port = free_port()

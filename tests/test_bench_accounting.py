@@ -1,0 +1,58 @@
+"""The benchmark's CPU accounting: `make bench` splits each request's CPU between
+gunicorn's workers, redis-server and wrk, so the split must count a process's
+children (the workers), running or reaped (a recycled worker)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bench.servers import cpu_seconds
+
+# A parent that starts a child; each burns CPU, then they wait to be told to go on.
+FAMILY = textwrap.dedent(
+    """
+    import subprocess, sys, time
+
+    def burn(seconds):
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\\n"
+         "start = time.process_time()\\n"
+         "while time.process_time() - start < 0.4: pass\\n"
+         "print('child burnt', flush=True)\\n"
+         "sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    child.stdout.readline()
+    burn(0.2)
+    print("both burnt", flush=True)
+    sys.stdin.readline()
+    child.communicate("go\\n")
+    print("child reaped", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_cpu_seconds_counts_running_and_reaped_children():
+    family = subprocess.Popen(
+        [sys.executable, "-c", FAMILY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert family.stdout.readline() == "both burnt\n"
+        running = cpu_seconds(family.pid)
+        family.stdin.write("go\n")
+        family.stdin.flush()
+        assert family.stdout.readline() == "child reaped\n"
+        reaped = cpu_seconds(family.pid)
+    finally:
+        family.communicate("go\n", timeout=10)
+    # 0.4 s in the child, 0.2 s in the parent (clock ticks are 10 ms).
+    assert running >= 0.58
+    assert reaped >= running
