@@ -18,9 +18,13 @@ worker_class = "sync"
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
-# Recycle workers now and then so a slow leak can never take a drop down.
-max_requests = 20000
-max_requests_jitter = 2000
+# Recycle workers now and then so a slow leak can never take a drop down: rarely,
+# and spread out. Workers start together and share the load evenly, so a narrow
+# jitter had them all restart within seconds of one another (a restart costs ~0.9 s
+# of CPU and the worker serves nothing meanwhile). At 500 requests/s a worker now
+# goes every 200-300 s.
+max_requests = 100000
+max_requests_jitter = 50000
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
