@@ -39,11 +39,8 @@ def _stat(pid):
         return stat.read().rpartition(")")[2].split()
 
 
-def cpu_seconds(pid):
-    """CPU seconds (user + system) used so far by a process and its children: those
-    it has reaped (a recycled gunicorn worker) and those still running."""
-    fields = _stat(pid)
-    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+def _live_children_ticks(pid):
+    ticks = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -52,8 +49,20 @@ def cpu_seconds(pid):
         except OSError:  # gone meanwhile
             continue
         if child[1] == str(pid):
-            ticks += int(child[11]) + int(child[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            ticks += int(child[11]) + int(child[12])  # utime, stime
+    return ticks
+
+
+def cpu_seconds(pid):
+    """CPU seconds (user + system) used so far by a process and its children: those
+    it has reaped (a recycled gunicorn worker) and those still running."""
+    while True:
+        before = _stat(pid)
+        live = _live_children_ticks(pid)
+        after = _stat(pid)
+        # A child reaped during the scan would be in neither sum: look again.
+        if before[13:15] == after[13:15]:  # cutime, cstime
+            return (sum(int(x) for x in after[11:15]) + live) / os.sysconf("SC_CLK_TCK")
 
 
 class RedisServer:
