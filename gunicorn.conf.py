@@ -21,8 +21,8 @@ keepalive = 5
 # Recycle workers now and then so a slow leak can never take a drop down: rarely,
 # and spread out. Workers start together and share the load evenly, so a narrow
 # jitter had them all restart within seconds of one another (a restart costs ~0.9 s
-# of CPU and the worker serves nothing meanwhile). At 500 requests/s a worker now
-# goes every 200-300 s.
+# of CPU and the worker serves nothing meanwhile). At 500 requests/s (sold-out
+# answers) a worker now goes every 200-300 s.
 max_requests = 100000
 max_requests_jitter = 50000
 accesslog = None
