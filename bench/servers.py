@@ -39,18 +39,28 @@ def _stat(pid):
         return stat.read().rpartition(")")[2].split()
 
 
-def _live_children_ticks(pid):
-    ticks = 0
+def _children_stats(pid):
+    """{child pid: its stat fields} for the processes whose parent is `pid`."""
+    stats = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            child = _stat(entry)
+            fields = _stat(entry)
         except OSError:  # gone meanwhile
             continue
-        if child[1] == str(pid):
-            ticks += int(child[11]) + int(child[12])  # utime, stime
-    return ticks
+        if fields[1] == str(pid):
+            stats[int(entry)] = fields
+    return stats
+
+
+def children(pid):
+    """Pids of the live children of `pid` (a gunicorn master's workers)."""
+    return sorted(pid for pid, fields in _children_stats(pid).items() if fields[0] != "Z")
+
+
+def _live_children_ticks(pid):
+    return sum(int(f[11]) + int(f[12]) for f in _children_stats(pid).values())  # utime, stime
 
 
 def cpu_seconds(pid):
