@@ -17,7 +17,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 worker_class = "sync"
 # The app is loaded once, in the master, and forked into each worker: a worker killed
 # or recycled mid-drop is back at once, without the ~0.5 s of CPU loading it costs.
-# (Nothing connects before the fork; a code change needs a restart, not a HUP.)
+# (Start-up tasks close what they open before the fork; a code change needs a restart,
+# not a HUP.)
 preload_app = True
 timeout = 30
 graceful_timeout = 20

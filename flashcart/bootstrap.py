@@ -5,6 +5,7 @@ import logging
 from config import MEMORY_URI
 from flashcart import demo
 from flashcart.auth import service as accounts
+from flashcart.extensions import stores
 
 log = logging.getLogger("flashcart")
 
@@ -25,6 +26,7 @@ def run(app):
             log.warning("ADMIN_EMAIL is set without ADMIN_PASSWORD; no admin created")
         if embedded:
             _embedded_demo(config)
+        stores.close()
 
 
 def _embedded_demo(config):

@@ -107,6 +107,7 @@ class _Connections:
         self.config = config
         self._db = db
         self._redis = redis_client
+        self._db_handed_in = db is not None
         self._redis_handed_in = redis_client is not None
         self._probe = None
         self._pid = os.getpid()
@@ -124,6 +125,23 @@ class _Connections:
             if self.config["REDIS_URL"] != MEMORY_URI:
                 self._redis = None
                 self._probe = None
+
+    def close(self):
+        """Close the connections to real servers; the next use opens new ones.
+
+        Start-up tasks run in gunicorn's master, which then forks the workers
+        (preload_app): nothing they opened may stay open there, with its threads.
+        """
+        with self._lock:
+            real_mongo = self.config["MONGO_URI"] != MEMORY_URI and not self._db_handed_in
+            if real_mongo and self._db is not None:
+                self._db.client.close()
+                self._db, self._indexed, self._orders = None, False, None
+            if not self._redis_handed_in and self.config["REDIS_URL"] != MEMORY_URI:
+                for client in (self._redis, self._probe):
+                    if client is not None:
+                        client.close()
+                self._redis = self._probe = None
 
     @property
     def db(self):
@@ -202,6 +220,10 @@ class Stores:
     def ping_mongo(self, timeout):
         """Ping MongoDB; raises a PyMongoError after about `timeout` seconds."""
         return self._connections().ping_mongo(timeout)
+
+    def close(self):
+        """Close the current app's connections to real servers (reopened on use)."""
+        self._connections().close()
 
 
 def object_id_or_none(value):
