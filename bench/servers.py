@@ -56,7 +56,7 @@ def _children_stats(pid):
 
 def children(pid):
     """Pids of the live children of `pid` (a gunicorn master's workers)."""
-    return sorted(pid for pid, fields in _children_stats(pid).items() if fields[0] != "Z")
+    return sorted(child for child, fields in _children_stats(pid).items() if fields[0] != "Z")
 
 
 def _live_children_ticks(pid):
