@@ -12,6 +12,7 @@ import time
 
 from conftest import free_port
 
+from bench.servers import children
 from flashcart.auth import service as accounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,16 +96,7 @@ class GunicornHost:
 
     def worker_pids(self):
         """Pids of the master's live children (its workers), read from /proc."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-                if fields[0] != "Z" and int(fields[1]) == self.process.pid:
-                    pids.append(int(entry))
-        return sorted(pids)
+        return children(self.process.pid)
 
     def wait_ready(self, timeout=60):
         """Until every worker is up and /readyz answers 200."""
