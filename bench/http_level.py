@@ -14,7 +14,7 @@ from collections import Counter
 import redis
 from bson import ObjectId
 
-from bench.servers import cpu_seconds
+from bench.servers import cpu_seconds, settled_cpu_seconds
 from flashcart.sales.inventory import Inventory, SalePlan
 
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "requests.lua")
@@ -72,20 +72,6 @@ def _children_cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def _settled_cpu(watch, timeout=2.0):
-    """CPU seconds of the `watch` processes once they stop using any: requests wrk
-    left queued are still served after it stops, and are this run's cost."""
-    readings = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
-    deadline = time.monotonic() + timeout
-    while readings and time.monotonic() < deadline:
-        time.sleep(0.05)
-        latest = {name: cpu_seconds(pid) for name, pid in watch.items()}
-        if latest == readings:
-            break
-        readings = latest
-    return readings
-
-
 def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_token=0, watch=None):
     """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors).
 
@@ -118,7 +104,9 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_t
         text=True,
         check=True,
     ).stdout
-    cpu_s = {name: after - watched[name] for name, after in _settled_cpu(watch).items()}
+    # Requests wrk left queued are served after it stops: this run's cost.
+    settled = settled_cpu_seconds(watch or {})
+    cpu_s = {name: after - watched[name] for name, after in settled.items()}
     line = next(x for x in output.splitlines() if x.startswith("JSON_RESULT "))
     raw = json.loads(line[len("JSON_RESULT ") :])
     # Less starting up and loading the tokens, which is not the requests' cost.

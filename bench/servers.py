@@ -20,17 +20,19 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def _wait(check, what, timeout=20):
+def wait_for(check, what, timeout=20, interval=0.1):
+    """`check()`'s first true answer, asked every `interval` s (errors count as not yet)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if check():
-                return
+            answer = check()
+            if answer:
+                return answer
         except Exception:  # noqa: BLE001, S110 - still starting
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not come up")
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 def _stat(pid):
@@ -75,6 +77,21 @@ def cpu_seconds(pid):
             return (sum(int(x) for x in after[11:15]) + live) / os.sysconf("SC_CLK_TCK")
 
 
+def settled_cpu_seconds(pids, interval=0.05, timeout=2.0):
+    """{name: `cpu_seconds`} for `pids` (name -> pid) once none of them used any CPU
+    for `interval` s (or after `timeout` s): requests still queued when a load
+    generator stops are served after it, and a new worker boots after its fork."""
+    readings = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    deadline = time.monotonic() + timeout
+    while readings and time.monotonic() < deadline:
+        time.sleep(interval)
+        latest = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        if latest == readings:
+            break
+        readings = latest
+    return readings
+
+
 class RedisServer:
     def __init__(self):
         self.port = free_port()
@@ -102,7 +119,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
-        _wait(lambda: redis.Redis.from_url(self.url).ping(), "redis-server")
+        wait_for(lambda: redis.Redis.from_url(self.url).ping(), "redis-server")
         return self
 
     def __exit__(self, *exc):
@@ -144,7 +161,7 @@ class Gunicorn:
             stderr=subprocess.DEVNULL,
         )
         health = self.url + "/healthz"
-        _wait(lambda: urllib.request.urlopen(health, timeout=1).status == 200, "gunicorn")  # noqa: S310
+        wait_for(lambda: urllib.request.urlopen(health, timeout=1).status == 200, "gunicorn")  # noqa: S310
         return self
 
     def __exit__(self, *exc):

@@ -8,12 +8,11 @@ and /metrics still adds up what every worker counted.
 import os
 import re
 import signal
-import time
 import urllib.request
 
 import pytest
 
-from bench.servers import Gunicorn, children, cpu_seconds
+from bench.servers import Gunicorn, children, settled_cpu_seconds, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,42 +22,27 @@ def _get(url):
         return response.status, response.read().decode()
 
 
-def _wait(predicate, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {timeout} s")
-
-
-def _settled_cpu(pid):
-    """The process's CPU seconds once it has used none for half a second."""
-    last = None
-    while True:
-        now = cpu_seconds(pid)
-        if now == last:
-            return now
-        last = now
-        time.sleep(0.5)
-
-
 def test_a_killed_worker_is_replaced_from_the_preloaded_app(redis_server, tmp_path):
     if redis_server is None:
         pytest.skip("needs a real redis-server")
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"}
     with Gunicorn(redis_server.url, env=env) as server:
-        workers = _wait(
+        workers = wait_for(
             lambda: len(children(server.process.pid)) == 2 and children(server.process.pid),
             "two workers",
+            timeout=30,
+            interval=0.05,
         )
         os.kill(workers[0], signal.SIGKILL)
-        replacement = _wait(
-            lambda: set(children(server.process.pid)) - set(workers), "replacement worker"
+        replacement = wait_for(
+            lambda: set(children(server.process.pid)) - set(workers),
+            "replacement worker",
+            timeout=30,
+            interval=0.05,
         ).pop()
         # Loading the app costs a worker 0.3-0.5 s of CPU; a fork of the master's, next to none.
-        assert _settled_cpu(replacement) < 0.1
+        settled = settled_cpu_seconds({"worker": replacement}, interval=0.5, timeout=30)
+        assert settled["worker"] < 0.1
 
         for _ in range(20):
             assert _get(server.url + "/healthz")[0] == 200
