@@ -7,6 +7,7 @@ on bigger hosts (about 2 x cores) and with more hosts behind the load balancer.
 
 import glob
 import os
+import shutil
 import tempfile
 
 # gunicorn means production: the app then refuses in-memory backends and weak secrets.
@@ -34,18 +35,27 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
 # Prometheus multiprocess mode (README "Monitoring"): every worker writes its
-# metrics to files here and /metrics adds them up.
-prometheus_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "flashcart-prometheus")
-)
+# metrics to files in this folder and /metrics adds them up. By default a fresh
+# folder for each server start, so nothing an earlier run left is counted again. It
+# must exist now, while gunicorn reads this file: preload_app imports the app, whose
+# metrics open their files there, before any server hook runs.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashcart-prometheus-")
+    _made_prometheus_dir = True
+prometheus_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+os.makedirs(prometheus_dir, exist_ok=True)
 
 
 def on_starting(server):
-    # Files left by an earlier run would be counted again. (It runs after the preload:
-    # the master's own files, never written to, go too.)
-    os.makedirs(prometheus_dir, exist_ok=True)
+    # A folder named by the operator may hold files of an earlier run. (This runs after
+    # the preload: the master's own files, never written to, go too.)
     for path in glob.glob(os.path.join(prometheus_dir, "*.db")):
         os.remove(path)
+
+
+def on_exit(server):
+    if globals().get("_made_prometheus_dir"):
+        shutil.rmtree(prometheus_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):
