@@ -63,6 +63,9 @@ class Config:
     # Orders are the durable truth: acknowledged once a majority of the replica set
     # has them, so a MongoDB failover cannot roll a placed order back ("" = the URI's).
     MONGO_ORDERS_WRITE_CONCERN = os.environ.get("MONGO_ORDERS_WRITE_CONCERN", "majority")
+    # `orders` sharded on {user_id: 1, reservation_id: 1}: its unique index must then
+    # begin with the shard key (README "Scaling out").
+    MONGO_ORDERS_SHARDED = _flag("MONGO_ORDERS_SHARDED", "false")
 
     JWT_SECRET_KEY = _env("JWT_SECRET_KEY", _env("JWT_SECRET", DEV_JWT_SECRET))
     # Short-lived access tokens; clients renew them with the refresh token.

@@ -18,7 +18,7 @@ def create_app(config=None, *, db=None, redis_client=None):
     register_blueprints(app)
     register_errors(app)
     register_commands(app)
-    run_startup_tasks(app)
+    seed_embedded_demo(app)
     return app
 
 
@@ -88,7 +88,7 @@ def register_commands(app):
     register(app)
 
 
-def run_startup_tasks(app):
+def seed_embedded_demo(app):
     # Not named `bootstrap`: importing the flashcart.bootstrap submodule would rebind it.
     from flashcart.bootstrap import run
 

@@ -1,4 +1,4 @@
-"""Operator commands: create-admin, seed-demo, sweep, audit."""
+"""Operator commands: init, create-admin, seed-demo, sweep, audit."""
 
 import json
 import logging
@@ -6,16 +6,62 @@ import time
 
 import click
 import pymongo.errors
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from flashcart import demo
 from flashcart.auth import passwords
 from flashcart.auth import service as accounts
+from flashcart.extensions import stores
 from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
 from flashcart.sales import recovery
+from flashcart.stores import IndexSetupError
 
 log = logging.getLogger("flashcart.cli")
+
+
+@click.command("init")
+@with_appcontext
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Keep trying this many SECONDS while MongoDB does not answer.",
+)
+def init(wait):
+    """Prepare MongoDB before the API starts: its indexes, and the admin named by
+    ADMIN_EMAIL / ADMIN_PASSWORD when set. Safe to run twice; exits 1 on failure."""
+    config = current_app.config
+    email, password = config["ADMIN_EMAIL"], config["ADMIN_PASSWORD"]
+    if email and not password:
+        raise click.ClickException("ADMIN_EMAIL is set without ADMIN_PASSWORD")
+    if email:
+        weaknesses = passwords.weaknesses(password, email)
+        if weaknesses:
+            raise click.ClickException("ADMIN_PASSWORD: " + " ".join(weaknesses))
+    _until_mongodb_answers(wait)
+    try:
+        stores.ensure_indexes()
+    except IndexSetupError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo("indexes are ready")
+    if email:
+        user, created = accounts.ensure_admin(email=email, password=password)
+        click.echo(f"{'Created' if created else 'Updated'} admin {user['email']} ({user['id']})")
+
+
+def _until_mongodb_answers(wait):
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            stores.ping_mongo(current_app.config["MONGO_TIMEOUT_MS"] / 1000)
+            return
+        except pymongo.errors.PyMongoError as error:
+            if time.monotonic() >= deadline:
+                raise click.ClickException(f"MongoDB does not answer: {error}") from error
+            log.warning("waiting for MongoDB: %s", error)
+            time.sleep(1)
 
 
 @click.command("create-admin")
@@ -105,5 +151,5 @@ def audit(repair, as_json):
 
 
 def register_commands(app: Flask):
-    for command in (create_admin, seed_demo, sweep, audit):
+    for command in (init, create_admin, seed_demo, sweep, audit):
         app.cli.add_command(command)

@@ -11,6 +11,7 @@ import threading
 from datetime import UTC, datetime
 
 import pymongo
+import pymongo.errors
 import redis
 from bson import ObjectId
 from flask import current_app
@@ -23,30 +24,61 @@ log = logging.getLogger(__name__)
 
 # Every query has an index; README "Scaling out" gives the shard keys they suit.
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]  # page_of's sort
-_INDEXES = {
-    "users": [([("email", ASCENDING)], {"unique": True})],
-    "products": [
-        (_NEWEST_FIRST, {}),
-        # The sweeper and the audit look for sales in progress every few seconds.
-        ([("sale_status", ASCENDING)], {}),
-    ],
-    "orders": [
-        # One order per reservation: the database refuses a second one.
-        ([("reservation_id", ASCENDING)], {"unique": True}),
-        # "My orders" (and checkout's lookup, which names the user too).
-        ([("user_id", ASCENDING), *_NEWEST_FIRST], {}),
-        # An admin's list of every order.
-        (_NEWEST_FIRST, {}),
-        ([("product_id", ASCENDING), ("status", ASCENDING)], {}),
-        ([("status", ASCENDING), ("updated_at", ASCENDING)], {}),
-    ],
-}
+# One order per reservation: the database refuses a second one. A sharded collection
+# takes a unique index only if it begins with the shard key; a reservation belongs
+# to one user, so the rule is the same either way.
+_ONE_ORDER_PER_RESERVATION = [("reservation_id", ASCENDING)]
+_ONE_ORDER_PER_RESERVATION_SHARDED = [("user_id", ASCENDING), ("reservation_id", ASCENDING)]
 
 
-def ensure_indexes(db):
-    for collection, indexes in _INDEXES.items():
+def index_plan(orders_sharded=False):
+    """{collection: [(keys, options)]}: every index the queries need.
+
+    `orders_sharded` (MONGO_ORDERS_SHARDED) when `orders` is sharded on
+    {user_id: 1, reservation_id: 1}.
+    """
+    unique_order = _ONE_ORDER_PER_RESERVATION
+    if orders_sharded:
+        unique_order = _ONE_ORDER_PER_RESERVATION_SHARDED
+    return {
+        "users": [([("email", ASCENDING)], {"unique": True})],
+        "products": [
+            (_NEWEST_FIRST, {}),
+            # The sweeper and the audit look for sales in progress every few seconds.
+            ([("sale_status", ASCENDING)], {}),
+        ],
+        "orders": [
+            (unique_order, {"unique": True}),
+            # "My orders" (and checkout's lookup, which names the user too).
+            ([("user_id", ASCENDING), *_NEWEST_FIRST], {}),
+            # An admin's list of every order.
+            (_NEWEST_FIRST, {}),
+            ([("product_id", ASCENDING), ("status", ASCENDING)], {}),
+            ([("status", ASCENDING), ("updated_at", ASCENDING)], {}),
+        ],
+    }
+
+
+class IndexSetupError(RuntimeError):
+    """MongoDB refused an index: the configuration does not fit the database."""
+
+
+def ensure_indexes(db, *, orders_sharded=False):
+    """Create the indexes `index_plan` lists (MongoDB keeps existing ones as they are).
+
+    Raises IndexSetupError, naming the index and the remedy, when MongoDB refuses one.
+    """
+    for collection, indexes in index_plan(orders_sharded).items():
         for keys, options in indexes:
-            db[collection].create_index(keys, **options)
+            try:
+                db[collection].create_index(keys, **options)
+            except pymongo.errors.OperationFailure as error:
+                raise IndexSetupError(
+                    f"MongoDB refused the index {dict(keys)} {options or ''} on "
+                    f"`{collection}`: {error}. If `orders` is sharded on "
+                    "{user_id: 1, reservation_id: 1}, set MONGO_ORDERS_SHARDED=true; "
+                    "otherwise drop the conflicting index and run `flask init`."
+                ) from error
 
 
 def connect_redis(url, timeout=2.0, **options):
@@ -126,36 +158,38 @@ class _Connections:
                 self._redis = None
                 self._probe = None
 
-    def close(self):
-        """Close the connections to real servers; the next use opens new ones.
-
-        Start-up tasks run in gunicorn's master, which then forks the workers
-        (preload_app): nothing they opened may stay open there, with its threads.
-        """
-        with self._lock:
-            real_mongo = self.config["MONGO_URI"] != MEMORY_URI and not self._db_handed_in
-            if real_mongo and self._db is not None:
-                self._db.client.close()
-                self._db, self._indexed, self._orders = None, False, None
-            if not self._redis_handed_in and self.config["REDIS_URL"] != MEMORY_URI:
-                for client in (self._redis, self._probe):
-                    if client is not None:
-                        client.close()
-                self._redis = self._probe = None
-
     @property
     def db(self):
+        db = self._database()
+        if not self._indexed:
+            with self._lock:
+                if not self._indexed:
+                    self._ensure_indexes_once()
+        return db
+
+    def _database(self):
         self._after_fork()
-        if self._db is None or not self._indexed:
+        if self._db is None:
             with self._lock:
                 if self._db is None:
                     self._db = connect_mongo(
                         self.config["MONGO_URI"], self.config["MONGO_TIMEOUT_MS"]
                     )
-                if not self._indexed:
-                    ensure_indexes(self._db)
-                    self._indexed = True
         return self._db
+
+    def ensure_indexes(self):
+        ensure_indexes(self._database(), orders_sharded=self.config["MONGO_ORDERS_SHARDED"])
+        self._indexed = True
+
+    def _ensure_indexes_once(self):
+        # `flask init` creates them before the API starts, and fails there, once, if
+        # MongoDB refuses one. Here they are a safety net: a refusal is logged once per
+        # process, not raised again by every request.
+        try:
+            self.ensure_indexes()
+        except IndexSetupError as error:
+            log.error("%s", error)
+            self._indexed = True
 
     @property
     def orders(self):
@@ -186,7 +220,7 @@ class _Connections:
 
     def ping_mongo(self, timeout):
         with pymongo.timeout(timeout):
-            return self.db.command("ping")
+            return self._database().command("ping")
 
 
 class Stores:
@@ -221,9 +255,9 @@ class Stores:
         """Ping MongoDB; raises a PyMongoError after about `timeout` seconds."""
         return self._connections().ping_mongo(timeout)
 
-    def close(self):
-        """Close the current app's connections to real servers (reopened on use)."""
-        self._connections().close()
+    def ensure_indexes(self):
+        """Create every index the queries need; IndexSetupError if MongoDB refuses one."""
+        return self._connections().ensure_indexes()
 
 
 def object_id_or_none(value):

@@ -1,9 +1,11 @@
-"""Operator commands: `flask create-admin` and `flask seed-demo`."""
+"""Operator commands: `flask init`, `flask create-admin` and `flask seed-demo`."""
+
+import logging
 
 import pytest
 from bson import ObjectId
 
-from flashcart import demo
+from flashcart import create_app, demo
 
 NO_ENV_PASSWORD = {"FLASHCART_ADMIN_PASSWORD": None}
 
@@ -18,6 +20,99 @@ def login(client):
 
 def create_admin(runner, *args, **kwargs):
     return runner.invoke(args=["create-admin", *args], env=NO_ENV_PASSWORD, **kwargs)
+
+
+# -- init ----------------------------------------------------------------------------
+
+
+def index_keys(db, collection):
+    return [info["key"] for info in db[collection].index_information().values()]
+
+
+def test_init_creates_the_indexes_and_the_configured_admin_twice_safely(
+    app, app_config, runner, mongo_db, login
+):
+    app.config.update(ADMIN_EMAIL="Boss@Example.com", ADMIN_PASSWORD="boss-passphrase-1")
+
+    first = runner.invoke(args=["init"])
+    second = runner.invoke(args=["init"])
+
+    assert first.exit_code == 0, first.output
+    assert "indexes are ready" in first.output and "Created admin boss@example.com" in first.output
+    assert second.exit_code == 0 and "Updated admin boss@example.com" in second.output
+    assert [("reservation_id", 1)] in index_keys(mongo_db, "orders")
+    assert mongo_db.users.count_documents({}) == 1
+    assert login("boss@example.com", "boss-passphrase-1").json["user"]["role"] == "admin"
+
+
+def test_init_without_an_admin_configured_creates_only_the_indexes(app, runner, mongo_db):
+    result = runner.invoke(args=["init"])
+
+    assert result.exit_code == 0, result.output
+    assert [("email", 1)] in index_keys(mongo_db, "users")
+    assert mongo_db.users.count_documents({}) == 0
+
+
+@pytest.mark.parametrize(
+    ("password", "says"),
+    [(None, "ADMIN_EMAIL is set without ADMIN_PASSWORD"), ("short", "at least")],
+    ids=["missing", "weak"],
+)
+def test_init_refuses_a_missing_or_weak_admin_password_and_creates_nobody(
+    app, runner, mongo_db, password, says
+):
+    app.config.update(ADMIN_EMAIL="boss@example.com", ADMIN_PASSWORD=password)
+
+    result = runner.invoke(args=["init"])
+
+    assert result.exit_code == 1
+    assert says in result.output
+    assert mongo_db.users.count_documents({}) == 0
+
+
+def test_init_with_sharded_orders_makes_the_unique_index_begin_with_the_shard_key(
+    app, runner, mongo_db
+):
+    app.config["MONGO_ORDERS_SHARDED"] = True
+
+    result = runner.invoke(args=["init"])
+
+    assert result.exit_code == 0, result.output
+    keys = index_keys(mongo_db, "orders")
+    assert [("user_id", 1), ("reservation_id", 1)] in keys
+    assert [("reservation_id", 1)] not in keys
+
+
+def test_an_index_mongodb_refuses_is_one_clear_error_at_init_and_not_one_per_request(
+    app, runner, mongo_db, client, caplog
+):
+    # What a sharded `orders` does to the unsharded unique index, in mongomock's terms:
+    # an index of that name already exists with other options.
+    mongo_db.orders.create_index([("reservation_id", 1)])
+
+    result = runner.invoke(args=["init"])
+
+    assert result.exit_code == 1
+    assert "refused the index" in result.output and "MONGO_ORDERS_SHARDED" in result.output
+    with caplog.at_level(logging.ERROR, logger="flashcart.stores"):
+        answers = [client.get("/api/v1/products").status_code for _ in range(3)]
+    assert answers == [200, 200, 200]
+    assert len([r for r in caplog.records if "refused the index" in r.getMessage()]) == 1
+
+
+def test_init_says_when_mongodb_does_not_answer():
+    app = create_app(
+        {
+            "ENV_NAME": "testing",
+            "MONGO_URI": "mongodb://127.0.0.1:9/flashcart",
+            "MONGO_TIMEOUT_MS": 200,
+        }
+    )
+
+    result = app.test_cli_runner().invoke(args=["init", "--wait", "0.5"])
+
+    assert result.exit_code == 1
+    assert "MongoDB does not answer" in result.output
 
 
 # -- create-admin --------------------------------------------------------------------

@@ -6,7 +6,7 @@ import mongomock
 import pymongo
 import pytest
 
-from flashcart.stores import _INDEXES, connect_mongo, ensure_indexes, orders_collection
+from flashcart.stores import connect_mongo, ensure_indexes, index_plan, orders_collection
 
 REPLICA_SET_URI = (
     "mongodb://db1:27017,db2:27017,db3:27017/shop"
@@ -52,7 +52,7 @@ def test_every_paged_list_and_sweeper_query_has_an_index():
     ensure_indexes(db)
     keys = {
         collection: [info["key"] for info in db[collection].index_information().values()]
-        for collection in _INDEXES
+        for collection in index_plan()
     }
     newest_first = [("created_at", -1), ("_id", -1)]
 
