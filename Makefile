@@ -7,7 +7,7 @@ PORT ?= 5000
 # unless told otherwise (HOST=0.0.0.0).
 HOST ?= 127.0.0.1
 
-.PHONY: run test lint bench bench-cpu bench-instructions rehearse clean openapi fuzz
+.PHONY: run dev test lint bench bench-cpu bench-instructions rehearse clean openapi fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: $(BIN)/.installed  ## Serve the API (embedded in-memory backends unless MONGO_URI/REDIS_URL are set)
-	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
+# The production server and settings file, in development mode. One worker, never
+# recycled: the embedded in-memory stores live in its process (threads share them).
+run: $(BIN)/.installed  ## Serve the API through gunicorn (embedded in-memory backends unless MONGO_URI/REDIS_URL are set)
+	FLASHCART_ENV=$${FLASHCART_ENV:-development} $(BIN)/gunicorn --config gunicorn.conf.py \
+		--bind $(HOST):$(PORT) --workers 1 --threads 8 --max-requests 0 wsgi:app
+
+dev: $(BIN)/.installed  ## Flask's development server, reloading on code changes
+	$(BIN)/flask --app wsgi run --reload --host $(HOST) --port $(PORT)
 
 test: $(BIN)/.installed  ## Lint, security scan, then the whole suite (starts its own redis-server)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -30,6 +30,9 @@ keepalive = 5
 # (sold-out answers) a worker now goes every 200-300 s.
 max_requests = 100000
 max_requests_jitter = 50000
+# No control socket: it would be a thread in the master and a path under $HOME shared
+# by every gunicorn of the user (the image's user has no home); signals do its job.
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
