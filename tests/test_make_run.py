@@ -78,7 +78,8 @@ def test_make_run_serves_a_drop_through_gunicorn_on_the_embedded_stores(tmp_path
             base, "POST", f"/api/v1/sales/reserve/{product['id']}", {"quantity": 1}, token
         )
         assert status == 201
-        status, order, _ = call(base, "POST", "/api/v1/orders", {"reservation_id": hold["id"]}, token)
+        checkout = {"reservation_id": hold["id"]}
+        status, order, _ = call(base, "POST", "/api/v1/orders", checkout, token)
         assert status == 201 and order["status"] == "placed"
         _, mine, _ = call(base, "GET", "/api/v1/orders", token=token)
         assert [o["id"] for o in mine["items"]] == [order["id"]]
