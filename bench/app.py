@@ -12,7 +12,6 @@ from flashcart import create_app
 
 class BenchConfig(ProductionConfig):
     MONGO_URI = MEMORY_URI
-    PRODUCT_CACHE_SECONDS = 3600
 
     @classmethod
     def check(cls):

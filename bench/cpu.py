@@ -26,7 +26,7 @@ from werkzeug.test import EnvironBuilder
 
 from bench import http_level
 from bench.reference import NaiveWatchReservations, ScriptReservations
-from bench.servers import RedisServer
+from bench.servers import LOAD_GENERATOR_CEILING, RedisServer
 from flashcart.sales.inventory import Inventory, SalePlan
 
 SECRET = "bench-secret-" + "x" * 40
@@ -71,7 +71,7 @@ def app_and_scenarios(url, requests, seen):
     except "reserve, token seen", which cycles over `seen` tokens."""
     from bench.app import create
 
-    app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL="")
+    app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL=LOAD_GENERATOR_CEILING)
     quiet = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
     for handler in logging.getLogger().handlers + logging.getLogger("flashcart").handlers:
         if hasattr(handler, "stream"):

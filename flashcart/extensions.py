@@ -1,33 +1,13 @@
 """The shared extension objects, created unbound and bound in `create_app`."""
 
-import flask_limiter
 from flask import current_app
 from flask_cors import CORS
+from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from flashcart.apidoc import Api
 from flashcart.stores import Stores
 from flashcart.token_cache import CachingJWTManager
-
-
-class Limiter(flask_limiter.Limiter):
-    """flask-limiter, leaving a request its filters exempt alone at once.
-
-    For such a request flask-limiter still identifies the route and evaluates an
-    empty list of limits: on a reserve about 6% of its instructions. Only meta limits
-    (RATELIMIT_META, not set here) would count anything there, so with any of those
-    configured it takes its usual path.
-    """
-
-    def _check_request_limit(self, callable_name=None, in_middleware=True):
-        if (
-            in_middleware
-            and not self._meta_limits
-            and any(exempt() for exempt in self._request_filters)
-        ):
-            return
-        super()._check_request_limit(callable_name, in_middleware)
-
 
 api = Api()
 jwt = CachingJWTManager()

@@ -45,22 +45,10 @@ def init_app(app):
             {"socket_timeout": timeout, "socket_connect_timeout": timeout, **options},
         )
     limiter.init_app(app)
-    limiter.request_filter(_hot_route_without_a_ceiling)
     app.register_error_handler(RateLimitExceeded, too_many_requests)
     # Probes and scrapes must never be refused.
     for blueprint in (health.blp, metrics.blp):
         limiter.exempt(blueprint)
-
-
-# Routes flask-limiter has nothing but the per-IP ceiling to count on (reserve counts
-# its per-user limit itself). Never list a route with a `limiter.limit` of its own.
-HOT_ROUTES = frozenset({"sales.reserve", "sales.stock", "products.get_product"})
-
-
-def _hot_route_without_a_ceiling():
-    """With RATELIMIT_GLOBAL off, flask-limiter would still spend ~0.1 ms per request
-    finding nothing to count on the hot routes: skip it there."""
-    return not current_app.config["RATELIMIT_GLOBAL"] and request.endpoint in HOT_ROUTES
 
 
 class ClusterCounters(Storage):

@@ -134,55 +134,6 @@ def test_the_ceiling_covers_the_hot_routes_too(limited, path):
     assert_limited(client.get(path))
 
 
-def test_the_hot_routes_have_no_limit_but_the_ceiling(app):
-    # rate_limits skips flask-limiter on them while the ceiling is off.
-    from flask_limiter.util import get_qualified_name
-
-    from flashcart.extensions import limiter
-
-    limited_views = limiter._marked_for_limiting
-    assert "flashcart.auth.routes.login.login" in limited_views  # the check can see limits
-    for endpoint in rate_limits.HOT_ROUTES:
-        assert get_qualified_name(app.view_functions[endpoint]) not in limited_views
-        assert not limiter.limit_manager.has_hints(endpoint)
-
-
-@pytest.mark.parametrize("ceiling, checks", [("", 0), ("100 per minute", 1)])
-def test_flask_limiter_is_not_consulted_on_a_hot_route_without_a_ceiling(
-    limited, monkeypatch, ceiling, checks
-):
-    import flask_limiter
-
-    calls = []
-    check = flask_limiter.Limiter._check_request_limit
-    monkeypatch.setattr(
-        flask_limiter.Limiter,
-        "_check_request_limit",
-        lambda *args, **kwargs: calls.append(1) or check(*args, **kwargs),
-    )
-    client = limited(RATELIMIT_GLOBAL=ceiling)
-
-    client.get("/api/v1/sales/stock/6b0000000000000000000001")
-    assert len(calls) == checks
-    client.get("/api/v1/products")
-    assert len(calls) == checks + 1
-
-
-def test_meta_limits_still_reach_the_hot_routes(limited, user, monkeypatch):
-    # A client that breached a limit is refused everywhere while it lasts.
-    from flashcart.extensions import limiter
-
-    # flask-limiter keeps the first app's meta limits for the process: undo them after.
-    monkeypatch.setattr(limiter, "_meta_limits", limiter._meta_limits)
-    client = limited(
-        RATELIMIT_GLOBAL="", RATELIMIT_META="1 per minute", RATELIMIT_LOGIN_PER_IP="2 per minute"
-    )
-    for _ in range(4):
-        client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
-
-    assert_limited(client.get("/api/v1/sales/stock/6b0000000000000000000001"))
-
-
 def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(limited):
     client = limited(RATELIMIT_GLOBAL="1 per minute", TRUSTED_PROXIES=1)
     first = {"X-Forwarded-For": "203.0.113.1"}

@@ -1,0 +1,36 @@
+"""The benchmark measures what ships: production settings, rate limits on."""
+
+import os
+
+import limits
+
+from bench.app import BenchConfig
+from bench.servers import LOAD_GENERATOR_CEILING, Gunicorn
+from config import MEMORY_URI, ProductionConfig
+
+# What the benchmark may set: where to find its stores and secret, and the one
+# per-address ceiling its single load generator would otherwise hit.
+ALLOWED = {"FLASHCART_ENV", "PORT", "REDIS_URL", "JWT_SECRET_KEY", "RATELIMIT_GLOBAL"}
+
+
+def test_the_benchmark_server_changes_no_setting_but_its_stores_and_the_ceiling():
+    server = Gunicorn("redis://127.0.0.1:1/0", env={})
+    changed = {key for key in server.env if os.environ.get(key) != server.env[key]}
+
+    assert changed <= ALLOWED
+    assert server.env["FLASHCART_ENV"] == "production"
+    assert "RATELIMIT_ENABLED" not in changed
+
+
+def test_the_load_generator_ceiling_is_a_limit_not_a_switch():
+    parsed = limits.parse_many(LOAD_GENERATOR_CEILING)
+
+    assert len(parsed) == 1 and parsed[0].amount >= 10**6
+
+
+def test_the_benchmark_app_differs_from_production_only_in_its_in_memory_mongodb():
+    overridden = {key for key in vars(BenchConfig) if key.isupper()}
+
+    assert issubclass(BenchConfig, ProductionConfig)
+    assert overridden == {"MONGO_URI"}
+    assert BenchConfig.MONGO_URI == MEMORY_URI
