@@ -155,7 +155,10 @@ def watch_sell_out(redis_url, product_id, started):
 
     def poll():
         while time.perf_counter() - started < 120:
-            _, available = engine.available(product_id)
+            try:
+                _, available = engine.available(product_id)
+            except redis.ConnectionError:  # the drop ended unsold and its Redis is gone
+                return
             if available <= 0:
                 result["sold_out_s"] = time.perf_counter() - started
                 return
