@@ -530,3 +530,68 @@ def test_release_expired_with_a_far_future_clock_returns_every_hold(real_redis):
     snapshot = assert_invariant(real_redis, inventory, product_id, total, limit=5)
     assert (snapshot.available, snapshot.held) == (total, 0)
     assert user_units(real_redis, product_id) == {}
+
+
+def assert_limit_kept_across_expiries(holds, bought, limit, rounds, hold_seconds):
+    """Each round every user got what the limit allows (less what they bought), and
+    never held more than `limit` at once: any limit+1 of their consecutive deadlines
+    span at least a hold's lifetime."""
+    for user, made in holds.items():
+        per_round = collections.Counter(round_ for round_, _ in made)
+        assert per_round[0] >= limit, (user, per_round)
+        later = range(1, rounds)
+        assert all(per_round[r] >= limit - bought[user] for r in later), (user, per_round)
+        deadlines = sorted(hold.expires_at for _, hold in made)
+        for first, last in zip(deadlines, deadlines[limit:], strict=False):
+            assert last - first >= hold_seconds, (user, deadlines)
+
+
+def test_expired_holds_stop_counting_against_the_limit_whoever_sweeps(real_redis):
+    """Nobody sweeps and stock never runs short, so only the reservations themselves
+    can return their users' expired holds. Four threads per user race each round;
+    the holds of one round expire before the next, and each user then gets their full
+    limit again (less what they bought), never more than the limit at once."""
+    product_id, total, limit, hold_seconds = new_product_id(), 1000, 2, 1.0
+    users, threads_per_user, rounds = 8, 4, 3
+    inventory = CountingInventory(
+        real_redis, hold_seconds=hold_seconds, max_attempts=GENEROUS_ATTEMPTS
+    )
+    open_sale(inventory, product_id, total, limit)
+    holds, bought, lock = collections.defaultdict(list), collections.Counter(), threading.Lock()
+    refused = collections.Counter()
+
+    def reserve(user, round_):
+        try:
+            hold = inventory.reserve(product_id, user, 1)
+        except LimitExceeded:
+            with lock:
+                refused[user] += 1
+            return
+        with lock:
+            holds[user].append((round_, hold))
+            # In the first round, user-0 buys one unit: it counts for good.
+            buys = user == "user-0" and round_ == 0 and not bought[user]
+            bought[user] += buys
+        if buys:
+            assert inventory.claim(hold.id, user, f"order-{hold.id}") is True
+
+    def shopper(index, barrier):
+        for round_ in range(rounds):
+            barrier.wait()
+            reserve(f"user-{index % users}", round_)
+            barrier.wait()
+            if index == 0:  # every hold of this round expires before the next
+                latest = max(hold.expires_at for made in holds.values() for _, hold in made)
+                time.sleep(max(0.0, latest - time.time()) + 0.05)
+
+    run_threads(users * threads_per_user, shopper, timeout=60, pass_barrier=True)
+
+    assert len(holds) == users
+    assert sum(refused.values()) > 0, "no reservation met the limit: the test proves nothing"
+    assert_limit_kept_across_expiries(holds, bought, limit, rounds, hold_seconds)
+    sold = sum(bought.values())
+    far_future = Inventory(real_redis, clock=lambda: time.time() + 10**6)
+    while far_future.release_expired(product_id):
+        pass
+    snapshot = assert_invariant(real_redis, far_future, product_id, total, limit, bought)
+    assert (snapshot.available, snapshot.held, snapshot.sold) == (total - sold, 0, sold)

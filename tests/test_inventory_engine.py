@@ -12,6 +12,9 @@ from flashcart.sales.inventory import (
     InsufficientStock,
     Inventory,
     Keys,
+    LimitExceeded,
+    ReservationExpired,
+    ReservationNotFound,
     SaleEnded,
     SalePlan,
     SoldOut,
@@ -231,3 +234,60 @@ def test_a_recent_stock_read_is_reused_until_this_process_changes_the_sale(
     clock = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: clock + 61)
     assert engine.available(product_id, max_age=60) == ("live", 7)  # too old
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_users_own_expired_hold_is_returned_before_the_limit_refuses(redis_client):
+    clock = Clock()
+    engine = Inventory(redis_client, stripes=4, hold_seconds=10, clock=clock)
+    product_id = open_sale(engine, 10, limit=1)
+    first = engine.reserve(product_id, "ana")
+    engine.reserve(product_id, "ben")
+    with pytest.raises(LimitExceeded):
+        engine.reserve(product_id, "ana")
+
+    clock.now += 10  # both deadlines pass; nobody sweeps
+    second = engine.reserve(product_id, "ana")
+
+    assert engine.get_hold(first.id) is None
+    assert engine.get_hold(second.id) is not None
+    assert engine.user_units(product_id) == {"ana": 1, "ben": 1}  # ben's is not ana's to return
+    snapshot = engine.snapshot(product_id)
+    assert (snapshot.available, snapshot.held, snapshot.sold) == (8, 2, 0)
+    with pytest.raises(ReservationExpired):
+        engine.claim(first.id, "ana", "order-1")
+    with pytest.raises(ReservationNotFound):
+        engine.claim(first.id, "ben", "order-1")
+    assert engine.expired_for(first.id, "ana") and not engine.expired_for(first.id, "ben")
+
+
+def test_an_expired_hold_whose_order_was_placed_still_counts_against_the_limit(redis_client):
+    # Redis lost the claim (a failover), MongoDB has the order: the units are sold.
+    clock = Clock()
+    placed = set()
+    engine = Inventory(
+        redis_client,
+        stripes=4,
+        hold_seconds=10,
+        clock=clock,
+        placed_orders=lambda product_id, ids: placed & set(ids),
+    )
+    product_id = open_sale(engine, 10, limit=1)
+    hold = engine.reserve(product_id, "ana")
+    placed.add(hold.id)
+    clock.now += 10
+
+    with pytest.raises(LimitExceeded):
+        engine.reserve(product_id, "ana")
+
+    snapshot = engine.snapshot(product_id)
+    assert (snapshot.available, snapshot.held, snapshot.sold) == (9, 0, 1)
+    assert engine.user_units(product_id) == {"ana": 1}
+    assert not engine.expired_for(hold.id, "ana")

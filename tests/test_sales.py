@@ -421,6 +421,65 @@ class TestExpiredHolds:
         retry = client.post(
             "/api/v1/orders", json={"reservation_id": reservation["id"]}, headers=user_headers
         )
-        assert retry.status_code in (404, 410)
+        assert_problem(retry, 410, "reservation_expired")
         assert mongo_db.orders.count_documents({"status": {"$ne": "failed"}}) == 0
         assert available(client, pid) == 5
+
+    def test_an_expired_hold_no_longer_counts_against_its_owners_limit(
+        self, client, make_product, user, user_headers, sale_state
+    ):
+        product = make_product(live=True, stock=5, per_user_limit=1)
+        pid = product["id"]
+        first = reserve(client, pid, user_headers).json
+        assert_problem(reserve(client, pid, user_headers), 409, "limit_exceeded")
+
+        time.sleep(1.2)  # nothing reads the stock or sweeps meanwhile
+        again = reserve(client, pid, user_headers)
+
+        assert again.status_code == 201, again.json
+        state = sale_state(pid)
+        assert (state["available"], state["held"], state["sold"]) == (4, 1, 0)
+        assert state["users"] == {user["id"]: 1}
+        checkout = client.post(
+            "/api/v1/orders", json={"reservation_id": first["id"]}, headers=user_headers
+        )
+        assert_problem(checkout, 410, "reservation_expired")
+
+    @pytest.mark.parametrize("returned_by", ["stock read", "sweeper", "reservation"])
+    def test_a_checkout_after_the_deadline_is_410_whoever_returned_the_hold(
+        self,
+        app,
+        client,
+        make_product,
+        make_user,
+        headers_for,
+        user_headers,
+        returned_by,
+        sale_state,
+    ):
+        from flashcart.sales import recovery
+
+        product = make_product(live=True, stock=5, per_user_limit=1)
+        pid = product["id"]
+        reservation = reserve(client, pid, user_headers).json
+
+        time.sleep(1.2)
+        if returned_by == "stock read":
+            assert available(client, pid) == 5
+        elif returned_by == "sweeper":
+            with app.app_context():
+                assert recovery.sweep()["units_returned"] == 1
+        else:
+            assert reserve(client, pid, user_headers).status_code == 201
+        assert sale_state(pid)["held"] == (1 if returned_by == "reservation" else 0)
+        body = {"reservation_id": reservation["id"]}
+
+        response = client.post("/api/v1/orders", json=body, headers=user_headers)
+
+        assert_problem(response, 410, "reservation_expired")
+        # Another user learns nothing about the reservation: it is unknown to them.
+        stranger = client.post("/api/v1/orders", json=body, headers=headers_for(make_user()))
+        assert_problem(stranger, 404, "reservation_not_found")
+        state = sale_state(pid)
+        assert state["sold"] == 0
+        assert state["available"] + state["held"] + state["sold"] == 5

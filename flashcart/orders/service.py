@@ -116,9 +116,12 @@ def _start_checkout(inventory, user_id, reservation_id):
     if hold is None or hold.user_id != user_id:
         # A concurrent checkout may have claimed the hold a moment ago.
         order = _order_for(user_id, reservation_id)
-        if order is None:
-            raise ReservationNotFound()
-        return order
+        if order is not None:
+            return order
+        # Whoever returned the expired hold first (a stock read, the sweeper), it expired.
+        if inventory.expired_for(reservation_id, user_id):
+            raise ReservationExpired()
+        raise ReservationNotFound()
     if hold.expires_at <= inventory.clock():
         inventory.release(reservation_id)
         raise ReservationExpired()

@@ -16,6 +16,8 @@ Keys of product P (prefix `fc:{p:P}:`):
   claimed     hash: reservation id -> order id, for claims whose order is not yet
               confirmed in MongoDB (the sweeper settles them after a crash)
   restored    set of cancelled order ids whose units came back (restore exactly once)
+  expired:<rid>  the user of a hold that expired and went back on sale (for a day), so
+              a late checkout is told "expired", not "unknown"
 
 Invariant while a sale is live: total = sum(stock:*) + held + sold.
 """
@@ -39,6 +41,7 @@ ENDED = "ended"
 CLOSED = "closed"
 DEFAULT_STRIPES = 128
 RESTORED_MARK_SECONDS = 7 * 24 * 3600
+EXPIRED_MARK_SECONDS = 24 * 3600
 MAX_STRIPES = 256
 
 
@@ -111,6 +114,9 @@ class Keys:
 
     def hold(self, reservation_id):
         return f"{self.prefix}hold:{reservation_id}"
+
+    def expired(self, reservation_id):
+        return f"{self.prefix}expired:{reservation_id}"
 
     def stripe(self, index):
         return f"{self.prefix}stock:{index}"
@@ -533,7 +539,12 @@ class Inventory:
         keys = Keys(product_id)
         user_key = keys.user(user_id)
         reservation_id = new_reservation_id(product_id)
-        plan = {"stripes": None, "count": self.stripes, "returned_expired": False}
+        plan = {
+            "stripes": None,
+            "count": self.stripes,
+            "returned_expired": False,
+            "returned_own": False,
+        }
 
         def body(pipe):
             count = plan["count"]
@@ -550,9 +561,7 @@ class Inventory:
                 raise _LookAgain()
             owned, stock_here = int(owned or 0), _ints(stock_here)
             if owned + quantity > limit:
-                raise LimitExceeded(
-                    f"The limit is {limit} per customer and you already hold or bought {owned}."
-                )
+                self._refuse_over_limit(plan, product_id, user_id, owned, limit)
             if sum(stock_here) < quantity:
                 stock, expired = query(
                     self.redis,
@@ -591,6 +600,17 @@ class Inventory:
             return Hold(reservation_id, product_id, user_id, quantity, expires_at)
 
         return self._transaction(body, product_id)
+
+    def _refuse_over_limit(self, plan, product_id, user_id, owned, limit):
+        """The user's count is at the limit: if some of it is their own expired holds,
+        return those and look again (their deadline passed, whoever sweeps), else refuse."""
+        if not plan["returned_own"]:
+            plan["returned_own"] = True
+            if self._release_expired_of(product_id, user_id, owned):
+                raise _LookAgain()
+        raise LimitExceeded(
+            f"The limit is {limit} per customer and you already hold or bought {owned}."
+        )
 
     def _choose_again(self, plan, product_id, stock, quantity, expired):
         """The chosen stripes lack units: pick ones that have them, or say sold out."""
@@ -634,6 +654,11 @@ class Inventory:
         data = self.redis.hgetall(Keys(product_id).hold(reservation_id))
         return _hold_from(reservation_id, product_id, data)
 
+    def expired_for(self, reservation_id, user_id):
+        """Whether `user_id`'s reservation expired and its units went back on sale."""
+        key = Keys(product_of(reservation_id)).expired(reservation_id)
+        return self.redis.get(key) == user_id
+
     def claim(self, reservation_id, user_id, order_id):
         """Atomically turn a live hold into sold units for `order_id`.
 
@@ -650,6 +675,8 @@ class Inventory:
             if hold is None or hold.user_id != user_id:
                 if pipe.hget(keys.claimed, reservation_id) == order_id:
                     return True
+                if pipe.get(keys.expired(reservation_id)) == user_id:
+                    raise ReservationExpired()
                 raise ReservationNotFound()
             if hold.expires_at <= self.clock():
                 raise ReservationExpired()
@@ -705,6 +732,8 @@ class Inventory:
             if sold:
                 pipe.incrby(keys.sold, hold.quantity)
                 return 0
+            if hold.expires_at <= self.clock():
+                pipe.set(keys.expired(reservation_id), hold.user_id, ex=EXPIRED_MARK_SECONDS)
             if stripes is not None:
                 self._give_back(pipe, keys, stripes, hold.user_id, hold.quantity)
             return hold.quantity
@@ -717,6 +746,24 @@ class Inventory:
         expired = self.redis.zrangebyscore(keys.deadlines, "-inf", self.clock(), 0, batch)
         placed = self._placed(product_id, expired)  # one lookup for the whole batch
         return sum(self.release(rid, order_placed=rid in placed) for rid in expired)
+
+    def _release_expired_of(self, product_id, user_id, owned):
+        """Return `user_id`'s expired holds on the product. Returns whether their count
+        may now be below `owned` (what the caller read): this call, or another
+        request of theirs meanwhile, returned some."""
+        keys = Keys(product_id)
+        expired, owned_now = query(
+            self.redis,
+            [("ZRANGEBYSCORE", keys.deadlines, "-inf", self.clock()), ("GET", keys.user(user_id))],
+        )
+        mine = []
+        if expired:
+            owners = query(self.redis, [("HGET", keys.hold(rid), "user") for rid in expired])
+            mine = [rid for rid, owner in zip(expired, owners, strict=True) if owner == user_id]
+        placed = self._placed(product_id, mine)
+        for reservation_id in mine:
+            self.release(reservation_id, order_placed=reservation_id in placed)
+        return bool(mine) or int(owned_now or 0) < owned
 
     def _placed(self, product_id, reservation_ids):
         if self.placed_orders is None or not reservation_ids:
