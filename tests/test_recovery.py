@@ -591,6 +591,56 @@ def test_audit_endpoint_returns_the_cli_row_to_admins_only(
     assert unknown.status_code == 404
 
 
+def test_audit_of_a_product_never_put_on_sale_reports_ok(
+    client, runner, make_product, admin_headers, redis_client
+):
+    pid = make_product(stock=5)["id"]
+
+    response = client.get(f"/api/v1/sales/audit/{pid}", headers=admin_headers)
+
+    assert response.status_code == 200
+    row = response.json
+    assert (row["sale_status"], row["in_redis"], row["ok"]) == ("draft", False, True)
+    assert (row["total"], row["sold"], row["available"], row["drift"]) == (5, 0, 0, 0)
+    # Units in Redis for a product that is not on sale are drift all the same.
+    add_units_behind_the_engines_back(redis_client, pid, 3)
+    tampered = client.get(f"/api/v1/sales/audit/{pid}", headers=admin_headers).json
+    assert (tampered["ok"], tampered["drift"]) == (False, 3)
+
+
+def test_audit_of_a_closed_sale_with_unsold_units_agrees_with_the_cli(
+    app, client, runner, make_product, user_headers, admin_headers, mongo_db
+):
+    pid = make_product(live=True, stock=5, per_user_limit=2)["id"]
+    checkout(client, reserve(client, pid, user_headers, 2).json["id"], user_headers)
+    assert client.post(f"/api/v1/sales/end/{pid}", headers=admin_headers).status_code == 200
+    assert run_sweep(app)["sales_closed"] == 1
+
+    response = client.get(f"/api/v1/sales/audit/{pid}", headers=admin_headers)
+
+    assert response.status_code == 200
+    row = response.json
+    assert (row["sale_status"], row["in_redis"], row["ok"]) == ("closed", False, True)
+    assert (row["total"], row["sold"], row["held"], row["drift"]) == (5, 2, 0, 0)
+    stored = mongo_db.products.find_one({"_id": ObjectId(pid)})
+    assert (stored["sold"], stored["unsold"]) == (2, 3)
+    assert audit_json(runner) == (0, [])  # the CLI audits sales in Redis only
+
+
+def test_audit_of_a_live_sale_redis_lost_is_not_ok_even_when_sold_out(
+    client, runner, make_product, user_headers, redis_client
+):
+    pid = make_product(live=True, stock=2, per_user_limit=2)["id"]
+    checkout(client, reserve(client, pid, user_headers, 2).json["id"], user_headers)
+    lose_sale_keys(redis_client, pid)
+
+    code, rows = audit_json(runner)
+
+    assert code == 1
+    row = row_for(rows, pid)
+    assert (row["in_redis"], row["drift"], row["ok"]) == (False, 0, False)
+
+
 # -- Redis loses a claim (failover to a replica that had not received it) -------------
 
 

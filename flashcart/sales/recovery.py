@@ -81,7 +81,10 @@ def audit_product(product, engine=None):
     held = sum(held_by_user.values())
     owned = Counter(plan.sold_by_user) + held_by_user
     counted = Counter(engine.user_units(product_id))
-    expected_available = plan.total - plan.sold - held
+    # Only a live or ended sale has its state in Redis: a draft has none yet, and a
+    # closed one wrote its figures to MongoDB and dropped its keys.
+    expected_in_redis = product["sale_status"] in (products.LIVE, products.ENDED)
+    expected_available = plan.total - plan.sold - held if expected_in_redis else 0
     row = {
         "product_id": product_id,
         "name": product["name"],
@@ -94,7 +97,7 @@ def audit_product(product, engine=None):
         "holds_sold": sum(hold.quantity for hold in holds if hold.id in sold_holds),
         "available": snapshot.available,
         "expected_available": expected_available,
-        "drift": snapshot.available - expected_available if in_redis else -expected_available,
+        "drift": snapshot.available - expected_available,
         "oversold": max(0, plan.sold - plan.total),
         "users_over_limit": sum(1 for n in owned.values() if n > plan.limit),
         # Users whose per-user-limit count in Redis disagrees with their holds + orders.
@@ -109,6 +112,7 @@ def audit_product(product, engine=None):
         and row["limit_counts_off"] == 0
         and row["holds_sold"] == 0
         and (row["redis_sold"] == row["sold"] or not in_redis)
+        and in_redis == expected_in_redis
     )
     return row
 

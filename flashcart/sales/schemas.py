@@ -58,7 +58,12 @@ class AuditOut(Schema):
         }
     )
     available = fields.Integer(metadata={"description": "Available units in Redis."})
-    expected_available = fields.Integer(metadata={"description": "total - sold - held"})
+    expected_available = fields.Integer(
+        metadata={
+            "description": "total - sold - held; 0 for a sale that should not be in Redis "
+            "(draft or closed)"
+        }
+    )
     drift = fields.Integer(metadata={"description": "available - expected_available"})
     oversold = fields.Integer()
     users_over_limit = fields.Integer()
