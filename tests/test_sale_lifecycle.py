@@ -79,8 +79,9 @@ def test_reserving_after_ends_at_is_refused_as_ended(
         live=True,
         stock=5,
         starts_at=iso(-timedelta(hours=2)),
-        ends_at=iso(-timedelta(minutes=1)),
+        ends_at=iso(timedelta(seconds=1)),
     )["id"]
+    time.sleep(1.1)
 
     response = reserve(client, pid, user_headers)
 
@@ -102,6 +103,43 @@ def test_reserving_inside_the_window_works(make_product, client, user_headers, s
 
     assert response.status_code == 201
     assert sale_state(pid)["available"] == 3
+
+
+def test_past_ends_at_stock_and_product_pages_say_ended_before_any_sweep(
+    make_product, client, mongo_db, sale_state
+):
+    pid = make_product(live=True, stock=5, ends_at=iso(timedelta(seconds=1)))["id"]
+    # Warm every cache of the product page and the stock read while the sale is live.
+    assert client.get(f"/api/v1/sales/stock/{pid}").json["status"] == "live"
+    assert client.get(f"/api/v1/products/{pid}").json["sale_status"] == "live"
+    time.sleep(1.1)
+
+    stock = client.get(f"/api/v1/sales/stock/{pid}")
+    page = client.get(f"/api/v1/products/{pid}")
+    listed = client.get("/api/v1/products").json["items"]
+
+    assert stock.status_code == 200
+    assert stock.json == {"product_id": pid, "status": "ended", "available": 5}
+    assert page.json["sale_status"] == "ended"
+    assert [item["sale_status"] for item in listed if item["id"] == pid] == ["ended"]
+    # Nothing was swept: the state is derived from the window, not written.
+    assert product_doc(mongo_db, pid)["sale_status"] == "live"
+    assert sale_state(pid)["status"] == "live"
+
+
+def test_a_sale_whose_ends_at_has_passed_cannot_be_started(
+    make_product, client, admin_headers, mongo_db, redis_client
+):
+    ends_at = datetime.now(UTC) - timedelta(minutes=1)
+    pid = make_product(stock=5, ends_at=ends_at.isoformat())["id"]
+
+    response = client.post(f"/api/v1/sales/start/{pid}", headers=admin_headers)
+
+    body = assert_problem(response, 409, "sale_ended")
+    assert "ends_at" in body["detail"]
+    assert product_doc(mongo_db, pid)["sale_status"] == "draft"
+    assert redis_client.keys(Keys(pid).prefix + "*") == []
+    assert client.get(f"/api/v1/sales/stock/{pid}").json["code"] == "sale_not_started"
 
 
 @pytest.mark.parametrize("gap", [timedelta(hours=-1), timedelta(0)], ids=["before", "equal"])

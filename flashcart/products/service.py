@@ -45,7 +45,7 @@ def public(doc):
         "price": from_cents(doc["price_cents"]),
         "stock": doc["stock"],
         "per_user_limit": doc["per_user_limit"],
-        "sale_status": doc["sale_status"],
+        "sale_status": sale_status_now(doc),
         "starts_at": _utc_or_none(doc.get("starts_at")),
         "ends_at": _utc_or_none(doc.get("ends_at")),
         "created_at": as_utc(doc["created_at"]),
@@ -164,7 +164,13 @@ def view_product(product_id):
             recent.clear()
         recent[product_id] = (now, product)
     view_counts.count(product_id)
-    return product
+    return _as_of_now(product)
+
+
+def _as_of_now(product):
+    """A cached public product with its sale status as of now."""
+    status = sale_status_now(product)
+    return product if status == product["sale_status"] else {**product, "sale_status": status}
 
 
 def trending(limit=None):
@@ -175,7 +181,7 @@ def trending(limit=None):
     result = []
     for product_id, views in ranked:
         try:
-            result.append({"product": _cached(product_id), "views": int(views)})
+            result.append({"product": _as_of_now(_cached(product_id)), "views": int(views)})
         except ProductNotFound:
             view_counts.forget(product_id)
     return result
@@ -215,10 +221,21 @@ def add_stock(product_id, quantity, allowed):
     return doc
 
 
+def window_over(product):
+    """Whether the product's `ends_at` has passed: its sale can no longer take orders."""
+    ends_at = product.get("ends_at")
+    return ends_at is not None and as_utc(ends_at) <= utcnow()
+
+
 def window_closed(product):
     """Whether a live sale's `ends_at` has passed (the sweeper then ends it)."""
-    ends_at = product.get("ends_at")
-    return product["sale_status"] == LIVE and ends_at is not None and as_utc(ends_at) <= utcnow()
+    return product["sale_status"] == LIVE and window_over(product)
+
+
+def sale_status_now(product):
+    """The sale status as shoppers see it: a live sale past its `ends_at` has ended,
+    even before the sweeper writes that down."""
+    return ENDED if window_closed(product) else product["sale_status"]
 
 
 def products_in_sale(statuses=(LIVE, ENDED)):

@@ -505,7 +505,7 @@ class Inventory:
         return SaleSnapshot(status, available, held, int(sold or 0), int(limit or 0))
 
     def available(self, product_id, max_age=0.0):
-        """(status, available units), returning expired holds first.
+        """(status as of now, available units), returning expired holds first.
 
         With `max_age` (seconds), an answer this process read that recently, with
         no change to the sale through this process since, is given again.
@@ -519,11 +519,12 @@ class Inventory:
         if expired:
             self.release_expired(product_id)
             meta, available, _ = self._read_stock(product_id)
+        answer = (_status_at(meta, self.clock()), available)
         if max_age:
             if len(reads) > 10_000:
                 reads.clear()
-            reads[product_id] = (time.monotonic(), (meta[0], available))
-        return meta[0], available
+            reads[product_id] = (time.monotonic(), answer)
+        return answer
 
     # -- reservations ---------------------------------------------------------
 
@@ -901,6 +902,15 @@ def _check_open(meta, now):
     if opens_at is not None and now < float(opens_at):
         raise SaleNotOpen()
     return int(limit), int(stripes)
+
+
+def _status_at(meta, now):
+    """The sale's status as of `now`: a live sale past `closes_at` has ended, even
+    before the sweeper writes that down."""
+    status, closes_at = meta[0], meta[4]
+    if status == LIVE and closes_at is not None and now >= float(closes_at):
+        return ENDED
+    return status
 
 
 def _is_open(meta, now):

@@ -72,6 +72,9 @@ def start_sale(product_id):
     product = products.find(product_id)
     if product["sale_status"] in (products.ENDED, products.CLOSED):
         raise SaleEnded()
+    if products.window_over(product):
+        ended_at = as_utc(product["ends_at"]).isoformat()
+        raise SaleEnded(f"The sale's window ended at {ended_at} (ends_at): it cannot open.")
     started = products.set_sale_status(product_id, products.LIVE, expected=[products.DRAFT])
     engine = inventory()
     pushed = engine.open_sale(product_id, lambda: plan_for(products.find(product_id), engine))
