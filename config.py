@@ -86,6 +86,9 @@ class Config:
     # The sweeper leaves younger half-done checkouts to the requests still running them.
     SWEEP_GRACE_SECONDS = _int("SWEEP_GRACE_SECONDS", 10)
     IDEMPOTENCY_TTL_SECONDS = _int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+    # gunicorn's worker timeout (gunicorn.conf.py reads the same variable): no request
+    # outlives it, so an Idempotency-Key whose request died is free again soon after.
+    REQUEST_TIMEOUT_SECONDS = _int("REQUEST_TIMEOUT_SECONDS", 30)
     # Bounded optimistic retries for the WATCH/MULTI transactions; past this the
     # client gets 503 "busy" with Retry-After.
     RESERVE_MAX_ATTEMPTS = _int("RESERVE_MAX_ATTEMPTS", 64)

@@ -21,7 +21,9 @@ worker_class = "sync"
 # (Start-up tasks close what they open before the fork; a code change needs a restart,
 # not a HUP.)
 preload_app = True
-timeout = 30
+# A worker silent this long is killed; the app reads the same variable (an
+# Idempotency-Key whose request died is free again just after it).
+timeout = int(os.environ.get("REQUEST_TIMEOUT_SECONDS") or "30")
 graceful_timeout = 20
 keepalive = 5
 # Recycle workers now and then so a slow leak can never take a drop down: rarely,

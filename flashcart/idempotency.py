@@ -3,8 +3,9 @@
 The first request with a key runs and its answer is stored (per user, for
 IDEMPOTENCY_TTL_SECONDS). A retry with the same key and body gets that answer again
 (with `Idempotent-Replayed: true`); the same key with another body is a 422; a
-duplicate arriving while the first still runs gets a 409. Server errors (5xx) are
-not stored, so the client may retry them with the same key.
+duplicate arriving while the first still runs gets a 409; if the first request died
+with its process, the key is free again once the request timeout has passed. Server
+errors (5xx) are not stored, so the client may retry them with the same key.
 """
 
 import contextlib
@@ -23,8 +24,9 @@ from flashcart.errors import Conflict, DomainError, handle_domain_error, handle_
 from flashcart.extensions import stores
 
 HEADER = "Idempotency-Key"
-# How long a first request may run before a retry with its key may take over.
-LOCK_SECONDS = 60
+# How much longer than REQUEST_TIMEOUT_SECONDS a running key stays locked: gunicorn
+# kills a worker past its timeout within about a second.
+LOCK_MARGIN_SECONDS = 2
 MAX_KEY_LENGTH = 255
 # Printable ASCII, as the spec publishes it (the fuzz test holds them to it).
 KEY_PATTERN = rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$"
@@ -98,7 +100,9 @@ def idempotent(view):
         record_key = _record_key(get_jwt_identity(), key)
         fingerprint = _fingerprint()
         claim = json.dumps({"state": "running", "fingerprint": fingerprint})
-        if not redis.set(record_key, claim, nx=True, ex=LOCK_SECONDS):
+        # Locked no longer than a request may run: a retry takes over from one that died.
+        lock_seconds = current_app.config["REQUEST_TIMEOUT_SECONDS"] + LOCK_MARGIN_SECONDS
+        if not redis.set(record_key, claim, nx=True, ex=lock_seconds):
             record = json.loads(redis.get(record_key) or "null")
             if record is None:
                 raise KeyInProgress()

@@ -1,10 +1,15 @@
 """`Idempotency-Key` on reserve and checkout: replays, key reuse, per-user scope, and
 retry storms of concurrent identical requests against the real redis-server."""
 
+import os
+import select
+import signal
 import threading
+import time
 
 import pytest
 
+from flashcart import idempotency
 from flashcart.sales.inventory import Inventory, Keys
 
 STORM = 50
@@ -228,3 +233,59 @@ def test_an_invalid_key_is_refused_before_anything_runs(
     assert response.json["code"] == "idempotency_key_invalid"
     assert stock_of(redis_client, live) == 10
     assert idempotency_records(redis_client) == []
+
+
+class TestAKeyWhoseRequestDied:
+    """A worker killed mid-request (SIGKILL: no clean-up runs) leaves its key locked
+    only until the request timeout has passed, not long enough for holds to expire."""
+
+    @pytest.fixture
+    def app_config(self, app_config):
+        return app_config | {"REQUEST_TIMEOUT_SECONDS": 1}
+
+    def start_and_kill_a_keyed_reservation(self, app, monkeypatch, pid, headers):
+        """Fork a process whose keyed reservation gets stuck in the view; kill it there."""
+        from flashcart.sales import service as sale_service
+
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child is killed mid-request
+            try:
+                os.close(reader)
+
+                def stuck(*args, **kwargs):
+                    os.write(writer, b"1")
+                    time.sleep(60)
+
+                monkeypatch.setattr(sale_service, "reserve", stuck)
+                reserve(app.test_client(), pid, headers, key="dies")
+            finally:
+                os._exit(1)
+        os.close(writer)
+        ready, _, _ = select.select([reader], [], [], JOIN_TIMEOUT)
+        assert ready and os.read(reader, 1) == b"1", "the child never reached the view"
+        os.close(reader)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        return time.monotonic()
+
+    def test_a_retry_succeeds_once_the_request_timeout_has_passed(
+        self, app, client, live, user_headers, redis_client, monkeypatch
+    ):
+        killed_at = self.start_and_kill_a_keyed_reservation(app, monkeypatch, live, user_headers)
+        bound = app.config["REQUEST_TIMEOUT_SECONDS"] + idempotency.LOCK_MARGIN_SECONDS
+
+        blocked = reserve(client, live, user_headers, key="dies")
+        assert blocked.status_code == 409
+        assert blocked.json["code"] == "idempotency_key_in_progress"
+        assert hold_ids(redis_client, live) == []  # the dead request made no hold
+        while (retry := reserve(client, live, user_headers, key="dies")).status_code == 409:
+            assert time.monotonic() - killed_at < bound + 1, "the dead request's key is locked"
+            time.sleep(0.1)
+
+        assert retry.status_code == 201, retry.json
+        assert hold_ids(redis_client, live) == [retry.json["id"]]
+        assert stock_of(redis_client, live) == 9
+        replay = reserve(client, live, user_headers, key="dies")
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.json == retry.json

@@ -8,11 +8,13 @@ and /metrics still adds up what every worker counted.
 import os
 import re
 import signal
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
-from bench.servers import Gunicorn, children, settled_cpu_seconds, wait_for
+from bench.servers import ROOT, Gunicorn, children, settled_cpu_seconds, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,3 +56,21 @@ def test_a_killed_worker_is_replaced_from_the_preloaded_app(redis_server, tmp_pa
         re.M,
     )
     assert counted and float(counted.group(1)) >= 20
+
+
+@pytest.mark.parametrize("setting", [None, "7"], ids=["default", "set"])
+def test_gunicorn_and_the_app_share_one_request_timeout(setting):
+    # The app bounds how long an Idempotency-Key stays locked by gunicorn's timeout.
+    env = {k: v for k, v in os.environ.items() if k != "REQUEST_TIMEOUT_SECONDS"}
+    if setting is not None:
+        env["REQUEST_TIMEOUT_SECONDS"] = setting
+    script = (
+        "import runpy; from config import Config; "
+        "print(runpy.run_path('gunicorn.conf.py')['timeout'], Config.REQUEST_TIMEOUT_SECONDS)"
+    )
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(  # noqa: S603 - our own interpreter and script
+        command, cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    gunicorn_timeout, app_timeout = result.stdout.split()
+    assert gunicorn_timeout == app_timeout == (setting or "30")
