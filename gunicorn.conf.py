@@ -18,8 +18,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 worker_class = "sync"
 # The app is loaded once, in the master, and forked into each worker: a worker killed
 # or recycled mid-drop is back at once, without the ~0.5 s of CPU loading it costs.
-# (Start-up tasks close what they open before the fork; a code change needs a restart,
-# not a HUP.)
+# (Building the app opens no connection, so none crosses the fork; a code change needs
+# a restart, not a HUP.)
 preload_app = True
 # A worker silent this long is killed; the app reads the same variable (an
 # Idempotency-Key whose request died is free again just after it).
