@@ -16,7 +16,7 @@ reservation) are enforced for all processes. Results are plain picklable values;
 cursors are materialised to lists. Errors come back as pymongo errors.
 
 `make_app()` is the gunicorn app factory (`chaos_app:make_app()`), configured from
-CHAOS_* environment variables.
+CHAOS_* environment variables; `make_production_app()` serves production settings.
 """
 
 import os
@@ -248,3 +248,13 @@ def make_app():
     config = settings(os.environ[ENV_REDIS_URL], int(os.environ[ENV_HOLD_SECONDS]))
     # No redis_client: each worker connects on first use (stores connects lazily).
     return create_app(config, db=SharedDatabase.from_env())
+
+
+def make_production_app():
+    """The gunicorn app factory for production settings (gunicorn.conf.py, the
+    environment's variables) on the shared database: the bench app's configuration,
+    whose in-memory MongoDB this database stands in for."""
+    from bench.app import BenchConfig
+    from flashcart import create_app
+
+    return create_app(BenchConfig, db=SharedDatabase.from_env())

@@ -22,12 +22,13 @@ HTTP_TIMEOUT = 10
 class Api:
     """Plain HTTP/1.1 to the gunicorn server (sync workers close every connection)."""
 
-    def __init__(self, port):
+    def __init__(self, port, timeout=HTTP_TIMEOUT):
         self.port = port
+        self.timeout = timeout
 
     def call(self, method, path, token=None, body=None, headers=None):
         """(status, json body, error kind): status None when the connection failed."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         sent = dict(headers or {})
         data = None
         if body is not None:

@@ -1,0 +1,360 @@
+"""Slow and vanishing clients: nginx (deploy/nginx/) in front of gunicorn's sync workers.
+
+A sync worker serves one connection at a time: a client that connects and says
+nothing, sends half a request, or never reads its answer holds a worker until
+gunicorn's 30 s timeout, and a few hundred of them stall a drop. Here the production
+gunicorn (gunicorn.conf.py: four sync workers) runs on the suite's redis-server, with
+MongoDB played by tests/chaos_app.py's shared mongomock, behind Debian's nginx running
+the repository's config. While hundreds of such clients hang on nginx, shoppers
+reserve through it as usual; the same clients sent straight to gunicorn stall every
+reservation. A client's own X-Forwarded-For never becomes its address in the app,
+which keys rate limits on it. The figures are printed (`pytest -s`).
+"""
+
+import contextlib
+import getpass
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import chaos_app
+import pytest
+import redis
+from conftest import free_port, run_threads
+from gunicorn_hosts import Api
+
+from bench.servers import wait_for
+from flashcart import create_app
+from flashcart.auth import service as accounts
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NGINX_TEMPLATE = os.path.join(ROOT, "deploy", "nginx", "flashcart.conf.template")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+ADMIN = {"email": "admin@slow.example", "password": "correct horse battery staple"}
+PASSWORD = "correct horse battery"
+SHOPPERS = 12
+ROUNDS = 3  # reservations per shopper through nginx
+SLOW_PER_KIND = 100  # connections of each kind: 400 in all
+SIGNUP_LIMIT = 20  # RATELIMIT_SIGNUP_PER_IP's default, "20 per hour"
+# A reservation answered within this is going through; gunicorn's worker timeout,
+# what a stalled reservation waits for at least, is 30 s.
+CLIENT_TIMEOUT = 10
+# nginx's client_header_timeout (10 s), with room.
+NGINX_DROPS_WITHIN = 20
+
+RESERVE = "/api/v1/sales/reserve/{}"
+SIGNUP = "/api/v1/auth/signup"
+
+
+def _forged(index):
+    return f"203.0.113.{index % 250 + 1}"  # TEST-NET-3: no client has it
+
+
+# -- the servers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_db():
+    manager = chaos_app.start_server(multiprocessing.get_context("fork"))
+    yield chaos_app.SharedDatabase(manager.address, manager.chaos_authkey)
+    manager.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gunicorn(redis_server, shared_db, tmp_path_factory):
+    """The production gunicorn (gunicorn.conf.py) on a free loopback port; yields
+    (port, path of its log)."""
+    if redis_server is None:
+        pytest.skip("needs a real redis-server")
+    flush = redis.Redis.from_url(redis_server.url)
+    flush.flushdb()
+    flush.close()
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+    env.update(
+        shared_db.env(),
+        PYTHONPATH=os.path.join(ROOT, "tests"),
+        PYTHONUNBUFFERED="1",
+        PROMETHEUS_MULTIPROC_DIR=str(workdir),
+        REDIS_URL=redis_server.url,
+        JWT_SECRET_KEY="slow-clients-secret-" + "x" * 40,
+        TRUSTED_PROXIES="1",  # as docker-compose.yml sets it behind nginx
+    )
+    log_path = workdir / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+                "--config",
+                "gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "chaos_app:make_production_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        wait_for(lambda: Api(port, timeout=1).call("GET", "/readyz")[0] == 200, "gunicorn", 60)
+        yield port, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def nginx_config(template, listen_port, upstream):
+    """The repository's template with its two variables filled in, as the nginx
+    image's envsubst does."""
+    with open(template) as source:
+        text = source.read()
+    text = text.replace("${NGINX_PORT}", f"127.0.0.1:{listen_port}")
+    text = text.replace("${FLASHCART_UPSTREAM}", upstream)
+    assert "${" not in text, "the template has a variable this test does not fill in"
+    return text
+
+
+@pytest.fixture(scope="module")
+def nginx(gunicorn, tmp_path_factory):
+    """Debian's nginx, in the foreground, running deploy/nginx/ in front of gunicorn;
+    yields its port."""
+    if not os.path.exists(NGINX):
+        pytest.skip("needs nginx (apt-get install nginx; .ci/run installs it)")
+    prefix = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    (prefix / "flashcart.conf").write_text(
+        nginx_config(NGINX_TEMPLATE, port, f"127.0.0.1:{gunicorn[0]}")
+    )
+    # What the nginx image's own nginx.conf provides around conf.d/, with paths here.
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {prefix}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (prefix / "nginx.conf").write_text(
+        # Workers as this user (not `nobody`), so they can write in the temp paths.
+        f"daemon off;\nuser {getpass.getuser()};\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{\n    access_log off;\n{temp_paths}\n    include {prefix}/flashcart.conf;\n}}\n"
+    )
+    with open(prefix / "stderr.log", "wb") as log:
+        process = subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr"],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "nginx", 20)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def drop(nginx, redis_server, shared_db):
+    """The admin (made as `flask init` makes it), then through nginx: the admin opens a
+    sale and SHOPPERS shoppers sign up (each forging another X-Forwarded-For) and log
+    in. Returns (product id, shoppers' tokens)."""
+    operator = create_app(chaos_app.settings(redis_server.url, 600), db=shared_db)
+    with operator.app_context():
+        accounts.ensure_admin(**ADMIN)
+    api = Api(nginx, timeout=CLIENT_TIMEOUT)
+    status, tokens, _ = api.call("POST", "/api/v1/auth/login", body=ADMIN)
+    assert status == 200, tokens
+    admin = tokens["access_token"]
+    product = {"name": "Slow drop", "price": "25.00", "stock": 1000, "per_user_limit": 5}
+    status, created, _ = api.call("POST", "/api/v1/products", admin, product)
+    assert status == 201, created
+    status, started, _ = api.call("POST", f"/api/v1/sales/start/{created['id']}", admin)
+    assert status == 200, started
+    shoppers = []
+    for n in range(SHOPPERS):
+        account = {"email": f"shopper{n}@slow.example", "password": PASSWORD, "name": f"S{n}"}
+        forged = {"X-Forwarded-For": _forged(n)}
+        status, body, _ = api.call("POST", SIGNUP, body=account, headers=forged)
+        assert status == 201, body
+        login = {"email": account["email"], "password": PASSWORD}
+        status, body, _ = api.call("POST", "/api/v1/auth/login", body=login)
+        assert status == 200, body
+        shoppers.append(body["access_token"])
+    return created["id"], shoppers
+
+
+# -- slow clients --------------------------------------------------------------------
+
+
+def _silent(sock, product_id):
+    """Connects and says nothing."""
+
+
+def _half_headers(sock, product_id):
+    sock.sendall(f"POST {RESERVE.format(product_id)} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+
+
+def _half_body(sock, product_id):
+    head = (
+        f"POST {SIGNUP} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b'{"email": ')
+
+
+def _never_reads(sock, product_id):
+    """Asks for the 110 kB OpenAPI document and neither reads it nor closes: a sync
+    worker, its answer written, waits 2 s for the close (its graceful close)."""
+    sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+
+SLOW_KINDS = (_silent, _half_headers, _half_body, _never_reads)
+
+
+@contextlib.contextmanager
+def slow_clients(port, product_id, per_kind=SLOW_PER_KIND):
+    """`per_kind` connections of each slow kind to `port`, open until the block ends;
+    yields {kind name: its sockets}."""
+    opened = {kind.__name__.strip("_"): [] for kind in SLOW_KINDS}
+    try:
+        for _ in range(per_kind):
+            for kind in SLOW_KINDS:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.settimeout(5)
+                sock.connect(("127.0.0.1", port))
+                kind(sock, product_id)
+                opened[kind.__name__.strip("_")].append(sock)
+        yield opened
+    finally:
+        for socks in opened.values():
+            for sock in socks:
+                sock.close()
+
+
+def closed_by_peer(sock):
+    """Whether the other end has closed this connection (what it sent is discarded)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def reserve_together(port, product_id, tokens, rounds):
+    """Each token reserves one unit `rounds` times, all shoppers at once; returns every
+    attempt's (status, seconds)."""
+    api = Api(port, timeout=CLIENT_TIMEOUT)
+
+    def shopper(index):
+        attempts = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            status, _, _ = api.call("POST", RESERVE.format(product_id), tokens[index])
+            attempts.append((status, time.perf_counter() - started))
+        return attempts
+
+    return [attempt for attempts in run_threads(len(tokens), shopper, 90) for attempt in attempts]
+
+
+def _ms(seconds):
+    return round(seconds * 1000)
+
+
+# -- the tests -----------------------------------------------------------------------
+
+
+def test_reservations_go_through_while_hundreds_of_slow_clients_hang_on_nginx(nginx, drop):
+    product_id, tokens = drop
+    with slow_clients(nginx, product_id) as hanging:
+        started = time.perf_counter()
+        attempts = reserve_together(nginx, product_id, tokens, ROUNDS)
+        took = time.perf_counter() - started
+        still_open = sum(not closed_by_peer(s) for socks in hanging.values() for s in socks)
+        latencies = sorted(seconds for _, seconds in attempts)
+        print(
+            f"\nthrough nginx, {len(SLOW_KINDS) * SLOW_PER_KIND} slow clients "
+            f"({still_open} still connected after): {len(attempts)} reservations in {took:.1f} s, "
+            f"median {_ms(statistics.median(latencies))} ms, max {_ms(latencies[-1])} ms"
+        )
+        assert [status for status, _ in attempts] == [201] * SHOPPERS * ROUNDS
+        assert still_open == len(SLOW_KINDS) * SLOW_PER_KIND  # the load lasted throughout
+
+        # And nginx lets go of the ones that went silent.
+        silent = hanging["silent"] + hanging["half_headers"] + hanging["half_body"]
+        wait_for(
+            lambda: all(closed_by_peer(sock) for sock in silent),
+            "nginx dropping silent clients",
+            timeout=NGINX_DROPS_WITHIN,
+            interval=0.5,
+        )
+
+
+def test_the_same_slow_clients_straight_to_gunicorn_stall_reservations(gunicorn, drop):
+    port, _ = gunicorn
+    product_id, tokens = drop
+    with slow_clients(port, product_id):
+        attempts = reserve_together(port, product_id, tokens[:4], rounds=1)
+        print(f"\nstraight to gunicorn: {attempts}")
+        # Not one answered: every worker is held by a slow client for up to 30 s.
+        assert [status for status, _ in attempts] == [None] * 4
+    # Not a broken server: once the slow clients are gone, it answers again.
+    wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "gunicorn again", 30)
+
+
+def test_a_forged_x_forwarded_for_is_not_the_clients_address_behind_nginx(nginx, gunicorn, drop):
+    """The shoppers' sign-ups (in `drop`) came from one address, each forging another:
+    nginx's address is the one that counts, so that address reaches the limit."""
+    api = Api(nginx, timeout=CLIENT_TIMEOUT)
+    answers = []
+    for n in range(SHOPPERS, SIGNUP_LIMIT + 1):
+        account = {"email": f"forger{n}@slow.example", "password": PASSWORD, "name": "F"}
+        forged = {"X-Forwarded-For": _forged(n)}
+        status, _, code = api.call("POST", SIGNUP, body=account, headers=forged)
+        answers.append((status, code))
+    assert answers == [(201, "")] * (SIGNUP_LIMIT - SHOPPERS) + [(429, "too_many_requests")]
+
+    # Straight to gunicorn (which trusts one proxy) the same header would be believed:
+    # the proxy in front is what makes TRUSTED_PROXIES=1 safe.
+    straight = Api(gunicorn[0], timeout=CLIENT_TIMEOUT)
+    account = {"email": "direct@slow.example", "password": PASSWORD, "name": "D"}
+    status, _, _ = straight.call(
+        "POST", SIGNUP, body=account, headers={"X-Forwarded-For": "198.51.100.7"}
+    )
+    assert status == 201
+
+    seen = set()
+    with open(gunicorn[1], errors="replace") as log:
+        for line in log:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("logger") == "flashcart.access" and record["path"] == SIGNUP:
+                    seen.add(record["remote_addr"])
+    assert seen == {"127.0.0.1", "198.51.100.7"}
+
+
+def test_nginx_refuses_a_body_over_the_apps_limit_in_the_problem_shape(nginx):
+    api = Api(nginx, timeout=CLIENT_TIMEOUT)
+    status, body, code = api.call("POST", SIGNUP, body={"name": "x" * (64 * 1024)})
+    assert (status, code, body["status"]) == (413, "payload_too_large", 413)
