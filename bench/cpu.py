@@ -79,7 +79,7 @@ def app_and_scenarios(url, requests, seen):
     plenty = http_level.open_sale(url, stock=10**9, limit=10**9)
     sold_out = http_level.open_sale(url, stock=0, limit=1)
     http_level.cache_product(url, plenty)
-    tokens_path = http_level.make_tokens(requests * 2 + seen, SECRET)
+    tokens_path = http_level.make_tokens(requests * 2 + seen, SECRET, url)
     with open(tokens_path) as lines:
         tokens = iter(lines.read().split())
     os.unlink(tokens_path)

@@ -21,20 +21,27 @@ LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "requests.
 PLENTY = 10**9
 
 
-def make_tokens(count, secret):
-    """Bearer tokens for `count` distinct users, written to a file; returns its path."""
-    os.environ.setdefault("JWT_SECRET_KEY", secret)
-    from flask import Flask
-    from flask_jwt_extended import JWTManager, create_access_token
+def make_tokens(count, secret, redis_url):
+    """Bearer tokens for `count` distinct users, written to a file; returns its path.
 
-    app = Flask("tokens")
-    app.config.update(JWT_SECRET_KEY=secret)
-    JWTManager(app)
+    Each names a login session cached live in Redis, as a login leaves it (the hot
+    paths never read the session from MongoDB while Redis has it).
+    """
+    from flask_jwt_extended import create_access_token
+
+    from bench.app import create
+    from flashcart.auth import sessions
+    from flashcart.stores import utcnow
+
+    app = create(REDIS_URL=redis_url, JWT_SECRET_KEY=secret)
     handle, path = tempfile.mkstemp(prefix="flashcart-tokens-", suffix=".txt")
     with app.app_context(), os.fdopen(handle, "w") as out:
+        expires_at = utcnow() + app.config["JWT_REFRESH_TOKEN_EXPIRES"]
         for _ in range(count):
-            identity = str(ObjectId())
-            out.write(create_access_token(identity=identity, additional_claims={"role": "user"}))
+            session_id = str(ObjectId())
+            sessions.cache_live(session_id, expires_at)
+            claims = {"role": "user", "sid": session_id}
+            out.write(create_access_token(identity=str(ObjectId()), additional_claims=claims))
             out.write("\n")
     return path
 

@@ -229,19 +229,20 @@ def main():
         "machine": f"{platform.node()} ({os.cpu_count()} cores, Python "
         f"{platform.python_version()})",
     }
-    # The drop's users are not the HTTP table's: none has a token a worker has seen.
-    tokens = http_level.make_tokens(users, SECRET)
-    http_tokens = http_level.make_tokens(users * 4, SECRET)
-    try:
-        with RedisServer() as redis_server:
-            report["redis"] = redis_table(redis_server.url, (1, 8, 32, 128), seconds)
-            redis.Redis.from_url(redis_server.url).flushdb()
+    with RedisServer() as redis_server:
+        report["redis"] = redis_table(redis_server.url, (1, 8, 32, 128), seconds)
+        redis.Redis.from_url(redis_server.url).flushdb()
+        # The drop's users are not the HTTP table's: none has a token a worker has seen.
+        # Made after the flush: their login sessions are cached in this Redis.
+        tokens = http_level.make_tokens(users, SECRET, redis_server.url)
+        http_tokens = http_level.make_tokens(users * 4, SECRET, redis_server.url)
+        try:
             with Gunicorn(redis_server.url, env={"JWT_SECRET_KEY": SECRET}) as server:
                 report["http"] = http_table(server, redis_server, (64, 256), seconds, http_tokens)
                 report["drop"] = drop_rehearsal(server, redis_server.url, 1000, users, 256, tokens)
-    finally:
-        os.unlink(tokens)
-        os.unlink(http_tokens)
+        finally:
+            os.unlink(tokens)
+            os.unlink(http_tokens)
     print_report(report)
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"bench-{report['when'].replace(':', '')}.json")

@@ -42,6 +42,8 @@ def index_plan(orders_sharded=False):
         unique_order = _ONE_ORDER_PER_RESERVATION_SHARDED
     return {
         "users": [([("email", ASCENDING)], {"unique": True})],
+        # Login sessions are read by _id; MongoDB drops each once its tokens have expired.
+        "sessions": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
         "products": [
             (_NEWEST_FIRST, {}),
             # The sweeper and the audit look for sales in progress every few seconds.

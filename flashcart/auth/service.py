@@ -123,11 +123,12 @@ def refresh(*, refresh_token):
     The role in the new access token is read from the account, so a promotion or
     demotion reaches the claim at the next refresh.
     """
-    claims = tokens.redeem(refresh_token)
+    claims, session = tokens.redeem(refresh_token)
     user = get_user(claims["sub"])
     if user is None:
+        tokens.end_session(claims)
         raise tokens.TokenRevoked("The account no longer exists.")
-    return issue_token(user)
+    return tokens.issue(user, session=session)
 
 
 def has_role(user_id, role):

@@ -1,23 +1,21 @@
-"""Access and refresh tokens, and their revocation list in Redis.
+"""Access and refresh tokens, and their revocation by login session.
 
 Access tokens live minutes (JWT_ACCESS_TOKEN_EXPIRES) and carry the role; refresh
 tokens live days (JWT_REFRESH_TOKEN_EXPIRES) and are good for one refresh each:
-using one revokes it and hands out a new pair, so a stolen refresh token stops
-working as soon as either holder uses it. A revoked token's `jti` is kept in Redis
-only until the token would have expired anyway, so the list holds live tokens only.
+using one hands out a new pair. Every token names the login session it comes from
+(`sid`, flashcart/auth/sessions.py), and a refresh token its place in the session's
+chain (`gen`). A refresh token used a second time ends the session, so a thief and
+the victim both lose every token of that login; a logout ends it too.
 """
-
-import math
-import time
 
 import jwt
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 
+from flashcart.auth import sessions
 from flashcart.errors import Unauthorized
-from flashcart.extensions import stores
-from flashcart.redis_wire import query
+from flashcart.stores import utcnow
 
 ACCESS, REFRESH = "access", "refresh"
 SCHEME = "Bearer"
@@ -47,24 +45,33 @@ class TokenRevoked(Unauthorized):
     code = "token_revoked"
 
 
-def _revoked_key(jti):
-    return f"fc:revoked:{jti}"
-
-
 def _seconds(delta):
     return int(delta.total_seconds())
 
 
-def issue(user):
-    """A new access and refresh token pair for the (public) `user`."""
+def issue(user, *, session=None):
+    """A new access and refresh token pair for the (public) `user`.
+
+    Without `session` (a login) a new session starts; a refresh passes the session
+    and the generation its new refresh token is.
+    """
     config = current_app.config
-    access = create_access_token(identity=user["id"], additional_claims={"role": user["role"]})
+    refresh_lifetime = config["JWT_REFRESH_TOKEN_EXPIRES"]
+    if session is None:
+        session = sessions.start(user_id=user["id"], expires_at=utcnow() + refresh_lifetime)
+    session_id, generation = session
+    access = create_access_token(
+        identity=user["id"], additional_claims={"role": user["role"], "sid": session_id}
+    )
+    refresh = create_refresh_token(
+        identity=user["id"], additional_claims={"sid": session_id, "gen": generation}
+    )
     return {
         "access_token": access,
-        "refresh_token": create_refresh_token(identity=user["id"]),
+        "refresh_token": refresh,
         "token_type": SCHEME,
         "expires_in": _seconds(config["JWT_ACCESS_TOKEN_EXPIRES"]),
-        "refresh_expires_in": _seconds(config["JWT_REFRESH_TOKEN_EXPIRES"]),
+        "refresh_expires_in": _seconds(refresh_lifetime),
         "user": user,
     }
 
@@ -82,39 +89,50 @@ def decode(token, kind, *, allow_expired=False):
     return claims
 
 
-def revoke(claims):
-    """Revoke the token until it expires. True if this call revoked it (atomic)."""
-    ttl = math.ceil(claims["exp"] - time.time())
-    if ttl <= 0:
-        return False
-    return bool(stores.redis.set(_revoked_key(claims["jti"]), "1", ex=ttl, nx=True))
-
-
 def is_revoked(claims):
-    # Asked on every authenticated request: one raw round trip (redis_wire).
-    return query(stores.redis, [("EXISTS", _revoked_key(claims["jti"]))])[0] > 0
+    """Whether the token's session has ended. A token without one (signed before
+    sessions existed) cannot be revoked by a logout, so it is refused."""
+    session_id = claims.get("sid")
+    if not isinstance(session_id, str):
+        return True
+    return not sessions.is_live(session_id, token_expires_at=claims["exp"])
 
 
 def redeem(refresh_token):
-    """The claims of a refresh token, which is revoked by this one use.
+    """The claims of a refresh token, which this one use spends, and the session and
+    generation for the pair it buys.
 
-    Two requests with the same token cannot both succeed: only the one that
-    revokes it does, the other gets TokenRevoked.
+    Two requests with the same token cannot both succeed: only the first spends it,
+    and the second, a reuse, ends the session (TokenRevoked for both holders).
     """
     claims = decode(refresh_token, REFRESH)
-    if not revoke(claims):
+    session_id, generation = claims.get("sid"), claims.get("gen")
+    if not isinstance(session_id, str) or not isinstance(generation, int):
         raise TokenRevoked()
-    return claims
+    lifetime = current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
+    try:
+        generation = sessions.rotate(
+            session_id=session_id, generation=generation, expires_at=utcnow() + lifetime
+        )
+    except sessions.Refused:
+        raise TokenRevoked() from None
+    return claims, (session_id, generation)
+
+
+def end_session(claims):
+    """End the session of a token's `claims` (every token of that login)."""
+    if isinstance(claims.get("sid"), str):
+        sessions.end(session_id=claims["sid"])
 
 
 def logout(*, access_claims, refresh_token):
-    """Revoke the caller's access token and their refresh token.
+    """End the caller's session: its access token's, and its refresh token's.
 
-    An expired refresh token is accepted (there is nothing left to revoke); one of
-    another account is refused: a logout ends the caller's own session only.
+    An expired refresh token is accepted (its session ends all the same); one of
+    another account is refused: a logout ends the caller's own sessions only.
     """
     refresh = decode(refresh_token, REFRESH, allow_expired=True)
     if refresh["sub"] != access_claims["sub"]:
         raise TokenInvalid("The refresh token belongs to another account.")
-    revoke(access_claims)
-    revoke(refresh)
+    end_session(access_claims)
+    end_session(refresh)

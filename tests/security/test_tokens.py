@@ -5,7 +5,7 @@ import hashlib
 import hmac
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import jwt as pyjwt
 import pytest
@@ -13,6 +13,7 @@ from conftest import _testing
 from flask_jwt_extended import create_access_token, create_refresh_token
 
 from flashcart import create_app
+from flashcart.auth import service as accounts
 
 from .helpers import (
     LOGOUT,
@@ -97,7 +98,7 @@ def test_the_same_refresh_token_sent_by_many_at_once_buys_one_pair(client, user)
     results = []
 
     def attempt():
-        results.append(app.test_client().post(REFRESH, json={"refresh_token": token}).status_code)
+        results.append(app.test_client().post(REFRESH, json={"refresh_token": token}))
 
     threads = [threading.Thread(target=attempt) for _ in range(8)]
     for thread in threads:
@@ -105,7 +106,11 @@ def test_the_same_refresh_token_sent_by_many_at_once_buys_one_pair(client, user)
     for thread in threads:
         thread.join()
 
-    assert sorted(results) == [200] + [401] * 7
+    assert sorted(response.status_code for response in results) == [200] + [401] * 7
+    # The seven were reuses: the pair the first one bought is revoked with its session.
+    (bought,) = [response.json for response in results if response.status_code == 200]
+    assert_problem(client.get(ORDERS, headers=bearer(bought["access_token"])), 401, "token_revoked")
+    assert_problem(refresh(client, bought["refresh_token"]), 401, "token_revoked")
 
 
 def test_an_access_token_cannot_be_used_to_refresh(client, user):
@@ -195,16 +200,23 @@ def test_logout_leaves_the_users_other_sessions_alone(client, user):
     assert refresh(client, phone["refresh_token"]).status_code == 200
 
 
-def test_revocations_expire_with_the_token_they_revoke(client, user, redis_client):
+def test_an_ended_session_is_kept_in_mongodb_and_cached_until_its_tokens_expire(
+    client, user, mongo_db, redis_client
+):
     tokens = login(client, user)
+    session_id = claims_of(tokens["access_token"])["sid"]
+    assert claims_of(tokens["refresh_token"])["sid"] == session_id
 
     assert logout(client, tokens).status_code == 204
 
-    now = time.time()
-    for token in (tokens["access_token"], tokens["refresh_token"]):
-        claims = claims_of(token)
-        ttl = redis_client.ttl(f"fc:revoked:{claims['jti']}")
-        assert 0 < ttl <= claims["exp"] - now + 1
+    stored = mongo_db.sessions.find_one({"_id": session_id})
+    assert stored["user_id"] == user["id"]
+    assert stored["ended_at"] is not None and stored["end_reason"] == "logout"
+    # MongoDB's TTL index drops it once its last token has expired.
+    refresh_exp = claims_of(tokens["refresh_token"])["exp"]
+    assert abs(stored["expires_at"].replace(tzinfo=UTC).timestamp() - refresh_exp) <= 2
+    ttl = redis_client.ttl(f"fc:session:{session_id}")
+    assert 0 < ttl <= refresh_exp - time.time() + 1
 
 
 def test_logout_refuses_another_users_refresh_token_and_revokes_nothing(client, user, make_user):
@@ -259,13 +271,120 @@ def test_a_revoked_token_is_refused_by_every_worker_even_one_that_cached_it(
     assert_problem(other.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
 
 
+# -- revocation survives the loss of Redis's data ------------------------------------
+
+
+def lose_redis_data(redis_client, runner):
+    """Redis restarts empty; the operator rebuilds the sales as README says."""
+    redis_client.flushall()
+    for args in (["audit", "--repair"], ["sweep"]):
+        assert runner.invoke(args=args).exit_code == 0
+
+
+def test_a_logout_holds_after_redis_loses_its_data(client, runner, user, redis_client):
+    ended, other = login(client, user), login(client, user)
+    assert logout(client, ended).status_code == 204
+
+    lose_redis_data(redis_client, runner)
+
+    assert_problem(client.get(ORDERS, headers=bearer(ended["access_token"])), 401, "token_revoked")
+    assert_problem(refresh(client, ended["refresh_token"]), 401, "token_revoked")
+    # A session that was never ended still works, from MongoDB, then from the cache again.
+    for _ in range(2):
+        assert client.get(ORDERS, headers=bearer(other["access_token"])).status_code == 200
+    assert redis_client.get(f"fc:session:{claims_of(other['access_token'])['sid']}") == "live"
+
+
+def test_a_spent_refresh_token_stays_spent_after_redis_loses_its_data(
+    client, runner, user, redis_client
+):
+    first = login(client, user)
+    second = refresh(client, first["refresh_token"]).json
+
+    lose_redis_data(redis_client, runner)
+
+    assert_problem(refresh(client, first["refresh_token"]), 401, "token_revoked")
+    # That was a reuse: the session it belongs to has ended.
+    assert_problem(client.get(ORDERS, headers=bearer(second["access_token"])), 401, "token_revoked")
+
+
+def test_an_ended_session_stays_ended_on_a_worker_that_had_cached_it_live(
+    client, user, mongo_db, redis_client, app_config
+):
+    worker = create_app(_testing() | app_config, db=mongo_db, redis_client=redis_client)
+    other = worker.test_client()
+    tokens = login(client, user)
+    assert other.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200
+    assert logout(client, tokens).status_code == 204
+    redis_client.flushall()
+
+    assert_problem(other.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
+
+
+def test_a_token_without_a_login_session_is_refused(client, app, user):
+    # Signed with the right key (before sessions existed): no logout could reach it.
+    with app.app_context():
+        access = create_access_token(identity=user["id"], additional_claims={"role": "user"})
+        refresh_ = create_refresh_token(identity=user["id"])
+
+    assert_problem(client.get(ORDERS, headers=bearer(access)), 401, "token_revoked")
+    assert_problem(refresh(client, refresh_), 401, "token_revoked")
+
+
+# -- a stolen refresh token ----------------------------------------------------------
+
+
+def test_when_a_thief_refreshes_first_the_victims_refresh_ends_the_thiefs_session(
+    client, user, mongo_db
+):
+    victim = login(client, user)
+    thief = refresh(client, victim["refresh_token"]).json  # the stolen token, used first
+
+    assert_problem(refresh(client, victim["refresh_token"]), 401, "token_revoked")
+
+    assert_problem(client.get(ORDERS, headers=bearer(thief["access_token"])), 401, "token_revoked")
+    assert_problem(refresh(client, thief["refresh_token"]), 401, "token_revoked")
+    session = mongo_db.sessions.find_one({"_id": claims_of(thief["access_token"])["sid"]})
+    assert session["end_reason"] == "refresh_token_reused"
+
+
+def test_when_the_victim_logs_out_every_token_of_that_login_dies(client, user):
+    victim = login(client, user)
+    thief = refresh(client, victim["refresh_token"]).json
+    thief = refresh(client, thief["refresh_token"]).json  # and again
+
+    assert logout(client, victim).status_code == 204
+
+    assert_problem(client.get(ORDERS, headers=bearer(thief["access_token"])), 401, "token_revoked")
+    assert_problem(refresh(client, thief["refresh_token"]), 401, "token_revoked")
+
+
+def test_a_reuse_ends_only_the_session_it_belongs_to(client, user):
+    laptop, phone = login(client, user), login(client, user)
+    refresh(client, laptop["refresh_token"])
+
+    assert_problem(refresh(client, laptop["refresh_token"]), 401, "token_revoked")
+
+    assert client.get(ORDERS, headers=bearer(phone["access_token"])).status_code == 200
+    assert refresh(client, phone["refresh_token"]).status_code == 200
+
+
+def _live_session(app, user):
+    """Claims naming a live login session of `user`, for hand-made tokens."""
+    with app.app_context():
+        return {"sid": claims_of(accounts.issue_token(user)["access_token"])["sid"]}
+
+
 def test_each_verified_token_is_seen_with_its_own_header(app, user):
     # Workers parse each header segment once; a token with another header gets its own.
     from flask_jwt_extended import get_jwt_header, verify_jwt_in_request
 
+    session = _live_session(app, user)
     with app.app_context():
         tokens = [
-            create_access_token(identity=user["id"], additional_headers=extra)
+            create_access_token(
+                identity=user["id"], additional_headers=extra, additional_claims=session
+            )
             for extra in ({}, {"kid": "k1"}, {}, {"kid": "k2"})
         ]
     for token in tokens:
@@ -290,8 +409,11 @@ def test_a_header_is_parsed_once_and_only_for_a_token_just_verified(app, user, m
     monkeypatch.setattr(
         token_cache, "_library_header", lambda token: parsed.append(token) or library(token)
     )
+    session = _live_session(app, user)
     with app.app_context():
-        tokens = [create_access_token(identity=user["id"]) for _ in range(3)]
+        tokens = [
+            create_access_token(identity=user["id"], additional_claims=session) for _ in range(3)
+        ]
     unverified = f"{tokens[0].split('.')[0]}.{b64({'sub': 'x'})}.forged"
 
     for token in tokens:
