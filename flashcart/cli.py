@@ -1,4 +1,4 @@
-"""Operator commands: init, create-admin, seed-demo, sweep, audit."""
+"""Operator commands: init, create-admin, normalise-emails, seed-demo, sweep, audit."""
 
 import json
 import logging
@@ -10,7 +10,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from flashcart import demo
-from flashcart.auth import passwords
+from flashcart.auth import emails, passwords
 from flashcart.auth import service as accounts
 from flashcart.extensions import stores
 from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
@@ -74,11 +74,25 @@ def _until_mongodb_answers(wait):
 @click.option("--name", default="Administrator", show_default=True)
 def create_admin(email, password, name):
     """Create an admin account, or promote and reset an existing one."""
+    if emails.mixes_scripts(emails.normalise(email)):
+        raise click.BadParameter(emails.MIXED_SCRIPTS, param_hint="email")
     weaknesses = passwords.weaknesses(password, email)
     if weaknesses:
         raise click.BadParameter(" ".join(weaknesses), param_hint="password")
     user, created = accounts.ensure_admin(email=email, password=password, name=name)
     click.echo(f"{'Created' if created else 'Updated'} admin {user['email']} ({user['id']})")
+
+
+@click.command("normalise-emails")
+@with_appcontext
+def normalise_emails():
+    """Store every account's address in today's spelling (once, after upgrading)."""
+    rewritten, clashes = accounts.normalise_stored_emails()
+    click.echo(f"{rewritten} address(es) rewritten")
+    for address, ids in clashes:
+        click.echo(f"clash: accounts {', '.join(ids)} are all {address}; left unchanged")
+    if clashes:
+        raise click.exceptions.Exit(1)
 
 
 @click.command("seed-demo")
@@ -151,5 +165,5 @@ def audit(repair, as_json):
 
 
 def register_commands(app: Flask):
-    for command in (init, create_admin, seed_demo, sweep, audit):
+    for command in (init, create_admin, normalise_emails, seed_demo, sweep, audit):
         app.cli.add_command(command)

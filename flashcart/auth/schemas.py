@@ -1,6 +1,14 @@
-from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    pre_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
-from flashcart.auth import passwords
+from flashcart.auth import emails, passwords
 from flashcart.auth.service import ROLES
 
 PASSWORD_MIN, PASSWORD_MAX = passwords.MIN_LENGTH, passwords.MAX_LENGTH
@@ -9,7 +17,15 @@ TOKEN_MAX = 4096
 
 
 class Credentials(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
+    email = fields.Email(
+        required=True,
+        validate=validate.Length(max=254),
+        metadata={
+            "description": "Compared after NFKC normalisation and case folding (one account "
+            "per address however it is spelled); sign-up refuses an address that mixes "
+            "scripts, such as Latin and Cyrillic, within its local part or a domain label."
+        },
+    )
     password = fields.String(
         required=True,
         load_only=True,
@@ -17,9 +33,10 @@ class Credentials(Schema):
     )
 
     @pre_load
-    def strip_email(self, data, **kwargs):
+    def normalise_email(self, data, **kwargs):
+        # Validated as stored: look-alike spellings are one address (auth/emails.py).
         if isinstance(data, dict) and isinstance(data.get("email"), str):
-            data = {**data, "email": data["email"].strip()}
+            data = {**data, "email": emails.normalise(data["email"])}
         return data
 
 
@@ -31,6 +48,11 @@ class SignupIn(Credentials):
         metadata={"description": passwords.RULES},
     )
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+    @validates("email")
+    def one_script_per_part(self, email, **kwargs):
+        if emails.mixes_scripts(email):
+            raise ValidationError(emails.MIXED_SCRIPTS)
 
     @validates_schema
     def strong_password(self, data, **kwargs):

@@ -6,7 +6,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from pymongo import ReturnDocument
 
-from flashcart.auth import tokens
+from flashcart.auth import emails, tokens
 from flashcart.errors import Conflict, NotFound, Unauthorized
 from flashcart.extensions import stores
 from flashcart.stores import as_utc, object_id_or_none, utcnow
@@ -40,7 +40,8 @@ class LastAdmin(Conflict):
 
 
 def normalise_email(email):
-    return email.strip().lower()
+    """The stored spelling of an address (auth/emails.py)."""
+    return emails.normalise(email)
 
 
 def _hasher():
@@ -186,3 +187,26 @@ def ensure_admin(*, email, password=None, name="Administrator"):
         changes["password_hash"] = _hasher().hash(password)
     _users().update_one({"_id": existing["_id"]}, {"$set": changes})
     return public({**existing, **changes}), False
+
+
+def normalise_stored_emails():
+    """Rewrite stored addresses into today's spelling (auth/emails.py); safe to rerun.
+
+    Returns (rewritten, clashes): how many were rewritten, and [(address, account ids)]
+    for addresses two accounts now share, which are left as they are for an operator
+    to merge or rename (the unique index allows one account per address).
+    """
+    rewritten, clashes = 0, []
+    for user in _users().find({}, {"email": 1}):
+        spelled = normalise_email(user["email"])
+        if spelled == user["email"]:
+            continue
+        try:
+            _users().update_one(
+                {"_id": user["_id"]}, {"$set": {"email": spelled, "updated_at": utcnow()}}
+            )
+            rewritten += 1
+        except pymongo.errors.DuplicateKeyError:
+            other = _users().find_one({"email": spelled}, {"_id": 1})
+            clashes.append((spelled, [str(user["_id"]), str(other["_id"]) if other else "?"]))
+    return rewritten, clashes

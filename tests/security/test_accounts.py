@@ -4,6 +4,7 @@ check) for "no such user" and "wrong password", and login throttling."""
 import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
+from bson import ObjectId
 from conftest import PASSWORD, _testing
 
 from flashcart import create_app
@@ -81,6 +82,108 @@ def test_existing_passwords_are_not_rechecked_at_login(client, make_user, app, m
     response = client.post(LOGIN, json={"email": user["email"], "password": "password"})
 
     assert response.status_code == 200
+
+
+# -- one account per address, however it is spelled -----------------------------------
+
+LOOK_ALIKES = [
+    "ANA@EXAMPLE.COM",
+    "\uff21\uff4e\uff41@example.com",  # fullwidth "Ana"
+    "ana@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com",  # fullwidth "example"
+    "  Ana@Example.com ",
+]
+
+
+def test_look_alike_spellings_of_an_address_are_one_account(client, mongo_db):
+    assert signup(client, "a long password", email="ana@example.com").status_code == 201
+    assert signup(client, "a long password", email="stra\u00dfe@example.com").status_code == 201
+    assert signup(client, "a long password", email="\ufb01ona@example.com").status_code == 201
+
+    for email in [*LOOK_ALIKES, "STRASSE@example.com", "fiona@example.com"]:
+        assert_problem(signup(client, "a long password", email=email), 409, "email_taken")
+
+    assert sorted(user["email"] for user in mongo_db.users.find()) == [
+        "ana@example.com",
+        "fiona@example.com",
+        "strasse@example.com",
+    ]
+
+
+@pytest.mark.parametrize("email", LOOK_ALIKES)
+def test_any_look_alike_spelling_logs_in_to_the_one_account(client, email):
+    account = signup(client, "a long password", email="ana@example.com").json
+
+    response = client.post(LOGIN, json={"email": email, "password": "a long password"})
+
+    assert response.status_code == 200
+    assert response.json["user"]["id"] == account["id"]
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "p\u0430ypal@example.com",  # a Cyrillic "a" among Latin letters
+        "\u03b1lpha@example.com",  # a Greek alpha
+        "ana@examp\u04cfe.com",  # a Cyrillic palochka in a domain label
+    ],
+)
+def test_sign_up_refuses_an_address_that_mixes_scripts(client, mongo_db, email):
+    response = signup(client, "a long password", email=email)
+
+    problem = assert_problem(response, 422, "validation_error")
+    assert "scripts" in problem["errors"]["email"][0]
+    assert mongo_db.users.count_documents({}) == 0
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "\u0438\u0432\u0430\u043d@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",
+        "ivan@\u043f\u0440\u0438\u043c\u0435\u0440.com",  # each label in one script
+        "\u4f50\u3005\u6728@example.jp",  # Japanese: Han with its iteration mark
+        "\u3055\u3068\u3046taro@example.jp",  # kana with Latin, as Japanese writes
+        "jos\u00e9@example.com",
+    ],
+)
+def test_sign_up_accepts_an_address_written_in_one_script(client, email):
+    assert signup(client, "a long password", email=email).status_code == 201
+
+
+def test_create_admin_refuses_an_address_that_mixes_scripts(runner, mongo_db):
+    result = runner.invoke(
+        args=["create-admin", "b\u043ess@example.com", "--password", "a long password"]
+    )
+
+    assert result.exit_code != 0
+    assert "scripts" in result.output
+    assert mongo_db.users.count_documents({}) == 0
+
+
+def test_normalise_emails_rewrites_old_spellings_and_reports_clashes(
+    client, runner, make_user, mongo_db
+):
+    # Stored by the old rule (trimmed and lower-cased only).
+    ana, carl, carl_again = make_user(), make_user(), make_user()
+    old_spellings = {
+        ana["id"]: "\uff41\uff4e\uff41@example.com",
+        carl["id"]: "\uff43arl@example.com",
+        carl_again["id"]: "carl@example.com",
+    }
+    for user_id, email in old_spellings.items():
+        mongo_db.users.update_one({"_id": ObjectId(user_id)}, {"$set": {"email": email}})
+
+    for _ in range(2):  # safe to run again
+        result = runner.invoke(args=["normalise-emails"])
+        assert result.exit_code == 1, result.output
+        assert f"clash: accounts {carl['id']}, {carl_again['id']} are all carl@example.com" in (
+            result.output
+        )
+
+    stored = {str(doc["_id"]): doc["email"] for doc in mongo_db.users.find()}
+    assert stored[ana["id"]] == "ana@example.com"
+    assert stored[carl["id"]] == "\uff43arl@example.com"  # left for the operator
+    login = client.post(LOGIN, json={"email": "ANA@example.com", "password": PASSWORD})
+    assert login.status_code == 200 and login.json["user"]["id"] == ana["id"]
 
 
 # -- argon2id, upgraded on login -----------------------------------------------------
