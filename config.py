@@ -133,7 +133,15 @@ class Config:
     RATELIMIT_STORAGE_URI = _env("RATELIMIT_STORAGE_URI")
     RATELIMIT_GLOBAL = _limit("RATELIMIT_GLOBAL", "1200 per minute")
     RATELIMIT_LOGIN_PER_IP = _limit("RATELIMIT_LOGIN_PER_IP", "30 per minute")
-    RATELIMIT_LOGIN_PER_ACCOUNT = _limit("RATELIMIT_LOGIN_PER_ACCOUNT", "5 per minute;20 per hour")
+    # Failed logins: per account and address, and per account from the addresses that
+    # have not logged in to it within LOGIN_KNOWN_ADDRESS_DAYS (README "Security").
+    RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP = _limit(
+        "RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP", "5 per minute;20 per hour"
+    )
+    RATELIMIT_LOGIN_PER_ACCOUNT = _limit(
+        "RATELIMIT_LOGIN_PER_ACCOUNT", "20 per minute;100 per hour"
+    )
+    LOGIN_KNOWN_ADDRESS_DAYS = _int("LOGIN_KNOWN_ADDRESS_DAYS", 30)
     RATELIMIT_SIGNUP_PER_IP = _limit("RATELIMIT_SIGNUP_PER_IP", "20 per hour")
     RATELIMIT_RESERVE_PER_USER = _limit("RATELIMIT_RESERVE_PER_USER", "30 per minute")
 

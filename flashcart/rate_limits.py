@@ -1,14 +1,16 @@
 """Rate limits (flask-limiter, counted in Redis).
 
 A ceiling per client IP over the whole API (RATELIMIT_GLOBAL, set on the limiter in
-extensions.py), login attempts per IP and failed ones per account, sign-ups per IP
-and reservations per user. Every limit is a config value (README "Configuration"),
+extensions.py), login attempts per IP and failed ones per account and IP and per
+account from new addresses (auth/known_addresses.py), sign-ups per IP and
+reservations per user. Every limit is a config value (README "Configuration"),
 read per request; an empty value turns that limit off. Behind a load balancer set
 TRUSTED_PROXIES, or every client shares the balancer's address.
 """
 
 import functools
 import hashlib
+import logging
 import math
 import time
 
@@ -24,9 +26,12 @@ from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
 from flashcart import health, metrics, redis_cluster
 from flashcart.apidoc import RETRY_AFTER, problem
+from flashcart.auth import emails, known_addresses
 from flashcart.errors import DomainError
 from flashcart.errors import problem as problem_response
 from flashcart.extensions import limiter
+
+log = logging.getLogger(__name__)
 
 
 def init_app(app):
@@ -118,18 +123,52 @@ def _setting(name):
     return lambda: current_app.config[name]
 
 
-def _login_account():
+def _login_email():
     body = request.get_json(silent=True)
     email = body.get("email") if isinstance(body, dict) else None
-    if not isinstance(email, str) or not email.strip():
+    return email if isinstance(email, str) and email.strip() else None
+
+
+def _login_account():
+    email = _login_email()
+    if email is None:
         return f"ip:{get_remote_address()}"
-    # Hashed so that Redis keys carry no email addresses.
-    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    # In its stored spelling, so look-alike spellings share one count; hashed so that
+    # Redis keys carry no email addresses.
+    digest = hashlib.sha256(emails.normalise(email).encode()).hexdigest()[:32]
     return f"account:{digest}"
+
+
+def _login_account_and_address():
+    return f"{_login_account()}:from:{get_remote_address()}"
+
+
+def _from_a_known_address():
+    """Whether the account in the body has logged in from this address lately."""
+    email = _login_email()
+    if email is None:
+        return False
+    try:
+        return known_addresses.is_known(email, get_remote_address())
+    except STORAGE_ERRORS:
+        return False  # counted like any address: the safe side
 
 
 def _failed_login(response):
     return response.status_code == 401
+
+
+def _remembering_addresses(view):
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        response = view(*args, **kwargs)  # a wrong password raises instead
+        try:
+            known_addresses.remember(_login_email(), get_remote_address())
+        except STORAGE_ERRORS:
+            log.warning("could not remember the address of a login", exc_info=True)
+        return response
+
+    return wrapper
 
 
 class TooManyRequests(DomainError):
@@ -152,12 +191,23 @@ def _documented(view):
 
 
 def login(view):
-    """Limit login attempts per client IP, and failed ones per account."""
+    """Limit login attempts per client IP; failed ones per account and address, and
+    per account from addresses that have not logged in to it lately (OWASP: throttle
+    guessing per account and address, never hand anyone a switch that locks the
+    owner out)."""
+    view = _remembering_addresses(view)
     view = limiter.limit(
         _setting("RATELIMIT_LOGIN_PER_ACCOUNT"),
         key_func=_login_account,
         deduct_when=_failed_login,
+        exempt_when=_from_a_known_address,
         scope="login-account",
+    )(view)
+    view = limiter.limit(
+        _setting("RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP"),
+        key_func=_login_account_and_address,
+        deduct_when=_failed_login,
+        scope="login-account-ip",
     )(view)
     view = limiter.limit(_setting("RATELIMIT_LOGIN_PER_IP"), scope="login-ip")(view)
     return _documented(view)

@@ -144,7 +144,12 @@ def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(limited)
 
 
 def test_an_empty_limit_turns_it_off(limited, user):
-    client = limited(RATELIMIT_GLOBAL="", RATELIMIT_LOGIN_PER_IP="", RATELIMIT_LOGIN_PER_ACCOUNT="")
+    client = limited(
+        RATELIMIT_GLOBAL="",
+        RATELIMIT_LOGIN_PER_IP="",
+        RATELIMIT_LOGIN_PER_ACCOUNT="",
+        RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP="",
+    )
     for _ in range(10):
         response = client.post(LOGIN, json={"email": user["email"], "password": "wrong password"})
         assert response.status_code == 401

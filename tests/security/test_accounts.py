@@ -303,8 +303,11 @@ def limited(mongo_db, redis_client, app_config):
 def test_password_guessing_on_one_account_is_throttled_across_addresses_and_spellings(
     limited, user
 ):
-    client = limited(RATELIMIT_LOGIN_PER_ACCOUNT="3 per minute", RATELIMIT_LOGIN_PER_IP="")
-    spellings = [user["email"], user["email"].upper(), f"  {user['email'].title()} "]
+    client = limited(RATELIMIT_LOGIN_PER_ACCOUNT="4 per minute", RATELIMIT_LOGIN_PER_IP="")
+    fullwidth = "".join(
+        chr(ord(char) + 0xFEE0) if char.isalnum() else char for char in user["email"]
+    )
+    spellings = [user["email"], user["email"].upper(), f"  {user['email'].title()} ", fullwidth]
 
     for number, email in enumerate(spellings):
         response = client.post(
@@ -347,3 +350,63 @@ def test_a_forged_x_forwarded_for_does_not_escape_the_address_limit(limited, use
 
     forged = {"X-Forwarded-For": "203.0.113.200"}
     assert_problem(client.post(LOGIN, json=body, headers=forged), 429, "too_many_requests")
+
+
+OWNER_HOME, OWNER_AWAY = "198.51.100.7", "192.0.2.99"
+
+
+def through_the_proxy(client, address, email, password):
+    """A login as the trusted load balancer forwards it from `address`."""
+    return client.post(
+        LOGIN,
+        json={"email": email, "password": password},
+        headers={"X-Forwarded-For": address},
+    )
+
+
+def test_guessing_from_many_addresses_slows_new_addresses_but_never_locks_the_owner_out(
+    limited, user, redis_client
+):
+    # The shipped limits, behind one trusted proxy (TRUSTED_PROXIES=1).
+    client = limited(TRUSTED_PROXIES=1)
+    email = user["email"]
+    assert through_the_proxy(client, OWNER_HOME, email, PASSWORD).status_code == 200
+    assert not [key for key in redis_client.keys("*") if email in key]
+
+    answers = []
+    for attacker in range(1, 11):  # ten addresses, five guesses each
+        for guess in range(5):
+            address = f"203.0.113.{attacker}"
+            response = through_the_proxy(client, address, email, f"guess {attacker}-{guess}")
+            answers.append(response.status_code)
+    # 20 failures a minute from addresses it never logged in from, then slowed down.
+    assert answers == [401] * 20 + [429] * 30
+
+    # The owner, at home, still gets in; a typo there is just a wrong password.
+    assert through_the_proxy(client, OWNER_HOME, email, "a typo").status_code == 401
+    home = through_the_proxy(client, OWNER_HOME, email, PASSWORD)
+    assert home.status_code == 200 and home.json["user"]["id"] == user["id"]
+    # From a new address the owner waits, for the minute's window only: slowed, not locked.
+    away = through_the_proxy(client, OWNER_AWAY, email, PASSWORD)
+    assert_problem(away, 429, "too_many_requests")
+    assert 1 <= int(away.headers["Retry-After"]) <= 61
+    # Claiming the owner's address in X-Forwarded-For is no way in: the proxy appends
+    # the real one, and only that one is trusted.
+    forged = through_the_proxy(client, f"{OWNER_HOME}, 203.0.113.77", email, PASSWORD)
+    assert_problem(forged, 429, "too_many_requests")
+
+
+def test_guessing_from_one_address_is_stopped_there_only(limited, user):
+    client = limited(TRUSTED_PROXIES=1)
+    email = user["email"]
+
+    for guess in range(5):
+        assert through_the_proxy(client, "203.0.113.1", email, f"guess {guess}").status_code == 401
+
+    # That address is stopped, even with the right password...
+    stopped = through_the_proxy(client, "203.0.113.1", email, PASSWORD)
+    assert_problem(stopped, 429, "too_many_requests")
+    assert 1 <= int(stopped.headers["Retry-After"]) <= 61
+    # ...while every other address is not, the owner's first login included.
+    assert through_the_proxy(client, "203.0.113.2", email, "guess 6").status_code == 401
+    assert through_the_proxy(client, OWNER_AWAY, email, PASSWORD).status_code == 200
