@@ -43,14 +43,22 @@ def _seconds_until(moment):
 
 
 def cache_live(session_id, expires_at):
-    """Cache the session as live (as a login does), never over a cached "ended" (NX):
-    a logout racing the read that led here wins."""
+    """Cache the session as live for as long as an access token issued now lasts.
+
+    Never over a cached "ended" (NX): a logout racing the read that led here wins. A
+    live entry already there is kept longer (GT), so a refresh's new access token is
+    covered to its end; an "ended" one kept longer is harmless.
+    """
     ttl = min(
         _seconds_until(expires_at),
         int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
     )
     if ttl > 0:
-        stores.redis.set(_cache_key(session_id), LIVE, ex=ttl, nx=True)
+        key = _cache_key(session_id)
+        with stores.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, LIVE, ex=ttl, nx=True)
+            pipe.expire(key, ttl, gt=True)
+            pipe.execute()
 
 
 def _cache_ended(session_id, ttl):
@@ -93,6 +101,7 @@ def rotate(*, session_id, generation, expires_at):
         return_document=ReturnDocument.AFTER,
     )
     if after is not None:
+        cache_live(session_id, expires_at)
         return after["generation"]
     current = _sessions().find_one({"_id": session_id})
     if current is not None and current["ended_at"] is None:

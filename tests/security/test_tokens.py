@@ -331,6 +331,60 @@ def test_a_token_without_a_login_session_is_refused(client, app, user):
     assert_problem(refresh(client, refresh_), 401, "token_revoked")
 
 
+def test_a_refresh_keeps_the_session_cached_as_long_as_its_new_access_token(
+    client, user, redis_client
+):
+    tokens = login(client, user)
+    key = f"fc:session:{claims_of(tokens['access_token'])['sid']}"
+    redis_client.expire(key, 5)  # the login's entry is about to lapse
+
+    renewed = refresh(client, tokens["refresh_token"]).json
+
+    # Its requests are answered from Redis, without reading MongoDB, to their end.
+    access = claims_of(renewed["access_token"])
+    assert redis_client.get(key) == "live"
+    assert (
+        access["exp"] - time.time() - 2 <= redis_client.ttl(key) <= access["exp"] - time.time() + 1
+    )
+
+
+def test_a_logout_landing_while_a_worker_refills_the_cache_wins(
+    client, user, redis_client, monkeypatch
+):
+    from flashcart.auth import sessions
+
+    tokens = login(client, user)
+    session_id = claims_of(tokens["access_token"])["sid"]
+    redis_client.flushall()
+    stored = sessions._sessions
+
+    class LogoutRightAfterTheRead:
+        """MongoDB as a worker refilling the cache sees it, with a logout landing
+        between its read ("live") and its write to Redis."""
+
+        fired = False
+
+        def __getattr__(self, name):
+            return getattr(stored(), name)
+
+        def find_one(self, *args, **kwargs):
+            found = stored().find_one(*args, **kwargs)
+            if not self.fired:
+                self.fired = True
+                sessions.end(session_id=session_id)
+            return found
+
+    collection = LogoutRightAfterTheRead()
+    monkeypatch.setattr(sessions, "_sessions", lambda: collection)
+    # The refill read "live" before the logout, so this one request still passes...
+    assert client.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200
+    monkeypatch.undo()
+
+    # ...but it did not cache "live" over the logout's "ended".
+    assert redis_client.get(f"fc:session:{session_id}") == "ended"
+    assert_problem(client.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
+
+
 # -- a stolen refresh token ----------------------------------------------------------
 
 
