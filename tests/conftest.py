@@ -1,10 +1,16 @@
-"""Fixtures: a real redis-server started by the suite, mongomock, the app and helpers.
+"""Fixtures: a real redis-server started by the suite, MongoDB, the app and helpers.
 
 Redis tests run against a real `redis-server` on a free loopback port (started once
 per session, flushed before each test). Only where no binary exists do they fall
 back to fakeredis, and they say so.
+
+MongoDB is mongomock, unless MONGO_TEST_URI names a MongoDB server: then every test
+that touches MongoDB gets a fresh database there (dropped after), opened by the
+app's own `connect_mongo`. Tests that need several processes to share MongoDB use
+that server too, or else a wire-protocol stand-in (tests/mongo_standin.py).
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,16 +19,20 @@ import tempfile
 import threading
 import time
 import warnings
+from urllib.parse import urlsplit, urlunsplit
 
 import cluster_servers
 import mongomock
 import pytest
 import redis
+from mongo_standin import MongoStandIn
 
 from config import TestingConfig
 from flashcart import create_app
 from flashcart.auth import service as accounts
+from flashcart.stores import connect_mongo
 
+MONGO_TEST_URI = os.environ.get("MONGO_TEST_URI", "")
 PASSWORD = "correct horse battery"
 
 
@@ -140,9 +150,42 @@ def redis_client(redis_server):
     client.close()
 
 
+def _fresh_database_uri():
+    """MONGO_TEST_URI with a database name of its own, so no two tests share data."""
+    name = f"flashcart_test_{os.urandom(6).hex()}"
+    return urlunsplit(urlsplit(MONGO_TEST_URI)._replace(path="/" + name))
+
+
+@contextlib.contextmanager
+def fresh_mongo_uri():
+    """The URI of an empty database on a MongoDB server that several processes can
+    share: MONGO_TEST_URI's (the database dropped after), else a stand-in started
+    for the caller (stopped after)."""
+    if not MONGO_TEST_URI:
+        with MongoStandIn() as standin:
+            yield standin.url
+        return
+    uri = _fresh_database_uri()
+    try:
+        yield uri
+    finally:
+        db = connect_mongo(uri, TestingConfig.MONGO_TIMEOUT_MS)
+        db.client.drop_database(db.name)
+        db.client.close()
+
+
 @pytest.fixture
 def mongo_db():
-    return mongomock.MongoClient().flashcart
+    """The test's database: mongomock, or a fresh one on MONGO_TEST_URI's server."""
+    if not MONGO_TEST_URI:
+        yield mongomock.MongoClient().flashcart
+        return
+    db = connect_mongo(_fresh_database_uri(), TestingConfig.MONGO_TIMEOUT_MS)
+    try:
+        yield db
+    finally:
+        db.client.drop_database(db.name)
+        db.client.close()
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Production refuses unsafe settings; the app factory enforces it."""
 
-import mongomock
 import pytest
 
 import config
@@ -96,15 +95,13 @@ def test_an_unknown_environment_name_is_refused():
     ],
     ids=["memory mongo", "memory redis", "short secret", "default secret"],
 )
-def test_create_app_refuses_an_unsafe_production_config_class(redis_client, unsafe):
+def test_create_app_refuses_an_unsafe_production_config_class(redis_client, mongo_db, unsafe):
     with pytest.raises(UnsafeConfigError):
-        create_app(
-            production(**unsafe), db=mongomock.MongoClient().flashcart, redis_client=redis_client
-        )
+        create_app(production(**unsafe), db=mongo_db, redis_client=redis_client)
 
 
-def test_create_app_builds_from_a_safe_production_config_class(redis_client):
-    app = create_app(production(), db=mongomock.MongoClient().flashcart, redis_client=redis_client)
+def test_create_app_builds_from_a_safe_production_config_class(redis_client, mongo_db):
+    app = create_app(production(), db=mongo_db, redis_client=redis_client)
 
     assert app.config["ENV_NAME"] == "production"
     assert app.config["JWT_SECRET_KEY"] == GOOD_SECRET
@@ -116,7 +113,9 @@ def test_create_app_builds_from_a_safe_production_config_class(redis_client):
     [{"JWT_SECRET_KEY": "short"}, {"REDIS_URL": MEMORY_URI}, {"MONGO_URI": MEMORY_URI}],
     ids=["short secret", "memory redis", "memory mongo"],
 )
-def test_create_app_refuses_unsafe_overrides_in_production_mode(monkeypatch, redis_client, unsafe):
+def test_create_app_refuses_unsafe_overrides_in_production_mode(
+    monkeypatch, redis_client, mongo_db, unsafe
+):
     # The production class itself is safe here; the unsafe value arrives as an override.
     for name, value in vars(production()).items():
         if name.isupper():
@@ -125,17 +124,15 @@ def test_create_app_refuses_unsafe_overrides_in_production_mode(monkeypatch, red
     with pytest.raises(UnsafeConfigError):
         create_app(
             {"ENV_NAME": "production", **unsafe},
-            db=mongomock.MongoClient().flashcart,
+            db=mongo_db,
             redis_client=redis_client,
         )
 
 
-def test_create_app_can_build_more_than_one_app_in_a_process(redis_client):
+def test_create_app_can_build_more_than_one_app_in_a_process(redis_client, mongo_db):
     # Workers, tests and tools build several apps; the second must not fail.
     for _ in range(2):
-        app = create_app(
-            production(), db=mongomock.MongoClient().flashcart, redis_client=redis_client
-        )
+        app = create_app(production(), db=mongo_db, redis_client=redis_client)
         assert app.config["ENV_NAME"] == "production"
 
 

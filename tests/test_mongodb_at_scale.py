@@ -47,8 +47,8 @@ def test_the_embedded_database_keeps_its_plain_orders_collection():
     assert orders_collection(db, "majority") is db.orders
 
 
-def test_every_paged_list_and_sweeper_query_has_an_index():
-    db = mongomock.MongoClient().flashcart
+def test_every_paged_list_and_sweeper_query_has_an_index(mongo_db):
+    db = mongo_db
     ensure_indexes(db)
     keys = {
         collection: [info["key"] for info in db[collection].index_information().values()]
