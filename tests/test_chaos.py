@@ -4,8 +4,9 @@ The set-up is as close to production as this machine allows:
 - the API runs in gunicorn (sync workers, real processes, loopback HTTP);
 - Redis is a real redis-server without persistence, restarted once mid-drop (its data
   is lost, as after a failover to an empty replica);
-- MongoDB, which does not exist here, is one mongomock database owned by a separate
-  process and shared by every worker and by the test (tests/chaos_app.py);
+- MongoDB is reached with PyMongo through MONGO_URI by every worker and by the test:
+  a fresh database on MONGO_TEST_URI's server, else the wire-protocol stand-in
+  (tests/mongo_standin.py);
 - a sweeper runs beside the API (like `flask sweep --every`, with SWEEP_GRACE_SECONDS
   0, so it also races checkouts and cancels still in flight), and after the Redis
   restart the operator runs the documented `audit --repair` then `sweep`.
@@ -20,7 +21,7 @@ reservation, and an audit that is clean (drift 0, oversold 0).
 """
 
 import collections
-import multiprocessing
+import contextlib
 import os
 import random
 import shutil
@@ -33,7 +34,7 @@ import uuid
 import chaos_app
 import pytest
 import redis
-from conftest import RedisServer
+from conftest import RedisServer, fresh_mongo_uri
 from gunicorn_hosts import GunicornHost, open_drop
 
 from flashcart import create_app
@@ -342,44 +343,30 @@ def truth(app, product_id):
 
 @pytest.fixture
 def chaos_rig():
-    """A redis-server, the shared MongoDB process and gunicorn, all torn down after."""
-    workdir = tempfile.mkdtemp(prefix="flashcart-chaos-")
-    redis_server = RedisServer()
-    manager = server = redis_client = None
-    try:
+    """A redis-server, a MongoDB shared by every process and gunicorn, all torn down after."""
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order
+        workdir = tempfile.mkdtemp(prefix="flashcart-chaos-")
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        mongo_uri = cleanup.enter_context(fresh_mongo_uri())
+        redis_server = RedisServer()
+        cleanup.callback(shutil.rmtree, redis_server.dir, ignore_errors=True)
+        cleanup.callback(redis_server.stop)
         redis_server.start()
-        manager = chaos_app.start_server(multiprocessing.get_context("fork"))
-        shared_db = chaos_app.SharedDatabase(manager.address, manager.chaos_authkey)
         redis_client = redis.Redis.from_url(
             redis_server.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
         )
+        cleanup.callback(redis_client.close)
         app = create_app(
-            chaos_app.settings(redis_server.url, HOLD_SECONDS),
-            db=shared_db,
+            chaos_app.settings(mongo_uri, redis_server.url, HOLD_SECONDS),
             redis_client=redis_client,
         )
+        cleanup.callback(chaos_app.close_mongo, app)
         env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-        env.update(shared_db.env())
-        env.update(
-            FLASHCART_ENV="testing",
-            PYTHONUNBUFFERED="1",
-            **{
-                chaos_app.ENV_REDIS_URL: redis_server.url,
-                chaos_app.ENV_HOLD_SECONDS: str(HOLD_SECONDS),
-            },
-        )
+        env.update(chaos_app.env(mongo_uri, redis_server.url, HOLD_SECONDS))
+        env.update(FLASHCART_ENV="testing", PYTHONUNBUFFERED="1")
         server = GunicornHost(env, workdir, WORKERS).start()
-        yield {"app": app, "redis": redis_server, "gunicorn": server, "db": shared_db}
-    finally:
-        if server is not None:
-            server.stop()
-        if redis_client is not None:
-            redis_client.close()
-        if manager is not None:
-            manager.shutdown()
-        redis_server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(redis_server.dir, ignore_errors=True)
+        cleanup.callback(server.stop)
+        yield {"app": app, "redis": redis_server, "gunicorn": server}
 
 
 def run_drop(app, api, server, redis_server, product_id, tokens):

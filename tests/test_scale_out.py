@@ -2,9 +2,9 @@
 
 Each "host" is its own gunicorn master with its own sync workers on its own loopback
 port, as separate machines behind a load balancer would be. They share only what
-production hosts share: Redis (one server, or the Redis Cluster) and MongoDB, which
-here is tests/chaos_app.py's mongomock served by one manager process to every
-worker (no MongoDB server exists on the test machine).
+production hosts share: Redis (one server, or the Redis Cluster) and MongoDB, reached
+with PyMongo through MONGO_URI: a fresh database on MONGO_TEST_URI's server, else
+the wire-protocol stand-in (tests/mongo_standin.py).
 
 - One drop through three hosts, on one redis-server and on the cluster: each
   reservation is checked out on another host than the one that took it, and the
@@ -19,7 +19,6 @@ worker (no MongoDB server exists on the test machine).
 
 import collections
 import contextlib
-import multiprocessing
 import os
 import random
 import shutil
@@ -31,7 +30,7 @@ import uuid
 import chaos_app
 import cluster_servers
 import pytest
-from conftest import run_threads
+from conftest import fresh_mongo_uri, run_threads
 from gunicorn_hosts import GunicornHost, open_drop
 
 from flashcart import create_app
@@ -60,35 +59,26 @@ def api_hosts(redis_url, count, workers=2, hold_seconds=60):
     The local app (same config, same stores) plays the operator: it creates accounts
     and runs the sweeper and the audit.
     """
-    workdir = tempfile.mkdtemp(prefix="flashcart-hosts-")
-    manager = redis_client = None
-    hosts = []
-    try:
-        manager = chaos_app.start_server(multiprocessing.get_context("fork"))
-        shared_db = chaos_app.SharedDatabase(manager.address, manager.chaos_authkey)
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order
+        hosts = []
+        workdir = tempfile.mkdtemp(prefix="flashcart-hosts-")
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        mongo_uri = cleanup.enter_context(fresh_mongo_uri())
         redis_client = connect_redis(redis_url)
+        cleanup.callback(redis_client.close)
         app = create_app(
-            chaos_app.settings(redis_url, hold_seconds), db=shared_db, redis_client=redis_client
+            chaos_app.settings(mongo_uri, redis_url, hold_seconds), redis_client=redis_client
         )
+        cleanup.callback(chaos_app.close_mongo, app)
         env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-        env.update(shared_db.env())
-        env.update(
-            FLASHCART_ENV="testing",
-            PYTHONUNBUFFERED="1",
-            **{chaos_app.ENV_REDIS_URL: redis_url, chaos_app.ENV_HOLD_SECONDS: str(hold_seconds)},
-        )
-        hosts = [GunicornHost(env, workdir, workers).start() for _ in range(count)]
+        env.update(chaos_app.env(mongo_uri, redis_url, hold_seconds))
+        env.update(FLASHCART_ENV="testing", PYTHONUNBUFFERED="1")
+        for _ in range(count):
+            hosts.append(GunicornHost(env, workdir, workers).start())
+            cleanup.callback(hosts[-1].stop)
         for host in hosts:
             host.wait_ready()
         yield app, hosts
-    finally:
-        for host in hosts:
-            host.stop()
-        if redis_client is not None:
-            redis_client.close()
-        if manager is not None:
-            manager.shutdown()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def durable_truth(app, product_id):

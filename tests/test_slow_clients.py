@@ -3,8 +3,9 @@
 A sync worker serves one connection at a time: a client that connects and says
 nothing, sends half a request, or never reads its answer holds a worker until
 gunicorn's 30 s timeout, and a few hundred of them stall a drop. Here the production
-gunicorn (gunicorn.conf.py: four sync workers) runs on the suite's redis-server, with
-MongoDB played by tests/chaos_app.py's shared mongomock, behind Debian's nginx running
+gunicorn (gunicorn.conf.py: four sync workers, `wsgi:app` in production mode) runs on
+the suite's redis-server and a MongoDB (MONGO_TEST_URI's, else tests/mongo_standin.py),
+behind Debian's nginx running
 the repository's config. While hundreds of such clients hang on nginx, shoppers
 reserve through it as usual; the same clients sent straight to gunicorn stall every
 reservation. A client's own X-Forwarded-For never becomes its address in the app,
@@ -14,7 +15,6 @@ which keys rate limits on it. The figures are printed (`pytest -s`).
 import contextlib
 import getpass
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -26,7 +26,7 @@ import time
 import chaos_app
 import pytest
 import redis
-from conftest import free_port, run_threads
+from conftest import free_port, fresh_mongo_uri, run_threads
 from gunicorn_hosts import Api
 
 from bench.servers import wait_for
@@ -63,14 +63,13 @@ def _forged(index):
 
 
 @pytest.fixture(scope="module")
-def shared_db():
-    manager = chaos_app.start_server(multiprocessing.get_context("fork"))
-    yield chaos_app.SharedDatabase(manager.address, manager.chaos_authkey)
-    manager.shutdown()
+def mongo_uri():
+    with fresh_mongo_uri() as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
-def gunicorn(redis_server, shared_db, tmp_path_factory):
+def gunicorn(redis_server, mongo_uri, tmp_path_factory):
     """The production gunicorn (gunicorn.conf.py) on a free loopback port; yields
     (port, path of its log)."""
     if redis_server is None:
@@ -82,8 +81,8 @@ def gunicorn(redis_server, shared_db, tmp_path_factory):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
     env.update(
-        shared_db.env(),
-        PYTHONPATH=os.path.join(ROOT, "tests"),
+        FLASHCART_ENV="production",
+        MONGO_URI=mongo_uri,
         PYTHONUNBUFFERED="1",
         PROMETHEUS_MULTIPROC_DIR=str(workdir),
         REDIS_URL=redis_server.url,
@@ -99,7 +98,7 @@ def gunicorn(redis_server, shared_db, tmp_path_factory):
                 "gunicorn.conf.py",
                 "--bind",
                 f"127.0.0.1:{port}",
-                "chaos_app:make_production_app()",
+                "wsgi:app",
             ],
             cwd=ROOT,
             env=env,
@@ -171,13 +170,14 @@ def nginx(gunicorn, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def drop(nginx, redis_server, shared_db):
+def drop(nginx, redis_server, mongo_uri):
     """The admin (made as `flask init` makes it), then through nginx: the admin opens a
     sale and SHOPPERS shoppers sign up (each forging another X-Forwarded-For) and log
     in. Returns (product id, shoppers' tokens)."""
-    operator = create_app(chaos_app.settings(redis_server.url, 600), db=shared_db)
+    operator = create_app(chaos_app.settings(mongo_uri, redis_server.url, 600))
     with operator.app_context():
         accounts.ensure_admin(**ADMIN)
+    chaos_app.close_mongo(operator)
     api = Api(nginx, timeout=CLIENT_TIMEOUT)
     status, tokens, _ = api.call("POST", "/api/v1/auth/login", body=ADMIN)
     assert status == 200, tokens
