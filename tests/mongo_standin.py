@@ -421,7 +421,11 @@ class MongoStandIn:
 
     @property
     def url(self):
-        return f"mongodb://127.0.0.1:{self.port}/{self.database}"
+        return self.url_of(self.database)
+
+    def url_of(self, database):
+        """The URL of another database on this server."""
+        return f"mongodb://127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout=15):
         """Spawn the server and wait until it answers a ping."""

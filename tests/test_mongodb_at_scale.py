@@ -1,11 +1,19 @@
 """MongoDB as a replica set or sharded cluster: URI options, the orders' write concern,
-and indexes for every query (README "Scaling out"). No server is needed: PyMongo
-clients are built with connect=False and only their settings are read."""
+and indexes for every query (README "Scaling out"). Settings are read from PyMongo
+clients built with connect=False; what goes over the wire is read from the MongoDB
+stand-in (tests/mongo_standin.py), which records every command it receives."""
+
+import os
 
 import mongomock
 import pymongo
 import pytest
+from conftest import PASSWORD, _testing
+from mongo_standin import MongoStandIn
 
+from flashcart import create_app
+from flashcart.auth import service as accounts
+from flashcart.extensions import stores
 from flashcart.stores import connect_mongo, ensure_indexes, index_plan, orders_collection
 
 REPLICA_SET_URI = (
@@ -63,3 +71,59 @@ def test_every_paged_list_and_sweeper_query_has_an_index(mongo_db):
     assert [("reservation_id", 1)] in keys["orders"]  # checkout, one order per hold
     assert [("product_id", 1), ("status", 1)] in keys["orders"]  # audit, in-flight checks
     assert [("status", 1), ("updated_at", 1)] in keys["orders"]  # the sweeper's stale orders
+
+
+@pytest.fixture(scope="module")
+def standin():
+    with MongoStandIn() as server:
+        yield server
+
+
+WRITES = {"insert", "update", "findAndModify", "delete"}
+ORDERS = "/api/v1/orders"
+DROP = {"name": "Drop", "price": "10.00", "stock": 5, "per_user_limit": 2}
+
+
+@pytest.mark.parametrize(
+    ("setting", "sent"),
+    [(None, {"w": "majority"}), ("2", {"w": 2}), ("", None)],
+    ids=["default majority", "two members", "the URI's"],
+)
+def test_every_order_write_sends_the_orders_write_concern_to_the_server(
+    standin, app_config, redis_client, setting, sent
+):
+    # The app connects by itself, as a worker does; the stand-in (whatever
+    # MONGO_TEST_URI says) shows the commands that reached the server.
+    database = f"write_concern_{os.urandom(4).hex()}"
+    config = _testing() | app_config | {"MONGO_URI": standin.url_of(database)}
+    if setting is not None:
+        config["MONGO_ORDERS_WRITE_CONCERN"] = setting
+    app = create_app(config, redis_client=redis_client)
+    client = app.test_client()
+    with app.app_context():
+        admin, shopper = (
+            accounts.register(email=f"{role}@example.com", password=PASSWORD, name=role, role=role)
+            for role in ("admin", "user")
+        )
+        as_admin, as_shopper = (
+            {"Authorization": f"Bearer {accounts.issue_token(user)['access_token']}"}
+            for user in (admin, shopper)
+        )
+
+    product = client.post("/api/v1/products", json=DROP, headers=as_admin).json
+    client.post(f"/api/v1/sales/start/{product['id']}", headers=as_admin)
+    reserved = client.post(f"/api/v1/sales/reserve/{product['id']}", json={}, headers=as_shopper)
+    order = client.post(ORDERS, json={"reservation_id": reserved.json["id"]}, headers=as_shopper)
+    cancelled = client.delete(f"{ORDERS}/{order.json['id']}", headers=as_shopper)
+    with app.app_context():
+        stores.db.client.close()
+
+    assert (order.status_code, cancelled.json["status"]) == (201, "cancelled")
+    with pymongo.MongoClient(standin.url) as mongo:
+        received = mongo.admin.command("standInCommands", 1, db=database)["commands"]
+    writes = [c for c in received if c["command"] in WRITES]
+    order_writes = [c["writeConcern"] for c in writes if c["collection"] == "orders"]
+    other_writes = [c["writeConcern"] for c in writes if c["collection"] != "orders"]
+    assert len(order_writes) >= 2  # the order is written, then placed (and cancelled)
+    assert order_writes == [sent] * len(order_writes)
+    assert other_writes and other_writes == [None] * len(other_writes)
