@@ -176,9 +176,9 @@ def test_a_frozen_standin_times_out_and_answers_again_when_thawed(standin, db):
 
 def test_a_client_can_be_pointed_at_the_port_before_the_standin_starts():
     standin = MongoStandIn()
-    client = pymongo.MongoClient(standin.url, serverSelectionTimeoutMS=300)
+    client = pymongo.MongoClient(standin.url, serverSelectionTimeoutMS=10_000)
     try:
-        with pytest.raises(PyMongoError):
+        with pytest.raises(PyMongoError), pymongo.timeout(0.3):
             client.admin.command("ping")
         with standin:
             assert client.admin.command("ping")["ok"] == 1.0
