@@ -1,58 +1,30 @@
 """The drop through the Flask app under concurrency: many shoppers, duplicate requests.
 
 Each thread has its own `app.test_client()`; Redis is the real redis-server. MongoDB
-is mongomock, which checks unique indexes and conditional updates in several steps:
-real MongoDB makes every single-document write atomic, so the fixture below runs each
-mongomock call under one lock to give the app the guarantees it was written against.
+makes every single-document write atomic, and mongomock checks unique indexes and
+conditional updates in several steps, so these tests reach MongoDB with PyMongo:
+MONGO_TEST_URI's server, else the stand-in, which runs one command at a time.
 """
 
 import collections
-import functools
-import threading
 
-import mongomock
 import pytest
-from conftest import run_threads
+from conftest import fresh_mongo_uri, run_threads
 
+from config import TestingConfig
 from flashcart.sales.inventory import Inventory, Keys
-from flashcart.stores import connect_redis
+from flashcart.stores import connect_mongo, connect_redis
 
 ORDERS = "/api/v1/orders"
 
-_ATOMIC = (
-    "insert_one",
-    "insert_many",
-    "find_one",
-    "count_documents",
-    "update_one",
-    "update_many",
-    "replace_one",
-    "delete_one",
-    "delete_many",
-    "find_one_and_update",
-    "find_one_and_replace",
-    "find_one_and_delete",
-)
 
-
-@pytest.fixture(autouse=True)
-def atomic_mongomock(monkeypatch):
-    lock = threading.RLock()
-
-    def atomic(method):
-        @functools.wraps(method)
-        def wrapper(*args, **kwargs):
-            with lock:
-                return method(*args, **kwargs)
-
-        return wrapper
-
-    for name in _ATOMIC:
-        monkeypatch.setattr(
-            mongomock.collection.Collection,
-            name,
-            atomic(getattr(mongomock.collection.Collection, name)),
-        )
+@pytest.fixture
+def mongo_db():
+    """Overrides conftest's: a fresh database on a MongoDB server (see above)."""
+    with fresh_mongo_uri() as uri:
+        db = connect_mongo(uri, TestingConfig.MONGO_TIMEOUT_MS)
+        yield db
+        db.client.close()
 
 
 @pytest.fixture
