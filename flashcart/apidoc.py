@@ -22,7 +22,8 @@ DESCRIPTION = (
     "`Authorization: Bearer <access_token>` from `POST /api/v1/auth/login`. Every error "
     "is an RFC 9457 problem (`application/problem+json`) with a stable `code`; 422s "
     "add `errors` by field. Rate-limited answers are 429 with `Retry-After`. Unknown "
-    "body fields and query parameters are refused."
+    "body fields and query parameters are refused. Ids are spelled as returned (24 "
+    "lower-case hex digits); any other spelling names nothing (404)."
 )
 OTHER_ERRORS = (
     "Any other error, in the problem shape: 400 malformed JSON, 405 method not allowed, "

@@ -7,6 +7,7 @@ embedded in-memory backends (mongomock, fakeredis) for development and tests.
 
 import logging
 import os
+import re
 import threading
 from datetime import UTC, datetime
 
@@ -262,9 +263,16 @@ class Stores:
         return self._connections().ensure_indexes()
 
 
+# An id as the API hands it out. bson would also read upper case, but Redis keys,
+# caches and counts use the text: another spelling of a live product's id would be
+# a second product there, so it names nothing.
+CANONICAL_ID = re.compile(r"[0-9a-f]{24}")
+
+
 def object_id_or_none(value):
-    """The ObjectId spelled by `value`, or None if it is not one."""
-    if isinstance(value, str) and ObjectId.is_valid(value) and len(value) == 24:
+    """The ObjectId of an id in its one canonical form (24 lower-case hex digits),
+    or None for anything else."""
+    if isinstance(value, str) and CANONICAL_ID.fullmatch(value):
         return ObjectId(value)
     return None
 
