@@ -10,11 +10,13 @@ import http
 from collections import defaultdict
 
 from apispec import BasePlugin
+from apispec.ext.marshmallow import MarshmallowPlugin
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint
 from werkzeug.http import HTTP_STATUS_CODES
 
 from flashcart.errors import PROBLEM_JSON, handle_http_exception
+from flashcart.json_bodies import JSON_ONLY
 from flashcart.schemas import ProblemSchema
 
 DESCRIPTION = (
@@ -93,6 +95,40 @@ def problems(*errors):
     return Blueprint.doc(responses=docs)
 
 
+# What any request body may be refused for, before its fields are read.
+BODY_ERRORS = {
+    400: {
+        "bad_request": "The body is not valid JSON (or nested too deeply, or a number is too long)."
+    },
+    413: {"payload_too_large": "The body is over 64 KiB."},
+    415: {"unsupported_media_type": JSON_ONLY},
+}
+
+
+class BodyErrors(BasePlugin):
+    """Document the body errors on every operation that takes a body, so none is missed."""
+
+    def init_spec(self, spec):
+        self.marshmallow = next(p for p in spec.plugins if isinstance(p, MarshmallowPlugin))
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            if "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, codes in BODY_ERRORS.items():
+                response = problem_response(status, HTTP_STATUS_CODES[status], codes)
+                self.marshmallow.resolver.resolve_response(response)
+                documented = responses.get(str(status), responses.get(status))
+                if isinstance(documented, dict) and PROBLEM_JSON in documented.get("content", {}):
+                    media = documented["content"][PROBLEM_JSON]
+                    media.setdefault("examples", {}).update(
+                        response["content"][PROBLEM_JSON]["examples"]
+                    )
+                else:
+                    responses[str(status)] = response
+
+
 class ProblemCodes(BasePlugin):
     """Describe each documented error answer by the codes it may carry.
 
@@ -119,7 +155,7 @@ class Api(_Api):
 
     def __init__(self, app=None, *, spec_kwargs=None, **kwargs):
         spec_kwargs = {
-            "extra_plugins": [ProblemCodes()],
+            "extra_plugins": [BodyErrors(), ProblemCodes()],
             "info": {"description": DESCRIPTION},
             **(spec_kwargs or {}),
         }

@@ -126,3 +126,16 @@ def test_cacheable_pages_document_etag_and_304(spec):
         assert "304" in operation["responses"]
         assert {"ETag", "Cache-Control"} <= set(operation["responses"]["200"]["headers"])
         assert {"$ref": "#/components/parameters/IF_NONE_MATCH"} in operation["parameters"]
+
+
+def test_operations_with_a_body_document_what_any_body_may_be_refused_for(spec):
+    with_body = [(name, op) for name, op in operations(spec) if "requestBody" in op]
+    assert len(with_body) >= 9
+    for name, operation in with_body:
+        for status, code in (
+            ("400", "bad_request"),
+            ("413", "payload_too_large"),
+            ("415", "unsupported_media_type"),
+        ):
+            examples = operation["responses"][status]["content"][PROBLEM]["examples"]
+            assert examples[code]["value"]["status"] == int(status), name

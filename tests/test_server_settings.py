@@ -5,6 +5,8 @@ worker killed or recycled during a drop is replaced without loading the app agai
 and /metrics still adds up what every worker counted.
 """
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -74,3 +76,43 @@ def test_gunicorn_and_the_app_share_one_request_timeout(setting):
     )
     gunicorn_timeout, app_timeout = result.stdout.split()
     assert gunicorn_timeout == app_timeout == (setting or "30")
+
+
+def _post_chunked(port, path, body, content_type="application/json"):
+    """POST `body` with Transfer-Encoding: chunked (http.client chunks an iterable)."""
+    chunks = (body[i : i + 16_384] for i in range(0, len(body), 16_384))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=chunks, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_chunked_bodies_meet_the_body_checks_under_gunicorn(redis_server, tmp_path):
+    if redis_server is None:
+        pytest.skip("needs a real redis-server")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
+    credentials = '{"email": "a@example.com", "password": %s}'
+    with Gunicorn(redis_server.url, env=env) as server:
+        port = server.port
+        answers = {
+            "deep": _post_chunked(port, "/api/v1/auth/login", b"[" * 20_000 + b"]" * 20_000),
+            "long number": _post_chunked(
+                port, "/api/v1/auth/login", (credentials % ("9" * 5000)).encode()
+            ),
+            "text": _post_chunked(
+                port,
+                "/api/v1/auth/signup",
+                (credentials % '"long enough pw"').encode(),
+                "text/plain",
+            ),
+            "too long": _post_chunked(port, "/api/v1/auth/signup", b" " * 200_000 + b"{}"),
+        }
+    assert {name: (status, body["code"]) for name, (status, body) in answers.items()} == {
+        "deep": (400, "bad_request"),
+        "long number": (400, "bad_request"),
+        "text": (415, "unsupported_media_type"),
+        "too long": (413, "payload_too_large"),
+    }

@@ -4,6 +4,7 @@ Each case sends one bad body to one endpoint, then checks the answer has the
 problem-details shape and that MongoDB and Redis are exactly as they were.
 """
 
+import io
 import json
 
 import pytest
@@ -55,8 +56,31 @@ def world(client, make_product, admin_headers, user_headers):
     }
 
 
+def post(client, path, raw, *, transfer="sized", content_type="application/json", headers=()):
+    """POST `raw` with a Content-Length ("sized") or as gunicorn hands a chunked body
+    to the app ("chunked"): no Content-Length, the input marked as terminated."""
+    raw = raw.encode() if isinstance(raw, str) else raw
+    headers = dict(headers)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if transfer == "sized":
+        return client.post(path, data=raw, headers=headers)
+    return client.post(
+        path,
+        input_stream=io.BytesIO(raw),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+@pytest.fixture(params=["sized", "chunked"])
+def transfer(request):
+    """Every body check runs on a body with a Content-Length and on a chunked one."""
+    return request.param
+
+
 @pytest.fixture
-def send(client, world, mongo_db, redis_client):
+def send(client, world, mongo_db, redis_client, transfer):
     """send(endpoint, data=..., raw=..., content_type=...) -> the response, after
     checking that the request wrote nothing."""
 
@@ -66,8 +90,13 @@ def send(client, world, mongo_db, redis_client):
         if raw is None:
             raw = json.dumps(fill(data, world))
         before = store_state(mongo_db, redis_client)
-        response = client.post(
-            path, data=raw, content_type=content_type, headers=world["headers"][caller]
+        response = post(
+            client,
+            path,
+            raw,
+            transfer=transfer,
+            content_type=content_type,
+            headers=world["headers"][caller],
         )
         assert store_state(mongo_db, redis_client) == before, "a bad request wrote something"
         return response
@@ -163,6 +192,80 @@ def test_a_body_over_the_size_limit_is_413(send, endpoint):
     body = assert_problem(send(endpoint, raw=raw), 413)
 
     assert body["code"] == "payload_too_large"
+
+
+def test_a_chunked_body_far_over_the_limit_is_413_after_reading_just_past_the_limit(
+    client, world, mongo_db, redis_client
+):
+    body = io.BytesIO(json.dumps({"quantity": 1, "padding": "x" * 2_000_000}).encode())
+    before = store_state(mongo_db, redis_client)
+
+    response = client.post(
+        f"/api/v1/sales/reserve/{world['pid']}",
+        input_stream=body,
+        headers={**world["headers"]["user"], "Transfer-Encoding": "chunked"},
+        content_type="application/json",
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+    assert_problem(response, 413, "payload_too_large")
+    assert body.tell() <= 64 * 1024 + 1
+    assert store_state(mongo_db, redis_client) == before
+
+
+NOT_JSON = [
+    ("text/plain", '{"quantity": 3}'),
+    ("application/x-www-form-urlencoded", "quantity=3"),
+    ("multipart/form-data; boundary=b", '--b\r\nContent-Disposition: form-data; name="q"\r\n\r\n3'),
+    ("application/xml", "<quantity>3</quantity>"),
+    ("application/jsonx", '{"quantity": 3}'),
+    (None, '{"quantity": 3}'),
+]
+
+
+@pytest.mark.parametrize("endpoint", ALL)
+def test_a_body_that_is_not_sent_as_json_is_415(send, endpoint):
+    def check(case):
+        content_type, raw = case
+        body = assert_problem(send(endpoint, raw=raw, content_type=content_type), 415)
+        assert body["code"] == "unsupported_media_type"
+        assert "application/json" in body["detail"]
+
+    each(NOT_JSON, check)
+
+
+def test_quantity_sent_as_text_reserves_nothing(client, world, sale_state, transfer):
+    before = sale_state(world["pid"])
+
+    response = post(
+        client,
+        f"/api/v1/sales/reserve/{world['pid']}",
+        '{"quantity": 3}',
+        transfer=transfer,
+        content_type="text/plain",
+        headers=world["headers"]["user"],
+    )
+
+    assert_problem(response, 415, "unsupported_media_type")
+    assert sale_state(world["pid"]) == before
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/vnd.flashcart+json"]
+)
+def test_json_and_plus_json_bodies_are_read(client, world, sale_state, transfer, content_type):
+    response = post(
+        client,
+        f"/api/v1/sales/reserve/{world['pid']}",
+        '{"quantity": 3}',
+        transfer=transfer,
+        content_type=content_type,
+        headers=world["headers"]["user"],
+    )
+
+    assert response.status_code == 201, response.json
+    assert response.json["quantity"] == 3
+    assert sale_state(world["pid"])["held"] == 1 + 3
 
 
 # -- field by field -------------------------------------------------------------------
