@@ -1,7 +1,8 @@
-"""Schemas shared by every blueprint: the error shape, prices and pagination."""
+"""Schemas shared by every blueprint: the error shape, text, moments, prices, pagination."""
 
 import math
 import re
+from datetime import UTC
 from decimal import Decimal
 
 from marshmallow import Schema, fields, validate
@@ -13,6 +14,57 @@ MIN_PRICE, MAX_PRICE = Decimal("0.01"), Decimal("1000000")
 PRICE_PATTERN = r"^([1-9][0-9]{0,5}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?)|1000000(\.00?)?)$"
 # How prices are sent back: always a string with two decimals, never a float.
 MONEY_OUT = {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$", "example": "19.99"}
+
+
+# No control characters (C0, DEL, C1) and not whitespace alone: names are one line.
+ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*\Z"
+# Free text may break lines and hold tabs, but no other control character.
+MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*\Z"
+
+
+class Text(fields.String):
+    """A string MongoDB and Redis can store: one UTF-8 can encode.
+
+    JSON may spell a lone surrogate ("\\ud800"), which no store can encode.
+    """
+
+    default_error_messages = {"unicode": "Not valid Unicode text (a lone surrogate)."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise self.make_error("unicode") from None
+        return text
+
+
+class Name(Text):
+    """A one-line name of 1 to `max_length` characters, not whitespace alone."""
+
+    def __init__(self, *, max_length, **kwargs):
+        rules = [
+            validate.Length(min=1, max=max_length),
+            validate.Regexp(ONE_LINE, error="Must be one line of text, not only spaces."),
+        ]
+        super().__init__(validate=rules, **kwargs)
+
+
+class Instant(fields.AwareDateTime):
+    """An ISO 8601 moment with its offset, kept in UTC to the millisecond (what a
+    BSON date holds); one whose UTC instant falls outside the years 1-9999 is refused."""
+
+    default_error_messages = {
+        "out_of_range": "Out of range: in UTC the moment must fall in the years 1 to 9999."
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            raise self.make_error("out_of_range") from None
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 class Price(fields.Field):
@@ -36,7 +88,11 @@ class Price(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and re.fullmatch(PRICE_PATTERN, value):
             return Decimal(value).quantize(MIN_PRICE)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            # Exact however long; compared before any float arithmetic could overflow.
+            if MIN_PRICE <= value <= MAX_PRICE:
+                return Decimal(value).quantize(MIN_PRICE)
+        elif isinstance(value, float):
             # A JSON 19.99 arrives as the nearest float: round to cents, refuse 19.999.
             cents = value * 100
             if math.isfinite(cents) and abs(cents - round(cents)) < 1e-6:

@@ -18,6 +18,7 @@ ENDPOINTS = {
         {"email": "new@example.com", "password": "long enough pw", "name": "New"},
     ),
     "login": ("/api/v1/auth/login", None, {"email": "x@example.com", "password": "whatever1"}),
+    "refresh": ("/api/v1/auth/refresh", None, {"refresh_token": "not.a.token"}),
     "create_product": (
         "/api/v1/products",
         "admin",
@@ -271,6 +272,31 @@ def test_json_and_plus_json_bodies_are_read(client, world, sale_state, transfer,
 # -- field by field -------------------------------------------------------------------
 
 OPERATOR = {"$gt": ""}
+LONE_SURROGATE = "\ud800"  # valid JSON ("\\ud800"), but no store can encode it
+# Names are one line of text: no control character, not whitespace alone.
+UNFIT_NAMES = [
+    "a\x00b",
+    "\x00",
+    "bell\x07",
+    "\x1b[2J",
+    "two\nlines",
+    "tab\there",
+    "del\x7f",
+    "c1\x85",
+    " ",
+    "   ",
+    "\t",
+    "\u00a0\u3000",
+    "name" + LONE_SURROGATE,
+]
+HUGE_PRICES = [10**300, 10**400, -(10**400), int("9" * 4000)]
+# Moments whose UTC instant falls outside the years 1-9999 (no date type holds them).
+MOMENTS_OUTSIDE_DATES = [
+    "9999-12-31T23:59:59-14:00",
+    "9999-12-31T23:00:00-01:00",
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:59:59+01:00",
+]
 
 FIELD_CASES = {
     "signup": [
@@ -290,6 +316,8 @@ FIELD_CASES = {
         (valid("signup", name=""), "name"),
         (valid("signup", name=["New"]), "name"),
         (valid("signup", name="n" * 101), "name"),
+        *[(valid("signup", name=name), "name") for name in UNFIT_NAMES],
+        (valid("signup", password="long enough pw" + LONE_SURROGATE), "password"),
     ],
     "login": [
         (without("login", "email"), "email"),
@@ -300,6 +328,13 @@ FIELD_CASES = {
         (valid("login", password=""), "password"),
         (valid("login", password=None), "password"),
         (valid("login", email=1), "email"),
+        (valid("login", password="whatever1" + LONE_SURROGATE), "password"),
+    ],
+    "refresh": [
+        (without("refresh", "refresh_token"), "refresh_token"),
+        (valid("refresh", refresh_token=""), "refresh_token"),
+        (valid("refresh", refresh_token=OPERATOR), "refresh_token"),
+        (valid("refresh", refresh_token="a.b" + LONE_SURROGATE), "refresh_token"),
     ],
     "create_product": [
         (without("create_product", "name"), "name"),
@@ -322,6 +357,17 @@ FIELD_CASES = {
         (valid("create_product", name="n" * 201), "name"),
         (valid("create_product", starts_at="tomorrow"), "starts_at"),
         (valid("create_product", starts_at="2030-01-01T00:00:00"), "starts_at"),
+        *[(valid("create_product", name=name), "name") for name in UNFIT_NAMES],
+        *[
+            (valid("create_product", description=text), "description")
+            for text in ("a\x00b", "\x1b[31mred", "bell\x07", LONE_SURROGATE)
+        ],
+        *[(valid("create_product", price=price), "price") for price in HUGE_PRICES],
+        *[
+            (valid("create_product", **{field: moment}), field)
+            for field in ("starts_at", "ends_at")
+            for moment in MOMENTS_OUTSIDE_DATES
+        ],
         (
             valid(
                 "create_product",
@@ -373,6 +419,40 @@ def test_a_price_too_large_for_cents_is_422_not_500(send, price):
     body = assert_problem(send("create_product", data=valid("create_product", price=price)), 422)
 
     assert "price" in body["errors"]
+
+
+def test_text_and_moments_at_the_edges_are_stored_and_served_as_sent(
+    client, admin_headers, user_headers, mongo_db
+):
+    body = {
+        "name": "Ünïcödé drop – ✨ 限定 😀",
+        "description": "line one\nline two\twith a tab\r\n",
+        "price": 1_000_000,
+        "stock": 3,
+        "per_user_limit": 1,
+        "starts_at": "0001-01-01T01:00:00+01:00",
+        "ends_at": "9999-12-31T22:59:59.999999-01:00",
+    }
+
+    created = client.post("/api/v1/products", json=body, headers=admin_headers)
+
+    assert created.status_code == 201, created.json
+    product = created.json
+    expected = {
+        "name": body["name"],
+        "description": body["description"],
+        "price": "1000000.00",
+        "starts_at": "0001-01-01T00:00:00+00:00",  # in UTC, to the millisecond
+        "ends_at": "9999-12-31T23:59:59.999000+00:00",
+    }
+    assert {key: product[key] for key in expected} == expected
+    assert client.get(f"/api/v1/products/{product['id']}").json == product
+    assert mongo_db.products.find_one()["name"] == body["name"]
+    # The window reaches Redis too: the sale opens and takes a reservation.
+    started = client.post(f"/api/v1/sales/start/{product['id']}", headers=admin_headers)
+    assert started.status_code == 200, started.json
+    reserved = client.post(f"/api/v1/sales/reserve/{product['id']}", headers=user_headers)
+    assert reserved.status_code == 201, reserved.json
 
 
 # -- the endpoints really do accept the reference bodies ---------------------------------

@@ -10,6 +10,7 @@ from marshmallow import (
 
 from flashcart.auth import emails, passwords
 from flashcart.auth.service import ROLES
+from flashcart.schemas import Name, Text
 
 PASSWORD_MIN, PASSWORD_MAX = passwords.MIN_LENGTH, passwords.MAX_LENGTH
 # Far above any token we sign; keeps garbage from being decoded at length.
@@ -26,7 +27,7 @@ class Credentials(Schema):
             "scripts, such as Latin and Cyrillic, within its local part or a domain label."
         },
     )
-    password = fields.String(
+    password = Text(
         required=True,
         load_only=True,
         validate=validate.Length(min=1, max=PASSWORD_MAX),
@@ -41,13 +42,13 @@ class Credentials(Schema):
 
 
 class SignupIn(Credentials):
-    password = fields.String(
+    password = Text(
         required=True,
         load_only=True,
         validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX),
         metadata={"description": passwords.RULES},
     )
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = Name(required=True, max_length=100)
 
     @validates("email")
     def one_script_per_part(self, email, **kwargs):
@@ -83,7 +84,7 @@ class TokenOut(Schema):
 
 
 class RefreshTokenIn(Schema):
-    refresh_token = fields.String(
+    refresh_token = Text(
         required=True,
         validate=validate.Length(min=1, max=TOKEN_MAX),
         metadata={"description": "The `refresh_token` of the last login or refresh."},

@@ -1,13 +1,28 @@
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from flashcart.schemas import MONEY_OUT, PageQuery, Price, page_schema
+from flashcart.schemas import (
+    MONEY_OUT,
+    MULTI_LINE,
+    Instant,
+    Name,
+    PageQuery,
+    Price,
+    Text,
+    page_schema,
+)
 
 MAX_STOCK = 1_000_000
 
 
 class ProductIn(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    description = fields.String(load_default="", validate=validate.Length(max=5000))
+    name = Name(required=True, max_length=200)
+    description = Text(
+        load_default="",
+        validate=[
+            validate.Length(max=5000),
+            validate.Regexp(MULTI_LINE, error="No control characters but tabs and line breaks."),
+        ],
+    )
     price = Price(required=True, metadata={"description": 'Unit price, e.g. "19.99".'})
     stock = fields.Integer(
         required=True,
@@ -21,10 +36,10 @@ class ProductIn(Schema):
         validate=validate.Range(min=1, max=1000),
         metadata={"description": "Most units one customer may hold or buy."},
     )
-    starts_at = fields.AwareDateTime(
+    starts_at = Instant(
         load_default=None, metadata={"description": "Optional: reservations open at (ISO 8601)."}
     )
-    ends_at = fields.AwareDateTime(
+    ends_at = Instant(
         load_default=None, metadata={"description": "Optional: reservations close at (ISO 8601)."}
     )
 
