@@ -34,10 +34,11 @@ def _configure(app, config):
 
 
 def register_request_hooks(app):
-    """Proxy headers, request ids and logs, metrics, security headers: ahead of other hooks."""
+    """Proxy headers, request ids and logs, metrics, body and query checks, security
+    headers: ahead of other hooks."""
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from flashcart import json_bodies, logs, metrics, security_headers
+    from flashcart import json_bodies, logs, metrics, query_params, security_headers
 
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
@@ -45,6 +46,7 @@ def register_request_hooks(app):
     logs.init_app(app)
     metrics.init_app(app)
     json_bodies.init_app(app)
+    query_params.init_app(app)
     security_headers.init_app(app)
 
 

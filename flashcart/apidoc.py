@@ -29,8 +29,9 @@ DESCRIPTION = (
 )
 OTHER_ERRORS = (
     "Any other error, in the problem shape: 400 malformed JSON, 405 method not allowed, "
-    "413 body over 64 KiB, 415 unsupported media type, 429 rate limited (with "
-    "`Retry-After`), 503 a backing store is unavailable (with `Retry-After`)."
+    "413 body over 64 KiB, 415 unsupported media type, 422 a query parameter the "
+    "operation does not take, 429 rate limited (with `Retry-After`), 503 a backing "
+    "store is unavailable (with `Retry-After`)."
 )
 RETRY_AFTER = {
     "description": "Seconds to wait before retrying.",

@@ -269,6 +269,48 @@ def test_json_and_plus_json_bodies_are_read(client, world, sale_state, transfer,
     assert sale_state(world["pid"])["held"] == 1 + 3
 
 
+# -- query parameters ------------------------------------------------------------------
+
+
+def test_every_api_operation_refuses_a_query_parameter_it_does_not_document(
+    client, world, user, admin_headers, mongo_db, redis_client
+):
+    order = client.post(
+        "/api/v1/orders", json={"reservation_id": world["rid"]}, headers=world["headers"]["user"]
+    )
+    ids = {"product_id": world["pid"], "order_id": order.json["id"], "user_id": user["id"]}
+    spec = client.get("/openapi.json").json
+    operations = [
+        (method, path)
+        for path, item in spec["paths"].items()
+        if path.startswith("/api/")
+        for method in item
+        if method != "parameters"
+    ]
+    assert len(operations) >= 19
+    before = store_state(mongo_db, redis_client)
+
+    def check(operation):
+        method, path = operation
+        url = path.format(**ids) + "?page=1&surprise=1"
+        documented = {
+            p["name"]
+            for p in spec["paths"][path][method].get("parameters", [])
+            if p.get("in") == "query"
+        }
+        response = client.open(url, method=method.upper(), json={}, headers=admin_headers)
+        body = assert_problem(response, 422, "validation_error")
+        unknown = {"page", "surprise"} - documented
+        assert body["errors"] == {name: ["Unknown field."] for name in unknown}
+
+    each(operations, check)
+    assert store_state(mongo_db, redis_client) == before
+
+
+def test_the_probes_take_a_query_string_a_load_balancer_adds(client):
+    assert client.get("/healthz?cache_buster=123").status_code == 200
+
+
 # -- field by field -------------------------------------------------------------------
 
 OPERATOR = {"$gt": ""}
