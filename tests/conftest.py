@@ -11,6 +11,7 @@ that server too, or else a wire-protocol stand-in (tests/mongo_standin.py).
 """
 
 import contextlib
+import io
 import os
 import shutil
 import socket
@@ -330,6 +331,23 @@ def assert_problem(response, status=None, code=None):
     if code is not None:
         assert body["code"] == code, body
     return body
+
+
+def post(client, path, raw, *, transfer="sized", content_type="application/json", headers=()):
+    """POST the bytes `raw` with a Content-Length ("sized") or as gunicorn hands a
+    chunked body to the app ("chunked"): no Content-Length, the input marked terminated."""
+    raw = raw.encode() if isinstance(raw, str) else raw
+    headers = dict(headers)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if transfer == "sized":
+        return client.post(path, data=raw, headers=headers)
+    return client.post(
+        path,
+        input_stream=io.BytesIO(raw),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
 
 
 def redis_state(redis_client):

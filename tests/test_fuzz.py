@@ -6,16 +6,26 @@ what the document promises (status, content type, headers, body schema), and
 invalid input must be refused.
 FUZZ_EXAMPLES sets the budget per operation: small in `make test`, bigger in
 `make fuzz` (which also draws new random inputs each run).
+
+Schemathesis sends what the document describes. The edges it does not reach are
+drawn below with Hypothesis: numbers past what a float or the int parser takes,
+moments at the ends of the calendar with any offset, text with control characters
+and lone surrogates, deep nesting, bodies that are not sent as JSON, and all of it
+chunked as well as with a Content-Length.
 """
 
+import json
 import os
 import re
 import uuid
 import zlib
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from conftest import assert_problem, post, redis_state
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from config import TestingConfig
@@ -132,3 +142,140 @@ def test_the_api_keeps_its_openapi_contract(case, app, admin_headers, seeded):
 
 def teardown_module():
     print(f"\nschemathesis: {SENT['requests']} generated requests")
+
+
+# -- the edges: bodies drawn past what the document describes -------------------------
+
+# name -> (path, who calls it, the reference body, the fields to draw values for)
+BODIES = {
+    "signup": (
+        "/api/v1/auth/signup",
+        None,
+        {"email": "fuzz@example.com", "password": "long enough pw", "name": "Fuzz"},
+        ["password", "name"],
+    ),
+    "login": (
+        "/api/v1/auth/login",
+        None,
+        {"email": "fuzz@example.com", "password": "long enough pw"},
+        ["password"],
+    ),
+    "refresh": ("/api/v1/auth/refresh", None, {"refresh_token": "a.b.c"}, ["refresh_token"]),
+    "create_product": (
+        "/api/v1/products",
+        "admin",
+        {"name": "Drop", "price": "10.00", "stock": 5},
+        ["name", "description", "price", "stock", "per_user_limit", "starts_at", "ends_at"],
+    ),
+    "reserve": ("/api/v1/sales/reserve/{pid}", "user", {"quantity": 1}, ["quantity"]),
+    "restock": ("/api/v1/sales/restock/{pid}", "admin", {"quantity": 5}, ["quantity"]),
+    "place_order": ("/api/v1/orders", "user", {"reservation_id": "{rid}"}, ["reservation_id"]),
+}
+JSON_TYPES = ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"]
+OTHER_TYPES = [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"]
+
+# Numbers as JSON text: past a float (1e999 reads as inf), past Python's 4300-digit
+# int parsing limit, signs, exponents, and the NaN/Infinity that Python's parser takes.
+NUMBERS = st.one_of(
+    st.integers(min_value=-(10**40), max_value=10**40).map(str),
+    st.integers(min_value=300, max_value=5000).map(lambda digits: "9" * digits),
+    st.from_regex(r"-?[0-9]\.[0-9]{1,20}[eE][+-]?[0-9]{1,6}", fullmatch=True),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "-0", "0.0", "1.0", "100.000001"]),
+)
+OFFSETS = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+# Moments anywhere in the calendar with any offset: near its ends, the UTC instant
+# falls outside it. And some that are not moments at all.
+MOMENTS = st.one_of(
+    st.datetimes(
+        min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59), timezones=OFFSETS
+    ).map(datetime.isoformat),
+    st.sampled_from(
+        [
+            "9999-12-31T23:59:59.999999-23:59",
+            "0001-01-01T00:00:00+23:59",
+            "2030-01-01T00:00:00+24:00",
+            "2030-02-30T00:00:00Z",
+            "2030-01-01T00:00:00",
+            "+10000-01-01T00:00:00Z",
+        ]
+    ),
+).map(json.dumps)
+# Any code point, control characters and lone surrogates included.
+TEXT = st.text(st.characters(exclude_categories=()), max_size=30).map(json.dumps)
+DEEP = st.integers(min_value=1, max_value=30_000).map(lambda depth: "[" * depth + "]" * depth)
+VALUES = st.one_of(NUMBERS, MOMENTS, TEXT, DEEP, st.sampled_from(["null", "true", "{}", "[]"]))
+
+
+@st.composite
+def edge_bodies(draw, endpoint):
+    """(JSON text, content type, transfer): the reference body, some fields drawn."""
+    _, _, reference, fields = BODIES[endpoint]
+    drawn = draw(st.dictionaries(st.sampled_from(fields), VALUES, min_size=1))
+    members = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in reference.items() if k not in drawn]
+    members += [f"{json.dumps(k)}: {raw}" for k, raw in drawn.items()]
+    body = "{" + ", ".join(members) + "}"
+    content_type = draw(st.sampled_from(JSON_TYPES) | st.sampled_from(OTHER_TYPES))
+    return body, content_type, draw(st.sampled_from(["sized", "chunked"]))
+
+
+def _stores(mongo_db, redis_client):
+    counts = {name: mongo_db[name].count_documents({}) for name in ("users", "products", "orders")}
+    return counts, redis_state(redis_client)
+
+
+@pytest.fixture
+def drop(client, make_product, user_headers, admin_headers):
+    product = make_product(live=True, stock=100_000, per_user_limit=1000)
+    reserve = f"/api/v1/sales/reserve/{product['id']}"
+    return {
+        "pid": product["id"],
+        "rid": client.post(reserve, json={}, headers=user_headers).json["id"],
+        "headers": {None: {}, "user": user_headers, "admin": admin_headers},
+    }
+
+
+@pytest.mark.parametrize("endpoint", list(BODIES))
+def test_bodies_at_the_edges_are_refused_in_the_problem_shape_or_stored_whole(
+    endpoint, client, drop, mongo_db, redis_client
+):
+    path, caller, _, _ = BODIES[endpoint]
+    path = path.format(pid=drop["pid"])
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=not RANDOM,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=edge_bodies(endpoint))
+    def check(case):
+        body, content_type, transfer = case
+        body = body.replace("{rid}", drop["rid"])
+        before = _stores(mongo_db, redis_client)
+
+        response = post(
+            client,
+            path,
+            body,
+            transfer=transfer,
+            content_type=content_type,
+            headers=drop["headers"][caller],
+        )
+
+        SENT["requests"] += 1
+        assert response.status_code < 500, response.get_data(as_text=True)
+        if content_type in OTHER_TYPES:
+            assert_problem(response, 415, "unsupported_media_type")
+        if response.status_code >= 400:
+            assert_problem(response)
+            assert _stores(mongo_db, redis_client) == before, "a refused body wrote something"
+        elif endpoint == "create_product":
+            # What was stored can be served back, from MongoDB and from the cache.
+            product = response.json
+            for _ in range(2):
+                assert client.get(f"/api/v1/products/{product['id']}").json == product
+
+    check()

@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from conftest import assert_problem, redis_state
+from conftest import assert_problem, post, redis_state
 
 # name -> (path template, who calls it, a body that would succeed)
 ENDPOINTS = {
@@ -55,23 +55,6 @@ def world(client, make_product, admin_headers, user_headers):
         "rid": reservation.json["id"],
         "headers": {None: {}, "user": user_headers, "admin": admin_headers},
     }
-
-
-def post(client, path, raw, *, transfer="sized", content_type="application/json", headers=()):
-    """POST `raw` with a Content-Length ("sized") or as gunicorn hands a chunked body
-    to the app ("chunked"): no Content-Length, the input marked as terminated."""
-    raw = raw.encode() if isinstance(raw, str) else raw
-    headers = dict(headers)
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    if transfer == "sized":
-        return client.post(path, data=raw, headers=headers)
-    return client.post(
-        path,
-        input_stream=io.BytesIO(raw),
-        headers={**headers, "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True},
-    )
 
 
 @pytest.fixture(params=["sized", "chunked"])
