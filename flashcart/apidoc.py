@@ -7,6 +7,7 @@ spec is committed as `openapi.json` (`make openapi`) and a test keeps the file c
 """
 
 import http
+import re
 from collections import defaultdict
 
 from apispec import BasePlugin
@@ -37,6 +38,7 @@ RETRY_AFTER = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 0},
 }
+PYTHON_STATUS_NAMES = {status.name: status.value for status in http.HTTPStatus}
 VALIDATION_EXAMPLE = {
     "type": "urn:flashcart:problem:validation_error",
     "title": "Unprocessable Entity",
@@ -45,6 +47,16 @@ VALIDATION_EXAMPLE = {
     "detail": "The request did not validate; see `errors`.",
     "errors": {"quantity": ["Must be greater than or equal to 1 and less than or equal to 100."]},
 }
+
+
+def response_name(status):
+    """The name of the shared response for `status`, e.g. 422 -> UNPROCESSABLE_ENTITY.
+
+    Taken from werkzeug's status phrases (those of the problem titles), not from
+    Python's `http.HTTPStatus`: Python 3.13 renamed several of its members (422 is
+    UNPROCESSABLE_CONTENT there), and the document must not depend on the interpreter.
+    """
+    return re.sub(r"\W+", "_", HTTP_STATUS_CODES[status]).upper()
 
 
 def example(status, code, detail):
@@ -149,6 +161,21 @@ class ProblemCodes(BasePlugin):
                     response["description"] = ", ".join(f"`{code}`" for code in sorted(examples))
 
 
+class SharedResponseNames(BasePlugin):
+    """Refer to the shared responses by `response_name`.
+
+    flask-smorest refers to them by `http.HTTPStatus(status).name` (the 422 of every
+    @arguments, the 304 of ETags), which differs between Python versions.
+    """
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            responses = operation.get("responses", {})
+            for code, response in responses.items():
+                if isinstance(response, str) and response in PYTHON_STATUS_NAMES:
+                    responses[code] = response_name(PYTHON_STATUS_NAMES[response])
+
+
 class Api(_Api):
     """flask-smorest's Api, answering and documenting errors as problem details."""
 
@@ -156,7 +183,7 @@ class Api(_Api):
 
     def __init__(self, app=None, *, spec_kwargs=None, **kwargs):
         spec_kwargs = {
-            "extra_plugins": [BodyErrors(), ProblemCodes()],
+            "extra_plugins": [SharedResponseNames(), BodyErrors(), ProblemCodes()],
             "info": {"description": DESCRIPTION},
             **(spec_kwargs or {}),
         }
@@ -165,20 +192,24 @@ class Api(_Api):
     def handle_http_exception(self, error):
         return handle_http_exception(error)
 
-    def _register_responses(self):
-        # flask-smorest registers its shared error responses (the 422 of every
-        # @arguments, the `default`) as application/json; ours are problem+json.
-        for status in http.HTTPStatus:
+    def init_app(self, app, *, spec_kwargs=None):
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        self.register_problem_responses()
+
+    def register_problem_responses(self):
+        """Register the shared responses (the 422 of every @arguments, the `default`)
+        in the problem shape, in place of flask-smorest's application/json ones."""
+        for status, phrase in HTTP_STATUS_CODES.items():
             if status < 400:
-                response = {"description": status.phrase}
+                response = {"description": phrase}
             elif status == 422:
                 response = problem_response(
                     422, "`validation_error`: `errors` maps each field to its messages."
                 )
                 response["content"][PROBLEM_JSON]["example"] = VALIDATION_EXAMPLE
             else:
-                response = problem_response(status, status.phrase)
-            self.spec.components.response(status.name, response, lazy=True)
+                response = problem_response(status, phrase)
+            self.spec.components.response(response_name(status), response, lazy=True)
         self.spec.components.response(
             self.DEFAULT_ERROR_RESPONSE_NAME, problem_response("default", OTHER_ERRORS), lazy=True
         )
