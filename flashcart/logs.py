@@ -5,7 +5,8 @@ characters dropped, at most 128 kept), else a new one; it is returned in the sam
 header and stamped on every log record written while the request runs. After the
 response one `flashcart.access` record says what happened. Only the method, path,
 status, timing, user id and request id are logged: never bodies, passwords, tokens
-or the Authorization header.
+or the Authorization header. In either format a record is one line: control
+characters a client sent (a `%0A` in a path, a header) are escaped, never written.
 """
 
 import logging
@@ -22,6 +23,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:=+/-]")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+# What would end or rewrite a line: C0 and C1 controls, DEL, the Unicode separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+TRACE_INDENT = "    "
 
 access_log = logging.getLogger("flashcart.access")
 
@@ -35,13 +39,37 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def escape_controls(text):
+    """`text` with each control character written as its escape (`\\n`, `\\x1b`)."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+class TextFormatter(logging.Formatter):
+    """The `text` format, for people: the record on one line, escaped; a stack trace
+    follows on lines of its own, each indented, so none can pass for a record."""
+
+    def formatMessage(self, record):
+        return escape_controls(super().formatMessage(record))
+
+    def format(self, record):
+        line, *trace = super().format(record).split("\n")
+        return "\n".join([line, *(TRACE_INDENT + escape_controls(text) for text in trace)])
+
+
 def json_formatter():
     return JsonFormatter(
         "{asctime}{levelname}{name}{message}",
         style="{",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         datefmt="%Y-%m-%dT%H:%M:%S%z",
+        # Non-ASCII escaped too: U+2028 and NEL end a line for many log readers.
+        json_ensure_ascii=True,
     )
+
+
+def formatter(fmt):
+    """The formatter of LOG_FORMAT `json` or `text`."""
+    return json_formatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
 
 
 def configure(level="INFO", fmt="json"):
@@ -52,7 +80,7 @@ def configure(level="INFO", fmt="json"):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.flashcart = True
-    handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(formatter(fmt))
     handler.addFilter(RequestIdFilter())
     root.addHandler(handler)
     root.setLevel(level)

@@ -1,9 +1,12 @@
 """Metrics, structured request logs, request ids and the readiness probe."""
 
+import contextlib
 import io
 import json
 import logging
+import re
 import time
+from urllib.parse import quote
 
 import pytest
 from conftest import PASSWORD, _testing, free_port
@@ -159,20 +162,36 @@ c.inc(int(sys.argv[1]))
 # -- logs and request ids -------------------------------------------------------
 
 
-@pytest.fixture
-def access_lines():
-    """The JSON lines the access logger writes, through the production formatter."""
+@contextlib.contextmanager
+def written_with(formatter):
+    """Everything the flashcart loggers write while it is open, through `formatter`."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.json_formatter())
+    handler.setFormatter(formatter)
     handler.addFilter(logs.RequestIdFilter())
     logger = logging.getLogger("flashcart")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@pytest.fixture
+def access_lines():
+    """The JSON lines the access logger writes, through the production formatter."""
+    with written_with(logs.json_formatter()) as stream:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.fixture(params=["json", "text"])
+def log_format(request):
+    """A LOG_FORMAT, and what the flashcart loggers write through its formatter."""
+    with written_with(logs.formatter(request.param)) as stream:
+        yield request.param, stream
 
 
 def test_one_json_line_per_request_with_what_operators_need(
@@ -254,6 +273,80 @@ def test_an_unhandled_error_is_logged_once_with_its_stack_and_request_id(
     assert "RuntimeError: boom" in errors[0]["exc_info"]
     assert errors[0]["request_id"] == "trace-1"
     assert user_headers["Authorization"].split()[1] not in json.dumps(access_lines())
+
+
+FORGED = "FORGED-LINE 2026-11-30 12:00:00 INFO flashcart.access [-]: GET / 200"
+# Each ends a line for some reader (str.splitlines knows them all), or rewrites a terminal.
+LINE_BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\x1b[2K\r"]
+TEXT_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ flashcart\.[a-z.]+ \[")
+
+
+def records(log_format):
+    """The records written, one per line as read with str.splitlines: parsed JSON
+    objects, or text lines (with a stack trace's indented lines joined to them)."""
+    fmt, stream = log_format
+    lines = stream.getvalue().splitlines()
+    if fmt == "json":
+        return [json.loads(line) for line in lines]
+    written = []
+    for line in lines:
+        if line.startswith(logs.TRACE_INDENT):
+            written[-1] += "\n" + line
+        else:
+            assert TEXT_RECORD.match(line), f"a line that is not a record: {line!r}"
+            written.append(line)
+    return written
+
+
+@pytest.fixture
+def behind_a_proxy(app_config):
+    """The app trusts one proxy: X-Forwarded-For becomes the logged client address."""
+    app_config["TRUSTED_PROXIES"] = 1
+
+
+def test_a_client_cannot_forge_a_log_line_with_its_path_or_headers(
+    behind_a_proxy, client, log_format
+):
+    for line_break in LINE_BREAKS:
+        client.get(
+            f"/api/v1/orders/x{quote(line_break)}{quote(FORGED)}",
+            # Raw in the WSGI environ: the test client refuses CR and LF in headers.
+            environ_overrides={
+                "HTTP_X_FORWARDED_FOR": f"198.51.100.7{line_break}{FORGED}",
+                "HTTP_X_REQUEST_ID": f"id{line_break}{FORGED}",
+            },
+        )
+
+    written = records(log_format)
+    assert len(written) == len(LINE_BREAKS)
+    for line_break, record in zip(LINE_BREAKS, written, strict=True):
+        if log_format[0] == "json":
+            assert record["path"] == f"/api/v1/orders/x{line_break}{FORGED}"
+            assert record["remote_addr"] == f"198.51.100.7{line_break}{FORGED}"
+        else:
+            escaped = logs.escape_controls(line_break)
+            assert f"GET /api/v1/orders/x{escaped}{FORGED} " in record
+
+
+def test_an_error_carrying_client_input_cannot_forge_a_log_line(
+    client, monkeypatch, log_format, user_headers
+):
+    from flashcart.products import service
+
+    def broken(**kwargs):
+        raise RuntimeError(f"boom\n{FORGED}\r{FORGED}\u2028{FORGED}")
+
+    monkeypatch.setattr(service, "list_products", broken)
+    assert client.get("/api/v1/products", headers=user_headers).status_code == 500
+
+    error, access = records(log_format)
+    if log_format[0] == "json":
+        assert f"RuntimeError: boom\n{FORGED}\r{FORGED}\u2028{FORGED}" in error["exc_info"]
+        assert access["status"] == 500
+    else:
+        assert "ERROR flashcart.errors" in error and "RuntimeError: boom" in error
+        assert f"\n{logs.TRACE_INDENT}{FORGED}\\r{FORGED}\\u2028{FORGED}" in error
+        assert "GET /api/v1/products 500" in access
 
 
 def test_logging_is_configured_once_however_many_apps_are_built():
