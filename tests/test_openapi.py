@@ -139,3 +139,11 @@ def test_operations_with_a_body_document_what_any_body_may_be_refused_for(spec):
         ):
             examples = operation["responses"][status]["content"][PROBLEM]["examples"]
             assert examples[code]["value"]["status"] == int(status), name
+
+
+def test_cancelling_an_order_is_documented_as_keeping_it_readable(spec):
+    # Clients and fuzzers must not expect a 404 after this DELETE.
+    cancel = spec["paths"]["/api/v1/orders/{order_id}"]["delete"]
+    assert "not removed" in cancel["description"]
+    assert "answers 200 with status `cancelled`" in cancel["description"]
+    assert "`cancelled`" in cancel["responses"]["200"]["description"]

@@ -316,6 +316,8 @@ def test_cancelling_restores_the_stock_exactly_once(
     assert stock_and_sold(sale_state, drop) == (10, 0)
     assert user["id"] not in sale_state(drop["id"])["users"]
     assert client.get(f"/api/v1/sales/stock/{drop['id']}").json["available"] == 10
+    kept = client.get(f"{ORDERS}/{order['id']}", headers=user_headers)
+    assert kept.status_code == 200 and kept.json["status"] == "cancelled"
 
 
 def test_cancelling_twice_is_409_and_leaves_the_stock_alone(

@@ -46,10 +46,14 @@ def get_order(order_id):
 
 @blp.route("/<order_id>", methods=["DELETE"])
 @auth_required()
-@blp.response(200, OrderOut)
+@blp.response(200, OrderOut, description="The order, now with status `cancelled`.")
 @problems(service.OrderNotFound, service.OrderAlreadyCancelled, service.OrderNotCancellable)
 def cancel_order(order_id):
-    """Cancel an order and put its units back on sale (owner or admin)."""
+    """Cancel an order and put its units back on sale (owner or admin).
+
+    The order is cancelled, not removed: it remains readable, and `GET` on the same
+    path answers 200 with status `cancelled`. Cancelling it again is a 409.
+    """
     return service.cancel_order(
         order_id=order_id, user_id=current_user_id(), is_admin=current_user_is_admin()
     )
