@@ -4,8 +4,11 @@ Every operation gets generated requests, valid and invalid, with an admin's toke
 where the document asks for one; no answer may be a 5xx, every answer must match
 what the document promises (status, content type, headers, body schema), and
 invalid input must be refused.
-FUZZ_EXAMPLES sets the budget per operation: small in `make test`, bigger in
-`make fuzz` (which also draws new random inputs each run).
+The stateful phase then chains calls along the links schemathesis infers (a
+reservation's id into checkout, an order's id into GET and DELETE), with the rule
+the document states in words: a DELETE cancels an order, it does not remove it.
+FUZZ_EXAMPLES sets the budget per operation (and the number of chains): small in
+`make test`, bigger in `make fuzz` (which also draws new random inputs each run).
 
 Schemathesis sends what the document describes. The edges it does not reach are
 drawn below with Hypothesis: numbers past what a float or the int parser takes,
@@ -21,16 +24,18 @@ import uuid
 import zlib
 from datetime import datetime, timedelta, timezone
 
+import mongomock
 import pytest
 import schemathesis
-from conftest import assert_problem, post, redis_state
-from hypothesis import HealthCheck, given, settings
+from conftest import PASSWORD, _testing, assert_problem, post, redis_state
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import positive_data_acceptance, use_after_free
 
 from config import TestingConfig
 from flashcart import create_app
 from flashcart.auth import passwords
+from flashcart.auth import service as accounts
 from flashcart.idempotency import KEY_PATTERN
 from flashcart.orders.schemas import RESERVATION_ID
 
@@ -68,14 +73,17 @@ def _fresh_idempotency_key(case):
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
 
 
-@pytest.fixture
-def seeded(client, make_product, admin_headers):
+def seed(client, admin_headers):
     """A product on sale and a placed order, for generated ids to be swapped with."""
-    product = make_product(live=True, stock=100_000, per_user_limit=1000)
+    body = {"name": "Drop", "price": "10.00", "stock": 100_000, "per_user_limit": 1000}
+    product = client.post("/api/v1/products", json=body, headers=admin_headers).json
+    started = client.post(f"/api/v1/sales/start/{product['id']}", headers=admin_headers)
+    assert started.status_code == 200, started.json
     reserve = f"/api/v1/sales/reserve/{product['id']}"
 
     def reservation():
-        return client.post(reserve, json={}, headers=admin_headers).json["id"]
+        # None once a generated call has ended the sale (the stateful phase may).
+        return client.post(reserve, json={}, headers=admin_headers).json.get("id")
 
     order = client.post(
         "/api/v1/orders", json={"reservation_id": reservation()}, headers=admin_headers
@@ -83,23 +91,57 @@ def seeded(client, make_product, admin_headers):
     return {"product_id": product["id"], "order_id": order.json["id"], "reservation": reservation}
 
 
+@pytest.fixture
+def seeded(client, admin_headers):
+    return seed(client, admin_headers)
+
+
+@pytest.fixture
+def fresh_start(app_config, redis_client):
+    """fresh_start() -> (app, seeded ids, admin token) on empty stores, so that every
+    chain of the stateful phase starts from the same state (Hypothesis replays them)."""
+
+    def start():
+        redis_client.flushdb()
+        db = mongomock.MongoClient().flashcart
+        app = create_app({**_testing(), **app_config}, db=db, redis_client=redis_client)
+        with app.app_context():
+            admin = accounts.register(
+                email="admin@example.com", password=PASSWORD, name="Admin", role="admin"
+            )
+            token = accounts.issue_token(admin)["access_token"]
+        return app, seed(app.test_client(), {"Authorization": f"Bearer {token}"}), token
+
+    return start
+
+
 def _half(value):
     return zlib.crc32(repr(value).encode()) % 2 == 0
 
 
-def _reach_real_resources(case, seeded):
+def _reach_real_resources(case, seeded, issued=frozenset()):
     # Random ids only ever find nothing; for about half of the valid ones use ids
     # that exist, so generated bodies reach the sale, checkout and cancel rules.
-    # Any non-empty string is a valid id, so a swapped case stays valid.
+    # Any non-empty string is a valid id, so a swapped case stays valid. Ids the
+    # API `issued` (a link of the stateful phase brought them) are kept.
     for name in ("product_id", "order_id"):
         value = (case.path_parameters or {}).get(name)
-        if isinstance(value, str) and value and _half(value):
+        if isinstance(value, str) and value and value not in issued and _half(value):
             case.path_parameters[name] = seeded[name]
     body = case.body
     reservation_id = body.get("reservation_id") if isinstance(body, dict) else None
     valid = isinstance(reservation_id, str) and re.fullmatch(RESERVATION_ID, reservation_id)
-    if valid and _half(body):
-        body["reservation_id"] = seeded["reservation"]()
+    if valid and reservation_id not in issued and _half(body):
+        body["reservation_id"] = seeded["reservation"]() or reservation_id
+
+
+def _strings(value):
+    """Every string in a JSON document."""
+    if isinstance(value, dict):
+        return {text for item in value.values() for text in _strings(item)}
+    if isinstance(value, list):
+        return {text for item in value for text in _strings(item)}
+    return {value} if isinstance(value, str) else set()
 
 
 def _window_out_of_order(body):
@@ -120,6 +162,11 @@ def _password_refused(case):
     return bool(passwords.weaknesses(body["password"], email))
 
 
+def _excluded_checks(case):
+    refused = _window_out_of_order(case.body) or _password_refused(case)
+    return [positive_data_acceptance] if refused else []
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -135,9 +182,77 @@ def test_the_api_keeps_its_openapi_contract(case, app, admin_headers, seeded):
     _reach_real_resources(case, seeded)
     # Checks such as ignored_auth send their own requests through the schema's app.
     case.operation.schema.app = app
-    refused = _window_out_of_order(case.body) or _password_refused(case)
-    excluded = [positive_data_acceptance] if refused else []
-    case.call_and_validate(app=app, excluded_checks=excluded)
+    case.call_and_validate(app=app, excluded_checks=_excluded_checks(case))
+
+
+CANCEL_ORDER = "DELETE /api/v1/orders/{order_id}"
+READ_ORDER = "GET /api/v1/orders/{order_id}"
+
+
+class Workflows(schema.as_state_machine()):
+    """Chains of calls, each on a fresh app, each step checked like a single call.
+
+    A DELETE of an order cancels it and the order stays readable (the document says
+    so): schemathesis' use-after-free check, which expects a 404 after any DELETE, is
+    replaced there by that rule.
+    """
+
+    start = None
+
+    def setup(self):
+        self.app, self.seeded, TOKEN["admin"] = self.start()
+        schema.app = self.app
+        self.issued = set()
+        self.cancelled = set()
+
+    def get_call_kwargs(self, case):
+        return {"app": self.app}
+
+    def before_call(self, case):
+        SENT["requests"] += 1
+        _fresh_idempotency_key(case)
+        # Only generated ids are swapped: whether an id came from the API does not
+        # change between runs, its random value does (Hypothesis replays each chain).
+        _reach_real_resources(case, self.seeded, self.issued)
+
+    def after_call(self, response, case):
+        super().after_call(response, case)
+        if "json" in response.headers.get("content-type", [""])[0]:
+            self.issued |= _strings(response.json())
+        if case.operation.label == CANCEL_ORDER and response.status_code == 200:
+            self.cancelled.add(case.path_parameters["order_id"])
+
+    def validate_response(self, response, case, additional_checks=None, **kwargs):
+        excluded = _excluded_checks(case)
+        if case.operation.label == READ_ORDER:
+            excluded.append(use_after_free)
+            if case.path_parameters["order_id"] in self.cancelled:
+                assert response.status_code != 404, "a cancelled order was removed"
+                if response.status_code == 200:
+                    assert response.json()["status"] == "cancelled"
+        case.validate_response(
+            response,
+            additional_checks=additional_checks,
+            excluded_checks=excluded,
+            transport_kwargs=kwargs,
+            recorder=self.recorder,
+        )
+
+
+@pytest.mark.timeout(300 + EXAMPLES)  # one test for all the chains: about 0.5 s each
+def test_chains_of_calls_keep_the_contract(fresh_start):
+    Workflows.start = staticmethod(fresh_start)
+    Workflows.run(
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=10,
+            phases=[Phase.generate],
+            deadline=None,
+            derandomize=not RANDOM,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
 
 
 def teardown_module():
