@@ -93,12 +93,12 @@ class Config:
     # client gets 503 "busy" with Retry-After.
     RESERVE_MAX_ATTEMPTS = _int("RESERVE_MAX_ATTEMPTS", 64)
     # Keys one product's live stock is spread over, so concurrent reservations
-    # rarely WATCH the same one (README "Performance"); a sale keeps its count.
+    # rarely WATCH the same one (docs/performance.md); a sale keeps its count.
     STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
     # A worker may answer a product page from its own copy this many seconds old
     # (a change through that worker shows at once), and adds its pages' views to
-    # "trending" at most this often (README "Performance").
+    # "trending" at most this often (docs/performance.md).
     PRODUCT_WORKER_CACHE_SECONDS = _float("PRODUCT_WORKER_CACHE_SECONDS", 1.0)
     VIEW_FLUSH_SECONDS = _float("VIEW_FLUSH_SECONDS", 1.0)
     # A worker may answer GET /sales/stock from its own read this many seconds old

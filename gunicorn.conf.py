@@ -1,7 +1,7 @@
 """gunicorn settings for production (`gunicorn wsgi:app` picks this file up).
 
 Sync workers: the hot path is short Redis round trips, and on a 2-core box four
-sync workers measured best (see README "Performance"). Scale with WEB_CONCURRENCY
+sync workers measured best (see docs/performance.md). Scale with WEB_CONCURRENCY
 on bigger hosts (about 2 x cores) and with more hosts behind the load balancer.
 """
 

@@ -3,7 +3,7 @@
 redis-py packs each command through its encoder and passes each reply through
 response callbacks; on the hot paths that cost more client CPU than Redis spends
 answering. Packing with hiredis (redis-py's own C packer) and reading raw replies
-halved a reservation's client CPU (README "Performance"). Callers get raw replies:
+halved a reservation's client CPU (docs/performance.md). Callers get raw replies:
 strings (the clients decode responses), integers, lists and None.
 """
 
