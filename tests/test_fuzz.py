@@ -41,6 +41,13 @@ from flashcart.orders.schemas import RESERVATION_ID
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
+FUZZING = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not RANDOM,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 SENT = {"requests": 0}
 TOKEN = {"admin": None}
 
@@ -168,13 +175,7 @@ def _excluded_checks(case):
 
 
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not RANDOM,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZING
 def test_the_api_keeps_its_openapi_contract(case, app, admin_headers, seeded):
     SENT["requests"] += 1
     TOKEN["admin"] = admin_headers["Authorization"].removeprefix("Bearer ")
@@ -242,17 +243,7 @@ class Workflows(schema.as_state_machine()):
 @pytest.mark.timeout(300 + EXAMPLES)  # one test for all the chains: about 0.5 s each
 def test_chains_of_calls_keep_the_contract(fresh_start):
     Workflows.start = staticmethod(fresh_start)
-    Workflows.run(
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=10,
-            phases=[Phase.generate],
-            deadline=None,
-            derandomize=not RANDOM,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-    )
+    Workflows.run(settings=settings(FUZZING, stateful_step_count=10, phases=[Phase.generate]))
 
 
 def teardown_module():
@@ -358,13 +349,7 @@ def test_bodies_at_the_edges_are_refused_in_the_problem_shape_or_stored_whole(
     path, caller, _, _ = BODIES[endpoint]
     path = path.format(pid=drop["pid"])
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=not RANDOM,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @FUZZING
     @given(case=edge_bodies(endpoint))
     def check(case):
         body, content_type, transfer = case

@@ -257,16 +257,23 @@ def test_logout_needs_an_access_token_and_a_refresh_token(client, user):
     )
 
 
-def test_a_revoked_token_is_refused_by_every_worker_even_one_that_cached_it(
-    client, user, mongo_db, redis_client, app_config
-):
-    # Another process (a second gunicorn worker) sharing the same Redis.
+def logged_out_after_another_worker_cached_it(client, user, mongo_db, redis_client, app_config):
+    """(tokens, that other worker's client): a second gunicorn worker, sharing the stores,
+    accepted the tokens (caching their session live); then they were logged out here."""
     worker = create_app(_testing() | app_config, db=mongo_db, redis_client=redis_client)
     other = worker.test_client()
     tokens = login(client, user)
     assert other.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200
-
     assert logout(client, tokens).status_code == 204
+    return tokens, other
+
+
+def test_a_revoked_token_is_refused_by_every_worker_even_one_that_cached_it(
+    client, user, mongo_db, redis_client, app_config
+):
+    tokens, other = logged_out_after_another_worker_cached_it(
+        client, user, mongo_db, redis_client, app_config
+    )
 
     assert_problem(other.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
 
@@ -311,11 +318,9 @@ def test_a_spent_refresh_token_stays_spent_after_redis_loses_its_data(
 def test_an_ended_session_stays_ended_on_a_worker_that_had_cached_it_live(
     client, user, mongo_db, redis_client, app_config
 ):
-    worker = create_app(_testing() | app_config, db=mongo_db, redis_client=redis_client)
-    other = worker.test_client()
-    tokens = login(client, user)
-    assert other.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200
-    assert logout(client, tokens).status_code == 204
+    tokens, other = logged_out_after_another_worker_cached_it(
+        client, user, mongo_db, redis_client, app_config
+    )
     redis_client.flushall()
 
     assert_problem(other.get(ORDERS, headers=bearer(tokens["access_token"])), 401, "token_revoked")
