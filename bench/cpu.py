@@ -72,10 +72,6 @@ def app_and_scenarios(url, requests, seen):
     from bench.app import create
 
     app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL=LOAD_GENERATOR_CEILING)
-    quiet = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
-    for handler in logging.getLogger().handlers + logging.getLogger("flashcart").handlers:
-        if hasattr(handler, "stream"):
-            handler.stream = quiet  # logs are still formatted, as in production
     plenty = http_level.open_sale(url, stock=10**9, limit=10**9)
     sold_out = http_level.open_sale(url, stock=0, limit=1)
     http_level.cache_product(url, plenty)
@@ -83,6 +79,12 @@ def app_and_scenarios(url, requests, seen):
     with open(tokens_path) as lines:
         tokens = iter(lines.read().split())
     os.unlink(tokens_path)
+    # After every app is built (each sets up logging again): logs are still
+    # formatted, as in production, then dropped.
+    quiet = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
+    for handler in logging.getLogger().handlers + logging.getLogger("flashcart").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(quiet)
     seen_tokens = itertools.cycle([next(tokens) for _ in range(seen)])
 
     def environ(method, path, token=None):
