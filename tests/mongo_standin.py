@@ -457,11 +457,29 @@ class MongoStandIn:
             self.process = None
 
     def freeze(self):
-        """Stop answering (SIGSTOP): connections stay open, requests time out."""
+        """Stop answering (SIGSTOP): connections stay open, requests time out.
+
+        Returns once the process is stopped: a signal is only queued when kill()
+        returns, and a request sent meanwhile could still be answered."""
         self.process.send_signal(signal.SIGSTOP)
+        self._wait_for_state(stopped=True)
 
     def thaw(self):
         self.process.send_signal(signal.SIGCONT)
+        self._wait_for_state(stopped=False)
+
+    def _wait_for_state(self, stopped, timeout=10):
+        deadline = time.monotonic() + timeout
+        while self._stopped() != stopped:
+            if time.monotonic() > deadline:
+                change = "stop" if stopped else "resume"
+                raise RuntimeError(f"the MongoDB stand-in did not {change}")
+            time.sleep(0.005)
+
+    def _stopped(self):
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            # The state follows the command name, which is in parentheses.
+            return stat.read().rpartition(")")[2].split()[0] in ("T", "t")
 
     def __enter__(self):
         return self.start()
