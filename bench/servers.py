@@ -20,6 +20,17 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def stop(process, timeout=15):
+    """SIGTERM `process` (gunicorn's master then stops its workers); SIGKILL it if it
+    has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_for(check, what, timeout=20, interval=0.1):
     """`check()`'s first true answer, asked every `interval` s (errors count as not yet)."""
     deadline = time.monotonic() + timeout
@@ -170,8 +181,4 @@ class Gunicorn:
         return self
 
     def __exit__(self, *exc):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop(self.process)

@@ -29,7 +29,7 @@ import redis
 from conftest import free_port, fresh_mongo_uri, run_threads
 from gunicorn_hosts import Api
 
-from bench.servers import wait_for
+from bench.servers import stop, wait_for
 from flashcart import create_app
 from flashcart.auth import service as accounts
 
@@ -109,12 +109,7 @@ def gunicorn(redis_server, mongo_uri, tmp_path_factory):
         wait_for(lambda: Api(port, timeout=1).call("GET", "/readyz")[0] == 200, "gunicorn", 60)
         yield port, log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=20)
 
 
 def nginx_config(template, listen_port, upstream):
@@ -161,12 +156,7 @@ def nginx(gunicorn, tmp_path_factory):
         wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "nginx", 20)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
 
 
 @pytest.fixture(scope="module")
