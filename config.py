@@ -1,6 +1,6 @@
 """Settings, read from the environment (and a `.env` file in development).
 
-Every variable is documented in README.md ("Configuration"). `load_config()` picks the
+Every variable is documented in docs/configuration.md. `load_config()` picks the
 class from `FLASHCART_ENV` (development, testing, production; default development)
 and `check()` refuses a production configuration that would be unsafe.
 """
@@ -64,7 +64,7 @@ class Config:
     # has them, so a MongoDB failover cannot roll a placed order back ("" = the URI's).
     MONGO_ORDERS_WRITE_CONCERN = os.environ.get("MONGO_ORDERS_WRITE_CONCERN", "majority")
     # `orders` sharded on {user_id: 1, reservation_id: 1}: its unique index must then
-    # begin with the shard key (README "Scaling out").
+    # begin with the shard key (docs/scaling-out.md).
     MONGO_ORDERS_SHARDED = _flag("MONGO_ORDERS_SHARDED", "false")
 
     JWT_SECRET_KEY = _env("JWT_SECRET_KEY", _env("JWT_SECRET", DEV_JWT_SECRET))
@@ -134,7 +134,7 @@ class Config:
     RATELIMIT_GLOBAL = _limit("RATELIMIT_GLOBAL", "1200 per minute")
     RATELIMIT_LOGIN_PER_IP = _limit("RATELIMIT_LOGIN_PER_IP", "30 per minute")
     # Failed logins: per account and address, and per account from the addresses that
-    # have not logged in to it within LOGIN_KNOWN_ADDRESS_DAYS (README "Security").
+    # have not logged in to it within LOGIN_KNOWN_ADDRESS_DAYS (docs/security.md).
     RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP = _limit(
         "RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP", "5 per minute;20 per hour"
     )

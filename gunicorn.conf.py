@@ -39,7 +39,7 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
-# Prometheus multiprocess mode (README "Monitoring"): every worker writes its
+# Prometheus multiprocess mode (docs/monitoring.md): every worker writes its
 # metrics to files in this folder and /metrics adds them up. By default a fresh
 # folder for each server start, so nothing an earlier run left is counted again. It
 # must exist now, while gunicorn reads this file: preload_app imports the app, whose
