@@ -33,7 +33,7 @@ openapi: $(BIN)/.installed  ## Regenerate openapi.json (a test fails while it is
 	FLASHCART_ENV=testing $(BIN)/flask --app wsgi openapi write --format json openapi.json
 
 fuzz: $(BIN)/.installed  ## A bigger schemathesis run with fresh random inputs (make test runs a small one)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/pytest tests/test_fuzz.py -s
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/pytest tests/api/test_fuzz.py -s
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

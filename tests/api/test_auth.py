@@ -7,8 +7,10 @@ from datetime import timedelta
 import jwt as pyjwt
 import pytest
 from argon2 import PasswordHasher
-from conftest import PASSWORD, assert_problem
 from flask_jwt_extended import create_access_token, decode_token
+
+from tests.support.app import PASSWORD
+from tests.support.http import assert_problem
 
 SIGNUP = "/api/v1/auth/signup"
 LOGIN = "/api/v1/auth/login"

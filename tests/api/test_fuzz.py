@@ -27,7 +27,6 @@ from datetime import datetime, timedelta, timezone
 import mongomock
 import pytest
 import schemathesis
-from conftest import PASSWORD, _testing, assert_problem, post, redis_state
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance, use_after_free
@@ -38,6 +37,9 @@ from flashcart.auth import passwords
 from flashcart.auth import service as accounts
 from flashcart.idempotency import KEY_PATTERN
 from flashcart.orders.schemas import RESERVATION_ID
+from tests.support.app import PASSWORD, app_settings
+from tests.support.http import assert_problem, post
+from tests.support.snapshots import redis_state
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
@@ -111,7 +113,7 @@ def fresh_start(app_config, redis_client):
     def start():
         redis_client.flushdb()
         db = mongomock.MongoClient().flashcart
-        app = create_app({**_testing(), **app_config}, db=db, redis_client=redis_client)
+        app = create_app({**app_settings(), **app_config}, db=db, redis_client=redis_client)
         with app.app_context():
             admin = accounts.register(
                 email="admin@example.com", password=PASSWORD, name="Admin", role="admin"

@@ -1,9 +1,9 @@
 """Product pages are cacheable (Cache-Control, ETag, 304); CORS; the request size limit."""
 
 import pytest
-from conftest import _testing
 
 from flashcart import create_app
+from tests.support.app import app_settings
 
 SHOP = "https://shop.example"
 
@@ -61,7 +61,7 @@ def test_errors_and_private_answers_are_not_marked_cacheable(client, user_header
 
 @pytest.fixture
 def cors_client(mongo_db, redis_client, app_config):
-    config = _testing() | app_config | {"CORS_ORIGINS": [SHOP, "https://m.shop.example"]}
+    config = app_settings() | app_config | {"CORS_ORIGINS": [SHOP, "https://m.shop.example"]}
     return create_app(config, db=mongo_db, redis_client=redis_client).test_client()
 
 

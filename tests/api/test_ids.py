@@ -6,7 +6,9 @@ Any other spelling names nothing: 404 on a path, 422 in a body, on every route.
 """
 
 import pytest
-from conftest import assert_problem, redis_state
+
+from tests.support.http import assert_problem
+from tests.support.snapshots import redis_state
 
 
 def other_spellings(canonical):

@@ -9,10 +9,11 @@ import time
 from urllib.parse import quote
 
 import pytest
-from conftest import PASSWORD, _testing, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from flashcart import create_app, logs
+from tests.support.app import PASSWORD, app_settings
+from tests.support.ports import free_port
 
 
 def scrape(client):
@@ -128,7 +129,7 @@ def test_watch_retries_are_counted_through_the_inventory_hook(app):
 
 def test_metrics_still_answer_when_redis_is_down(mongo_db):
     app = create_app(
-        _testing()
+        app_settings()
         | {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_TIMEOUT_SECONDS": 0.2},
         db=mongo_db,
     )
@@ -373,7 +374,7 @@ def test_readyz_is_ready_when_both_stores_answer(client):
 
 
 def test_readyz_answers_503_quickly_when_redis_does_not(mongo_db, redis_client):
-    config = _testing() | {
+    config = app_settings() | {
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "READY_TIMEOUT_SECONDS": 0.3,
     }
@@ -391,7 +392,7 @@ def test_readyz_answers_503_quickly_when_redis_does_not(mongo_db, redis_client):
 
 def test_readyz_answers_503_within_its_timeout_when_mongodb_does_not(redis_client, app_config):
     config = (
-        _testing()
+        app_settings()
         | app_config
         | {
             "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/flashcart",
@@ -410,7 +411,9 @@ def test_readyz_answers_503_within_its_timeout_when_mongodb_does_not(redis_clien
 
 def test_probes_and_metrics_are_never_rate_limited(mongo_db, redis_client, app_config):
     config = (
-        _testing() | app_config | {"RATELIMIT_ENABLED": True, "RATELIMIT_GLOBAL": "2 per minute"}
+        app_settings()
+        | app_config
+        | {"RATELIMIT_ENABLED": True, "RATELIMIT_GLOBAL": "2 per minute"}
     )
     client = create_app(config, db=mongo_db, redis_client=redis_client).test_client()
     for _ in range(5):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-COMMITTED = Path(__file__).resolve().parent.parent / "openapi.json"
+COMMITTED = Path(__file__).resolve().parents[2] / "openapi.json"
 PROBLEM = "application/problem+json"
 OPERATIONS = ("get", "post", "put", "patch", "delete")
 

@@ -2,7 +2,8 @@
 
 import pytest
 from bson import ObjectId
-from conftest import assert_problem
+
+from tests.support.http import assert_problem
 
 ORDERS = "/api/v1/orders"
 

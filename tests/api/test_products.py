@@ -3,7 +3,8 @@
 import pytest
 import redis
 from bson import ObjectId
-from conftest import assert_problem
+
+from tests.support.http import assert_problem
 
 PRODUCTS = "/api/v1/products"
 TRENDING = "/api/v1/products/trending"

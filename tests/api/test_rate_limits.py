@@ -1,9 +1,10 @@
 """Rate limits: on here (TestingConfig turns them off), counted in the suite's Redis."""
 
 import pytest
-from conftest import PASSWORD, _testing, free_port
 
 from flashcart import create_app, rate_limits
+from tests.support.app import PASSWORD, app_settings
+from tests.support.ports import free_port
 
 LOGIN = "/api/v1/auth/login"
 
@@ -13,7 +14,7 @@ def limited(mongo_db, redis_client, app_config):
     """limited(**limits) -> a test client of an app with rate limits on."""
 
     def build(**limits):
-        config = _testing() | app_config | {"RATELIMIT_ENABLED": True} | limits
+        config = app_settings() | app_config | {"RATELIMIT_ENABLED": True} | limits
         return create_app(config, db=mongo_db, redis_client=redis_client).test_client()
 
     return build

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import ObjectId
-from conftest import assert_problem
 
 from flashcart.sales import recovery
 from flashcart.sales.inventory import EXPIRED_MARK_SECONDS, Keys
+from tests.support.http import assert_problem
 
 JOIN_TIMEOUT = 30
 

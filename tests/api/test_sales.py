@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId
-from conftest import assert_problem, redis_state
+
+from tests.support.http import assert_problem
+from tests.support.snapshots import redis_state
 
 
 def sale_key(product_id):

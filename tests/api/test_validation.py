@@ -8,7 +8,9 @@ import io
 import json
 
 import pytest
-from conftest import assert_problem, post, redis_state
+
+from tests.support.http import assert_problem, post
+from tests.support.snapshots import redis_state
 
 # name -> (path template, who calls it, a body that would succeed)
 ENDPOINTS = {

@@ -3,7 +3,8 @@
 import base64
 import json
 
-from conftest import PASSWORD, assert_problem  # noqa: F401 (the attack tests import it from here)
+from tests.support.app import PASSWORD
+from tests.support.http import assert_problem  # noqa: F401 (the attack tests import it from here)
 
 API = "/api/v1"
 LOGIN = f"{API}/auth/login"

@@ -5,10 +5,10 @@ import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from bson import ObjectId
-from conftest import PASSWORD, _testing
 
 from flashcart import create_app
 from flashcart.auth import passwords
+from tests.support.app import PASSWORD, app_settings
 
 from .helpers import LOGIN, SIGNUP, assert_problem
 
@@ -294,7 +294,7 @@ def test_sign_up_does_not_reveal_more_than_that_an_email_is_taken(client, user):
 @pytest.fixture
 def limited(mongo_db, redis_client, app_config):
     def build(**limits):
-        config = _testing() | app_config | {"RATELIMIT_ENABLED": True} | limits
+        config = app_settings() | app_config | {"RATELIMIT_ENABLED": True} | limits
         return create_app(config, db=mongo_db, redis_client=redis_client).test_client()
 
     return build

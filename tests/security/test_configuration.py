@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _testing
 
 import config
 from config import ProductionConfig, UnsafeConfigError
 from flashcart import create_app
+from tests.support.app import app_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAFE = {
@@ -180,7 +180,9 @@ def test_public_product_pages_stay_cacheable(client, make_product):
 
 def test_hsts_is_sent_when_configured(app_config, mongo_db, redis_client):
     app = create_app(
-        _testing() | app_config | {"HSTS_SECONDS": 31536000}, db=mongo_db, redis_client=redis_client
+        app_settings() | app_config | {"HSTS_SECONDS": 31536000},
+        db=mongo_db,
+        redis_client=redis_client,
     )
 
     response = app.test_client().get("/healthz")

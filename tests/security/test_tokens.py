@@ -9,11 +9,11 @@ from datetime import UTC, timedelta
 
 import jwt as pyjwt
 import pytest
-from conftest import _testing
 from flask_jwt_extended import create_access_token, create_refresh_token
 
 from flashcart import create_app
 from flashcart.auth import service as accounts
+from tests.support.app import app_settings
 
 from .helpers import (
     LOGOUT,
@@ -260,7 +260,7 @@ def test_logout_needs_an_access_token_and_a_refresh_token(client, user):
 def logged_out_after_another_worker_cached_it(client, user, mongo_db, redis_client, app_config):
     """(tokens, that other worker's client): a second gunicorn worker, sharing the stores,
     accepted the tokens (caching their session live); then they were logged out here."""
-    worker = create_app(_testing() | app_config, db=mongo_db, redis_client=redis_client)
+    worker = create_app(app_settings() | app_config, db=mongo_db, redis_client=redis_client)
     other = worker.test_client()
     tokens = login(client, user)
     assert other.get(ORDERS, headers=bearer(tokens["access_token"])).status_code == 200

@@ -1,4 +1,4 @@
-"""The gunicorn app factory of the multi-process tests (`chaos_app:make_app()`).
+"""The gunicorn app factory of the multi-process tests (`tests.support.chaos_app:make_app()`).
 
 Every worker builds the app from TestingConfig with the test's Redis and MongoDB,
 named by CHAOS_* environment variables, and connects to both on first use (MongoDB

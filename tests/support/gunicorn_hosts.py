@@ -1,4 +1,4 @@
-"""Test plumbing: the app under a real gunicorn master (`chaos_app:make_app()`), plain
+"""Test plumbing: the app under a real gunicorn master (`tests.support.chaos_app:make_app()`), plain
 HTTP to it, and a drop opened through it. Used by the chaos and scale-out tests."""
 
 import contextlib
@@ -10,12 +10,10 @@ import subprocess
 import sys
 import time
 
-from conftest import free_port
-
-from bench.servers import children
+from bench.servers import ROOT, children
 from flashcart.auth import service as accounts
+from tests.support.ports import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HTTP_TIMEOUT = 10
 
 
@@ -52,7 +50,7 @@ class Api:
 
 
 class GunicornHost:
-    """One API host: `gunicorn chaos_app:make_app()`, its own master and sync workers
+    """One API host: `gunicorn tests.support.chaos_app:make_app()`, its own master and sync workers
     on a free loopback port, configured by `env` (chaos_app's CHAOS_* variables)."""
 
     def __init__(self, env, workdir, workers):
@@ -72,7 +70,7 @@ class GunicornHost:
             "-m",
             "gunicorn",
             "--pythonpath",
-            f"{ROOT},{os.path.join(ROOT, 'tests')}",
+            ROOT,
             "--bind",
             f"127.0.0.1:{self.port}",
             "--workers",
@@ -87,7 +85,7 @@ class GunicornHost:
             "0",
             "--log-level",
             "info",
-            "chaos_app:make_app()",
+            "tests.support.chaos_app:make_app()",
         ]
         # cwd is a scratch directory, so the production gunicorn.conf.py is not read.
         self.process = subprocess.Popen(

@@ -13,7 +13,7 @@ return every result in their first batch. Every command's name, database,
 collection and write concern is recorded; the test-only command
 `{"standInCommands": 1, "db": name}` returns those for one database.
 
-Run it alone with `python tests/mongo_standin.py --port N`, or from a test with
+Run it alone with `python tests/support/mongo_standin.py --port N`, or from a test with
 `MongoStandIn(port=None).start()` ... `.stop()` (also a context manager).
 """
 

@@ -9,11 +9,12 @@ MONGO_TEST_URI's server, else the stand-in, which runs one command at a time.
 import collections
 
 import pytest
-from conftest import fresh_mongo_uri, run_threads
 
 from config import TestingConfig
 from flashcart.sales.inventory import Inventory, Keys
 from flashcart.stores import connect_mongo, connect_redis
+from tests.support.mongo import fresh_mongo_uri
+from tests.support.threads import run_threads
 
 ORDERS = "/api/v1/orders"
 

@@ -6,7 +6,7 @@ The set-up is as close to production as this machine allows:
   is lost, as after a failover to an empty replica);
 - MongoDB is reached with PyMongo through MONGO_URI by every worker and by the test:
   a fresh database on MONGO_TEST_URI's server, else the wire-protocol stand-in
-  (tests/mongo_standin.py);
+  (tests/support/mongo_standin.py);
 - a sweeper runs beside the API (like `flask sweep --every`, with SWEEP_GRACE_SECONDS
   0, so it also races checkouts and cancels still in flight), and after the Redis
   restart the operator runs the documented `audit --repair` then `sweep`.
@@ -31,11 +31,8 @@ import threading
 import time
 import uuid
 
-import chaos_app
 import pytest
 import redis
-from conftest import RedisServer, fresh_mongo_uri
-from gunicorn_hosts import GunicornHost, open_drop
 
 from flashcart import create_app
 from flashcart.orders import service as order_service
@@ -43,6 +40,10 @@ from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import Keys
 from flashcart.stores import object_id_or_none
+from tests.support import chaos_app
+from tests.support.gunicorn_hosts import GunicornHost, open_drop
+from tests.support.mongo import fresh_mongo_uri
+from tests.support.redis_server import RedisServer
 
 pytestmark = [
     pytest.mark.slow,

@@ -10,9 +10,10 @@ import time
 
 import pymongo.errors
 import pytest
-from conftest import _testing, free_port
 
 from flashcart import create_app
+from tests.support.app import app_settings
+from tests.support.ports import free_port
 
 FAST = 3.0  # seconds: "fails fast" means well under a client's patience
 
@@ -29,7 +30,7 @@ def real_redis_server(redis_server):
 def build_app(mongo_db, redis_url, **overrides):
     # STOCK_READ_MAX_AGE=0: each stock read asks Redis (what these tests are about),
     # never the 0.1 s-old figure an earlier read in this process may have left.
-    config = _testing() | {
+    config = app_settings() | {
         "REDIS_URL": redis_url,
         "REDIS_TIMEOUT_SECONDS": 0.5,
         "STOCK_READ_MAX_AGE": 0,
@@ -160,7 +161,7 @@ class _Down:
 @pytest.fixture
 def mongo_down_client(redis_client, redis_server):
     url = redis_server.url if redis_server else "memory://"
-    app = create_app(_testing() | {"REDIS_URL": url}, db=_Down(), redis_client=redis_client)
+    app = create_app(app_settings() | {"REDIS_URL": url}, db=_Down(), redis_client=redis_client)
     return app.test_client()
 
 
@@ -200,7 +201,7 @@ def test_reservations_keep_working_while_mongodb_is_down(
 
 def test_an_unreachable_mongodb_server_answers_503_within_its_timeout(redis_client, redis_server):
     url = redis_server.url if redis_server else "memory://"
-    config = _testing() | {
+    config = app_settings() | {
         "REDIS_URL": url,
         "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/flashcart",
         "MONGO_TIMEOUT_MS": 300,

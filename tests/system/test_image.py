@@ -28,10 +28,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import free_port
-from mongo_standin import MongoStandIn
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.mongo_standin import MongoStandIn
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_UID = 10001  # the Dockerfile's `useradd --uid`
 NOGROUP = 65534
 

@@ -25,7 +25,6 @@ import uuid
 
 import pytest
 from bson import ObjectId
-from conftest import run_threads
 
 from flashcart.errors import Busy
 from flashcart.sales.inventory import (
@@ -39,6 +38,7 @@ from flashcart.sales.inventory import (
     SoldOut,
 )
 from flashcart.stores import connect_redis
+from tests.support.threads import run_threads
 
 JOIN_TIMEOUT = 30
 GENEROUS_ATTEMPTS = 10_000

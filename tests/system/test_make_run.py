@@ -11,9 +11,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.servers import ROOT
+from tests.support.ports import free_port
+
 pytestmark = pytest.mark.timeout(180)
 
 

@@ -1,20 +1,20 @@
 """MongoDB as a replica set or sharded cluster: URI options, the orders' write concern,
 and indexes for every query (README "Scaling out"). Settings are read from PyMongo
 clients built with connect=False; what goes over the wire is read from the MongoDB
-stand-in (tests/mongo_standin.py), which records every command it receives."""
+stand-in (tests/support/mongo_standin.py), which records every command it receives."""
 
 import os
 
 import mongomock
 import pymongo
 import pytest
-from conftest import PASSWORD, _testing
-from mongo_standin import MongoStandIn
 
 from flashcart import create_app
 from flashcart.auth import service as accounts
 from flashcart.extensions import stores
 from flashcart.stores import connect_mongo, ensure_indexes, index_plan, orders_collection
+from tests.support.app import PASSWORD, app_settings
+from tests.support.mongo_standin import MongoStandIn
 
 REPLICA_SET_URI = (
     "mongodb://db1:27017,db2:27017,db3:27017/shop"
@@ -95,7 +95,7 @@ def test_every_order_write_sends_the_orders_write_concern_to_the_server(
     # The app connects by itself, as a worker does; the stand-in (whatever
     # MONGO_TEST_URI says) shows the commands that reached the server.
     database = f"write_concern_{os.urandom(4).hex()}"
-    config = _testing() | app_config | {"MONGO_URI": standin.url_of(database)}
+    config = app_settings() | app_config | {"MONGO_URI": standin.url_of(database)}
     if setting is not None:
         config["MONGO_ORDERS_WRITE_CONCERN"] = setting
     app = create_app(config, redis_client=redis_client)

@@ -1,17 +1,16 @@
-"""FlashCart on a real Redis Cluster (tests/cluster_servers.py starts one per session).
+"""FlashCart on a real Redis Cluster (tests/support/cluster_servers.py starts one per session).
 
 What a cluster adds: keys live in 16384 hash slots spread over masters, a WATCH/MULTI
 transaction may only touch keys of one slot, and the client must follow the slot map
-through failovers. The concurrency scenarios of tests/test_inventory_concurrency.py
-and tests/test_api_concurrency.py run on the cluster too (`real_redis_url`); the
-failover and several API hosts are in tests/test_scale_out.py.
+through failovers. The concurrency scenarios of tests/system/test_inventory_concurrency.py
+and tests/system/test_api_concurrency.py run on the cluster too (`real_redis_url`); the
+failover and several API hosts are in tests/system/test_scale_out.py.
 """
 
 import contextlib
 
 import pytest
 import redis
-from conftest import PASSWORD, _testing
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
@@ -24,6 +23,7 @@ from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import LIVE, Inventory, Keys, SalePlan
 from flashcart.stores import connect_redis
+from tests.support.app import PASSWORD, app_settings
 
 RESERVE = "/api/v1/sales/reserve/{}"
 ORDERS = "/api/v1/orders"
@@ -181,7 +181,7 @@ def cluster_app(redis_cluster, mongo_db):
     """The app as production builds it: REDIS_URL names the cluster, no client handed in,
     and rate limits on (their counters live in the cluster too)."""
     redis_cluster.flushall()
-    config = _testing() | {
+    config = app_settings() | {
         "REDIS_URL": redis_cluster.url,
         "RATELIMIT_ENABLED": True,
         "RATELIMIT_GLOBAL": "",
@@ -204,7 +204,7 @@ def auth(app, role, email):
 
 
 def test_an_api_host_starts_while_the_cluster_is_unreachable_and_answers_503(mongo_db):
-    config = _testing() | {
+    config = app_settings() | {
         "REDIS_URL": "redis+cluster://127.0.0.1:1,127.0.0.1:2",
         "REDIS_TIMEOUT_SECONDS": 0.3,
         # limits' own cluster storage would connect (and fail) while the app is built.

@@ -4,7 +4,7 @@ Each "host" is its own gunicorn master with its own sync workers on its own loop
 port, as separate machines behind a load balancer would be. They share only what
 production hosts share: Redis (one server, or the Redis Cluster) and MongoDB, reached
 with PyMongo through MONGO_URI: a fresh database on MONGO_TEST_URI's server, else
-the wire-protocol stand-in (tests/mongo_standin.py).
+the wire-protocol stand-in (tests/support/mongo_standin.py).
 
 - One drop through three hosts, on one redis-server and on the cluster: each
   reservation is checked out on another host than the one that took it, and the
@@ -27,11 +27,7 @@ import threading
 import time
 import uuid
 
-import chaos_app
-import cluster_servers
 import pytest
-from conftest import fresh_mongo_uri, run_threads
-from gunicorn_hosts import GunicornHost, open_drop
 
 from flashcart import create_app
 from flashcart.orders import service as order_service
@@ -39,6 +35,10 @@ from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import Keys
 from flashcart.stores import connect_redis, object_id_or_none
+from tests.support import chaos_app, cluster_servers
+from tests.support.gunicorn_hosts import GunicornHost, open_drop
+from tests.support.mongo import fresh_mongo_uri
+from tests.support.threads import run_threads
 
 pytestmark = [
     pytest.mark.slow,

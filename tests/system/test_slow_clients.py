@@ -4,7 +4,7 @@ A sync worker serves one connection at a time: a client that connects and says
 nothing, sends half a request, or never reads its answer holds a worker until
 gunicorn's 30 s timeout, and a few hundred of them stall a drop. Here the production
 gunicorn (gunicorn.conf.py: four sync workers, `wsgi:app` in production mode) runs on
-the suite's redis-server and a MongoDB (MONGO_TEST_URI's, else tests/mongo_standin.py),
+the suite's redis-server and a MongoDB (MONGO_TEST_URI's, else tests/support/mongo_standin.py),
 behind Debian's nginx running
 the repository's config. While hundreds of such clients hang on nginx, shoppers
 reserve through it as usual; the same clients sent straight to gunicorn stall every
@@ -23,19 +23,20 @@ import subprocess
 import sys
 import time
 
-import chaos_app
 import pytest
 import redis
-from conftest import free_port, fresh_mongo_uri, run_threads
-from gunicorn_hosts import Api
 
-from bench.servers import stop, wait_for
+from bench.servers import ROOT, stop, wait_for
 from flashcart import create_app
 from flashcart.auth import service as accounts
+from tests.support import chaos_app
+from tests.support.gunicorn_hosts import Api
+from tests.support.mongo import fresh_mongo_uri
+from tests.support.ports import free_port
+from tests.support.threads import run_threads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX_TEMPLATE = os.path.join(ROOT, "deploy", "nginx", "flashcart.conf.template")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -158,7 +158,7 @@ def test_building_the_app_talks_to_no_real_store_even_with_an_admin_configured(
 ):
     # gunicorn builds the app in its master (preload_app) and forks the workers: an
     # unreachable MongoDB must not stop it starting, and nothing may be opened there
-    # to live on across the forks. The admin is made by `flask init` (tests/test_cli.py).
+    # to live on across the forks. The admin is made by `flask init` (tests/api/test_cli.py).
     if redis_server is None:
         pytest.skip("needs a real redis-server")
     app = create_app(

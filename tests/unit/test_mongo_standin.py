@@ -1,4 +1,4 @@
-"""The MongoDB stand-in (tests/mongo_standin.py) answers PyMongo like a MongoDB server,
+"""The MongoDB stand-in (tests/support/mongo_standin.py) answers PyMongo like a MongoDB server,
 for every operation the app uses: the multi-process tests and MONGO_TEST_URI rely on it."""
 
 import os
@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import pymongo
 import pytest
 from bson import ObjectId
-from mongo_standin import MongoStandIn
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+from tests.support.mongo_standin import MongoStandIn
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""The API in-process through Flask's test client, by domain."""

@@ -1,0 +1,1 @@
+"""Real processes together: concurrency, failures, clusters, servers and the image."""
