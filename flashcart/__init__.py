@@ -16,6 +16,7 @@ def create_app(config=None, *, db=None, redis_client=None):
     register_request_hooks(app)
     register_extensions(app, db, redis_client)
     register_blueprints(app)
+    register_measures(app)
     register_errors(app)
     register_commands(app)
     seed_embedded_demo(app)
@@ -76,6 +77,13 @@ def register_blueprints(app):
 
     for blueprint in (health.blp, auth, products, sales, orders):
         api.register_blueprint(blueprint)
+
+
+def register_measures(app):
+    """The gauges domains serve at /metrics (metrics itself knows no domain)."""
+    from flashcart.sales import service as sales
+
+    sales.init_app(app)
 
 
 def register_errors(app):

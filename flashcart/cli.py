@@ -12,9 +12,9 @@ from flask.cli import with_appcontext
 from flashcart import demo
 from flashcart.auth import emails, passwords
 from flashcart.auth import service as accounts
+from flashcart.checkout import recovery
 from flashcart.extensions import stores
 from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
-from flashcart.sales import recovery
 from flashcart.stores import IndexSetupError
 
 log = logging.getLogger("flashcart.cli")

@@ -6,10 +6,10 @@ there, /metrics adds up every worker's, and the `child_exit` hook marks dead
 workers. Without that variable (`flask run`, tests) the process's own registry is
 served.
 
-Live stock is read when Prometheus scrapes, not counted as it changes: one cheap
-Redis read per product whose sale is in Redis (a handful during a drop), never a
-scan of the keyspace. It is therefore exact at scrape time, costs nothing on the
-reservation path, and needs no cross-worker gauge.
+Gauges are read when Prometheus scrapes, not counted as values change: a domain
+registers a callback with `register_gauge` (sales: live stock, one cheap Redis read
+per product on sale). They are exact at scrape time, cost nothing on the hot path
+and need no cross-worker gauge. This module imports no domain: domains call it.
 """
 
 import logging
@@ -18,7 +18,7 @@ import time
 
 import pymongo.errors
 import redis.exceptions
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,8 +30,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
-
-from flashcart.sales import service as sales
 
 log = logging.getLogger(__name__)
 # The `_created` timestamp series only double the output; rate() does not need them.
@@ -90,6 +88,7 @@ def order(status):
 
 
 def init_app(app):
+    app.extensions["flashcart.metrics.gauges"] = {}
     app.before_request(_start_timer)
     app.after_request(_observe)
     app.register_blueprint(blp)
@@ -110,37 +109,41 @@ def _observe(response):
     return response
 
 
-class _StockCollector:
-    def __init__(self, stock):
-        self.stock = stock
+def register_gauge(app, name, documentation, label, read):
+    """Serve `name` at /metrics: `read()` (in the app's context) returns {label value:
+    number}, once per scrape. A domain registers what it measures; metrics knows none."""
+    app.extensions["flashcart.metrics.gauges"][name] = (documentation, label, read)
+
+
+class _GaugeReadAtScrape:
+    def __init__(self, name, documentation, label, values):
+        self.family = GaugeMetricFamily(name, documentation, labels=[label])
+        for label_value, value in sorted(values.items()):
+            self.family.add_metric([label_value], value)
 
     def collect(self):
-        family = GaugeMetricFamily(
-            "flashcart_stock_available",
-            "Units available now (Redis), per product whose sale is live or ending.",
-            labels=["product_id"],
-        )
-        for product_id, available in sorted(self.stock.items()):
-            family.add_metric([product_id], available)
-        yield family
+        yield self.family
 
 
-def _live_stock_registry():
+def _gauges_registry():
     registry = CollectorRegistry()
-    try:
-        registry.register(_StockCollector(sales.live_stock()))
-    except (redis.exceptions.RedisError, pymongo.errors.PyMongoError) as error:
-        log.warning("metrics: live stock unavailable: %s", error)
+    for name, (documentation, label, read) in current_app.extensions[
+        "flashcart.metrics.gauges"
+    ].items():
+        try:
+            registry.register(_GaugeReadAtScrape(name, documentation, label, read()))
+        except (redis.exceptions.RedisError, pymongo.errors.PyMongoError) as error:
+            log.warning("metrics: %s unavailable: %s", name, error)
     return registry
 
 
 @blp.route("/metrics", methods=["GET"])
 def metrics():
-    """Prometheus text exposition: this process's or all workers' samples, plus stock."""
+    """Prometheus text exposition: this process's or all workers' samples, plus gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    body = generate_latest(registry) + generate_latest(_live_stock_registry())
+    body = generate_latest(registry) + generate_latest(_gauges_registry())
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@ from marshmallow import RAISE
 
 from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id, current_user_is_admin
+from flashcart.checkout import saga
 from flashcart.idempotency import idempotent
 from flashcart.orders import service
 from flashcart.orders.schemas import OrderIn, OrderListQuery, OrderOut, OrderPage
@@ -20,7 +21,7 @@ blp = Blueprint("orders", __name__, url_prefix="/api/v1/orders", description="Ch
 @problems(ReservationNotFound, ReservationExpired)
 def place_order(data):
     """Check out a live reservation as an order (once per reservation)."""
-    order, created = service.place_order(user_id=current_user_id(), **data)
+    order, created = saga.place_order(user_id=current_user_id(), **data)
     return order, 201 if created else 200
 
 
@@ -54,6 +55,6 @@ def cancel_order(order_id):
     The order is cancelled, not removed: it remains readable, and `GET` on the same
     path answers 200 with status `cancelled`. Cancelling it again is a 409.
     """
-    return service.cancel_order(
+    return saga.cancel_order(
         order_id=order_id, user_id=current_user_id(), is_admin=current_user_is_admin()
     )

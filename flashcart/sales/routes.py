@@ -6,10 +6,11 @@ from flask_smorest import Blueprint
 from flashcart import idempotency, rate_limits
 from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id
+from flashcart.checkout import recovery
 from flashcart.errors import Busy
 from flashcart.idempotency import idempotent
 from flashcart.products.service import ProductNotFound
-from flashcart.sales import inventory, recovery, service
+from flashcart.sales import inventory, service
 from flashcart.sales.schemas import (
     AuditOut,
     ReservationOut,

@@ -1,4 +1,8 @@
-"""Sales: starting a drop, live stock and reservations (rules around the engine)."""
+"""Sales: starting a drop, live stock and reservations (rules around the engine).
+
+What was sold comes from the orders ledger (read-only); checkout and cancel, which
+change both a hold and an order, are in flashcart/checkout/saga.py.
+"""
 
 from datetime import UTC, datetime
 
@@ -7,7 +11,7 @@ from flask import current_app
 from flashcart import metrics
 from flashcart.errors import Conflict, DomainError
 from flashcart.extensions import stores
-from flashcart.orders import service as orders
+from flashcart.orders import ledger
 from flashcart.products import service as products
 from flashcart.sales.inventory import Inventory, SaleEnded, SaleNotStarted, SalePlan
 from flashcart.stores import as_utc, object_id_or_none
@@ -29,7 +33,19 @@ class _MeteredInventory(Inventory):
         return returned
 
 
+def init_app(app):
+    """What sales measures: live stock, read when Prometheus scrapes /metrics."""
+    metrics.register_gauge(
+        app,
+        "flashcart_stock_available",
+        "Units available now (Redis), per product whose sale is live or ending.",
+        "product_id",
+        live_stock,
+    )
+
+
 def inventory():
+    """The engine, built from the app's config, for this request or command."""
     config = current_app.config
     return _MeteredInventory(
         stores.redis,
@@ -37,7 +53,7 @@ def inventory():
         max_attempts=config["RESERVE_MAX_ATTEMPTS"],
         stripes=config["STOCK_STRIPES"],
         on_retry=metrics.WATCH_RETRIES.inc,
-        placed_orders=orders.reservations_sold,
+        placed_orders=ledger.reservations_sold,
     )
 
 
@@ -53,7 +69,7 @@ def plan_for(product, inventory_=None):
         status=products.LIVE if product["sale_status"] == products.LIVE else products.ENDED,
         limit=product["per_user_limit"],
         total=product["stock"],
-        sold_by_user=orders.units_sold_by_user(
+        sold_by_user=ledger.units_sold_by_user(
             product_id,
             restored=engine.restored_orders(product_id),
             claimed=set(engine.claims(product_id).values()),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from bson import ObjectId
 
-from flashcart.sales import recovery
+from flashcart.checkout import recovery
 from flashcart.sales.inventory import EXPIRED_MARK_SECONDS, Keys
 from tests.support.http import assert_problem
 

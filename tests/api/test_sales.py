@@ -461,7 +461,7 @@ class TestExpiredHolds:
         returned_by,
         sale_state,
     ):
-        from flashcart.sales import recovery
+        from flashcart.checkout import recovery
 
         product = make_product(live=True, stock=5, per_user_limit=1)
         pid = product["id"]

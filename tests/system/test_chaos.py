@@ -35,8 +35,8 @@ import pytest
 import redis
 
 from flashcart import create_app
+from flashcart.checkout import recovery
 from flashcart.orders import service as order_service
-from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import Keys
 from flashcart.stores import object_id_or_none

@@ -15,9 +15,9 @@ import time
 import pytest
 from bson import ObjectId
 
+from flashcart.checkout import recovery
 from flashcart.orders import service as order_service
 from flashcart.products import service as product_service
-from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import Inventory, Keys
 

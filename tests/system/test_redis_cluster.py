@@ -16,10 +16,10 @@ from redis.crc import key_slot
 
 from flashcart import create_app
 from flashcart.auth import service as accounts
+from flashcart.checkout import recovery
 from flashcart.idempotency import _record_key
 from flashcart.products.service import TRENDING_KEY, cache_key
 from flashcart.redis_cluster import ClusterClient, parse_url
-from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import LIVE, Inventory, Keys, SalePlan
 from flashcart.stores import connect_redis

@@ -30,8 +30,8 @@ import uuid
 import pytest
 
 from flashcart import create_app
+from flashcart.checkout import recovery
 from flashcart.orders import service as order_service
-from flashcart.sales import recovery
 from flashcart.sales import service as sale_service
 from flashcart.sales.inventory import Keys
 from flashcart.stores import connect_redis, object_id_or_none

@@ -10,6 +10,8 @@ from collections import Counter
 
 from flask import current_app
 
+from flashcart.checkout import saga
+from flashcart.orders import ledger
 from flashcart.orders import service as orders
 from flashcart.products import service as products
 from flashcart.sales import service as sales
@@ -20,10 +22,10 @@ def sweep():
     engine = sales.inventory()
     grace = current_app.config["SWEEP_GRACE_SECONDS"]
     done = Counter()
-    for order in orders.stale(orders.PENDING, grace):
-        done[f"checkouts_{orders.recover_pending(engine, order)}"] += 1
-    for order in orders.stale(orders.CANCELLING, grace):
-        orders.finish_cancel(engine, order)
+    for order in ledger.stale(ledger.PENDING, grace):
+        done[f"checkouts_{saga.recover_pending(engine, order)}"] += 1
+    for order in ledger.stale(ledger.CANCELLING, grace):
+        saga.finish_cancel(engine, order)
         done["cancels_finished"] += 1
     for product in products.products_in_sale():
         product_id = str(product["_id"])
@@ -41,8 +43,8 @@ def sweep():
 def _settle_confirmed_claims(engine, product_id):
     # A crash after the order became placed but before Redis forgot the claim.
     for reservation_id, order_id in engine.claims(product_id).items():
-        order = orders.find_order(order_id)
-        if order is not None and order["status"] != orders.PENDING:
+        order = ledger.find_order(order_id)
+        if order is not None and order["status"] != ledger.PENDING:
             engine.settle_claim(reservation_id)
 
 
@@ -51,7 +53,7 @@ def close_ended_sale(engine, product):
     product_id = str(product["_id"])
     # A checkout or cancel still in flight would change the figures after they are
     # written, and dropping `restored` would let a cancel restore twice.
-    if orders.in_flight(product_id):
+    if ledger.in_flight(product_id):
         return False
     engine.end_sale(product_id)  # in case ending it died between MongoDB and Redis
     if not engine.close_sale(product_id):
@@ -73,7 +75,7 @@ def audit_product(product, engine=None):
     # Holds whose orders MongoDB placed: Redis lost their claim (e.g. a failover to
     # a replica that had not received it). Repair drops them; until then they would
     # return their units to stock when they expire.
-    sold_holds = orders.reservations_sold(product_id, [hold.id for hold in holds])
+    sold_holds = ledger.reservations_sold(product_id, [hold.id for hold in holds])
     held_by_user = Counter()
     for hold in holds:
         if hold.id not in sold_holds:
@@ -130,7 +132,7 @@ def audit(repair=False, product_id=None):
                 row["product_id"],
                 # Read again inside the WATCH: an admin may end or restock meanwhile.
                 lambda p=row["product_id"]: sales.plan_for(products.find(p), engine),
-                already_sold=lambda ids, p=row["product_id"]: orders.reservations_sold(p, ids),
+                already_sold=lambda ids, p=row["product_id"]: ledger.reservations_sold(p, ids),
             )
             row = {**audit_product(product, engine), "repaired": True}
         rows.append(row)
