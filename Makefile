@@ -24,8 +24,9 @@ run: $(BIN)/.installed  ## Serve the API through gunicorn (embedded in-memory ba
 dev: $(BIN)/.installed  ## Flask's development server, reloading on code changes
 	$(BIN)/flask --app wsgi run --reload --host $(HOST) --port $(PORT)
 
-test: $(BIN)/.installed  ## Lint, security scan, then the whole suite (starts its own redis-server)
+test: $(BIN)/.installed  ## Lint, import contract, security scan, then the whole suite (starts its own redis-server)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/bandit -q -r flashcart config.py wsgi.py -c pyproject.toml
 	$(BIN)/pytest
 
@@ -35,11 +36,12 @@ openapi: $(BIN)/.installed  ## Regenerate openapi.json (a test fails while it is
 fuzz: $(BIN)/.installed  ## A bigger schemathesis run with fresh random inputs (make test runs a small one)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/pytest tests/api/test_fuzz.py -s
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed  ## ruff, and the import contract (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .grimp_cache
 
 bench: $(BIN)/.installed  ## Benchmark: Redis level, HTTP level (wrk, gunicorn) and a drop rehearsal
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
