@@ -1,12 +1,32 @@
 """FlashCart: the backend for limited-edition product drops."""
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config
+from flashcart import (
+    health,
+    json_bodies,
+    logs,
+    metrics,
+    query_params,
+    rate_limits,
+    security_headers,
+)
+from flashcart.auth.roles import init_jwt
+from flashcart.auth.routes import blp as auth_routes
+from flashcart.cli import register_commands as register_cli_commands
+from flashcart.errors import register_error_handlers
+from flashcart.extensions import api, cors, jwt, stores
+from flashcart.orders.routes import blp as order_routes
+from flashcart.products.routes import blp as product_routes
+from flashcart.sales import service as sales
+from flashcart.sales.routes import blp as sale_routes
 
 
 def create_app(config=None, *, db=None, redis_client=None):
-    """Build the app.
+    """Build the app: configure it and register its parts. Nothing connects and no
+    data is written here (the embedded demo is seeded by wsgi.py, see bootstrap.py).
 
     `config` is a config class or a dict of overrides on top of the class that
     FLASHCART_ENV names. Tests may hand in ready `db` / `redis_client` objects.
@@ -17,9 +37,8 @@ def create_app(config=None, *, db=None, redis_client=None):
     register_extensions(app, db, redis_client)
     register_blueprints(app)
     register_measures(app)
-    register_errors(app)
-    register_commands(app)
-    seed_embedded_demo(app)
+    register_error_handlers(app)
+    register_cli_commands(app)
     return app
 
 
@@ -37,10 +56,6 @@ def _configure(app, config):
 def register_request_hooks(app):
     """Proxy headers, request ids and logs, metrics, body and query checks, security
     headers: ahead of other hooks."""
-    from werkzeug.middleware.proxy_fix import ProxyFix
-
-    from flashcart import json_bodies, logs, metrics, query_params, security_headers
-
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
@@ -52,10 +67,6 @@ def register_request_hooks(app):
 
 
 def register_extensions(app, db, redis_client):
-    from flashcart import rate_limits
-    from flashcart.auth.roles import init_jwt
-    from flashcart.extensions import api, cors, jwt, stores
-
     stores.init_app(app, db=db, redis_client=redis_client)
     jwt.init_app(app)
     init_jwt(jwt)
@@ -68,38 +79,10 @@ def register_extensions(app, db, redis_client):
 
 
 def register_blueprints(app):
-    from flashcart import health
-    from flashcart.auth.routes import blp as auth
-    from flashcart.extensions import api
-    from flashcart.orders.routes import blp as orders
-    from flashcart.products.routes import blp as products
-    from flashcart.sales.routes import blp as sales
-
-    for blueprint in (health.blp, auth, products, sales, orders):
+    for blueprint in (health.blp, auth_routes, product_routes, sale_routes, order_routes):
         api.register_blueprint(blueprint)
 
 
 def register_measures(app):
     """The gauges domains serve at /metrics (metrics itself knows no domain)."""
-    from flashcart.sales import service as sales
-
     sales.init_app(app)
-
-
-def register_errors(app):
-    from flashcart.errors import register_error_handlers
-
-    register_error_handlers(app)
-
-
-def register_commands(app):
-    from flashcart.cli import register_commands as register
-
-    register(app)
-
-
-def seed_embedded_demo(app):
-    # Not named `bootstrap`: importing the flashcart.bootstrap submodule would rebind it.
-    from flashcart.bootstrap import run
-
-    run(app)

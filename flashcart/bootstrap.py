@@ -1,8 +1,10 @@
-"""Demo data on the embedded in-memory backends, made when the app is built.
+"""Demo data on the embedded in-memory backends, seeded by the entry point (wsgi.py).
 
 A command in another process cannot reach in-memory data, so the embedded demo is
-seeded in the app's own process. Real MongoDB and Redis are never touched here:
-`flask init` prepares them, before the API starts.
+seeded in the serving process, right after the app is built: under gunicorn in the
+master, before the worker is forked from it. It is a step of its own, not part of
+`create_app`, so an app built by a test, a tool or a benchmark starts empty. Real
+MongoDB and Redis are never touched here: `flask init` prepares them.
 """
 
 import logging
@@ -14,7 +16,8 @@ from flashcart.auth import service as accounts
 log = logging.getLogger("flashcart")
 
 
-def run(app):
+def seed_embedded_demo(app):
+    """The demo admin and products on sale, when both stores are in memory (not under test)."""
     config = app.config
     # Both stores in memory (the benchmark pairs in-memory MongoDB with a real Redis,
     # which must not get demo sales).

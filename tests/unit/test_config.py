@@ -139,15 +139,24 @@ def test_create_app_can_build_more_than_one_app_in_a_process(redis_client, mongo
 def test_demo_data_is_made_only_when_both_stores_are_in_memory(redis_server, redis_client):
     if redis_server is None:
         pytest.skip("needs a real redis-server")
+    from flashcart import demo
+    from flashcart.bootstrap import seed_embedded_demo
+    from flashcart.products import service as products
+
     # The benchmark's pairing: MongoDB in memory, a real Redis (no demo sales in it).
-    create_app({"ENV_NAME": "development", "MONGO_URI": MEMORY_URI, "REDIS_URL": redis_server.url})
+    paired = create_app(
+        {"ENV_NAME": "development", "MONGO_URI": MEMORY_URI, "REDIS_URL": redis_server.url}
+    )
+    seed_embedded_demo(paired)
     assert redis_client.keys("fc:{p:*") == []
 
     embedded = create_app({"ENV_NAME": "development"})  # both in memory: `make run`
     with embedded.app_context():
-        from flashcart import demo
-        from flashcart.products import service as products
-
+        assert products.list_products(page=1, per_page=50)["items"] == [], (
+            "building the app seeds nothing: the entry point does (wsgi.py)"
+        )
+    seed_embedded_demo(embedded)
+    with embedded.app_context():
         listed = products.list_products(page=1, per_page=50)["items"]
     names = {product["name"] for product in listed}
     assert names >= {spec["name"] for spec in demo.DEMO_PRODUCTS}
