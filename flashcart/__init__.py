@@ -4,7 +4,11 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config
+
+# Each name bound here must not be a submodule's (say `stores` or `sales`): it would
+# replace `flashcart.stores` for everyone who reaches the module through the package.
 from flashcart import (
+    extensions,
     health,
     json_bodies,
     logs,
@@ -17,10 +21,10 @@ from flashcart.auth.roles import init_jwt
 from flashcart.auth.routes import blp as auth_routes
 from flashcart.cli import register_commands as register_cli_commands
 from flashcart.errors import register_error_handlers
-from flashcart.extensions import api, cors, jwt, stores
+from flashcart.extensions import api, cors, jwt
 from flashcart.orders.routes import blp as order_routes
 from flashcart.products.routes import blp as product_routes
-from flashcart.sales import service as sales
+from flashcart.sales import service as sale_service
 from flashcart.sales.routes import blp as sale_routes
 
 
@@ -67,7 +71,7 @@ def register_request_hooks(app):
 
 
 def register_extensions(app, db, redis_client):
-    stores.init_app(app, db=db, redis_client=redis_client)
+    extensions.stores.init_app(app, db=db, redis_client=redis_client)
     jwt.init_app(app)
     init_jwt(jwt)
     rate_limits.init_app(app)
@@ -85,4 +89,4 @@ def register_blueprints(app):
 
 def register_measures(app):
     """The gauges domains serve at /metrics (metrics itself knows no domain)."""
-    sales.init_app(app)
+    sale_service.init_app(app)
