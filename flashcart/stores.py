@@ -1,7 +1,8 @@
 """MongoDB and Redis connections, built from config, lazily and once per process.
 
 PyMongo clients are not fork-safe, so nothing connects at import or in `create_app`:
-each gunicorn worker opens its own clients on first use. `memory://` selects the
+each gunicorn worker opens its own clients on first use, and a forked process drops
+any it inherited (one `os.register_at_fork` hook, below). `memory://` selects the
 embedded in-memory backends (mongomock, fakeredis) for development and tests.
 """
 
@@ -9,6 +10,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from datetime import UTC, datetime
 
 import pymongo
@@ -138,6 +140,9 @@ def orders_collection(db, write_concern):
 
 
 class _Connections:
+    # Every app's connections in this process, for the fork hook below.
+    _everyone = weakref.WeakSet()
+
     def __init__(self, config, db=None, redis_client=None):
         self.config = config
         self._db = db
@@ -145,21 +150,28 @@ class _Connections:
         self._db_handed_in = db is not None
         self._redis_handed_in = redis_client is not None
         self._probe = None
-        self._pid = os.getpid()
         self._indexed = False
         self._orders = None
         self._lock = threading.Lock()
+        _Connections._everyone.add(self)
 
-    def _after_fork(self):
-        if self._pid != os.getpid():
-            # A forked worker must not reuse its parent's sockets.
-            self._pid = os.getpid()
-            if self.config["MONGO_URI"] != MEMORY_URI:
-                self._db = None
-                self._indexed = False
-            if self.config["REDIS_URL"] != MEMORY_URI:
-                self._redis = None
-                self._probe = None
+    def _forget_inherited(self):
+        """In a forked child: drop the parent's sockets (the in-memory stores are the
+        data itself, and stay). Runs before the child does anything else."""
+        # Another thread of the parent may have held the lock: it is never released here.
+        self._lock = threading.Lock()
+        if self.config["MONGO_URI"] != MEMORY_URI:
+            self._db = None
+            self._indexed = False
+            self._orders = None
+        if self.config["REDIS_URL"] != MEMORY_URI:
+            self._redis = None
+            self._probe = None
+
+    @classmethod
+    def forget_inherited(cls):
+        for connections in list(cls._everyone):
+            connections._forget_inherited()
 
     @property
     def db(self):
@@ -171,7 +183,6 @@ class _Connections:
         return db
 
     def _database(self):
-        self._after_fork()
         if self._db is None:
             with self._lock:
                 if self._db is None:
@@ -203,7 +214,6 @@ class _Connections:
 
     @property
     def redis(self):
-        self._after_fork()
         if self._redis is None:
             with self._lock:
                 if self._redis is None:
@@ -213,7 +223,6 @@ class _Connections:
         return self._redis
 
     def ping_redis(self, timeout):
-        self._after_fork()
         if self._redis_handed_in or self.config["REDIS_URL"] == MEMORY_URI:
             return ping_redis(self.redis)
         if self._probe is None:
@@ -224,6 +233,10 @@ class _Connections:
     def ping_mongo(self, timeout):
         with pymongo.timeout(timeout):
             return self._database().command("ping")
+
+
+# A gunicorn worker is forked from the master that built the app (preload_app).
+os.register_at_fork(after_in_child=_Connections.forget_inherited)
 
 
 class Stores:
