@@ -26,7 +26,7 @@ dev: $(BIN)/.installed  ## Flask's development server, reloading on code changes
 
 test: $(BIN)/.installed  ## Lint, import contract, security scan, then the whole suite (starts its own redis-server)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/bandit -q -r flashcart config.py wsgi.py -c pyproject.toml
 	$(BIN)/pytest
 
@@ -38,7 +38,7 @@ fuzz: $(BIN)/.installed  ## A bigger schemathesis run with fresh random inputs (
 
 lint: $(BIN)/.installed  ## ruff, and the import contract (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .grimp_cache

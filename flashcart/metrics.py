@@ -127,9 +127,8 @@ class _GaugeReadAtScrape:
 
 def _gauges_registry():
     registry = CollectorRegistry()
-    for name, (documentation, label, read) in current_app.extensions[
-        "flashcart.metrics.gauges"
-    ].items():
+    gauges = current_app.extensions["flashcart.metrics.gauges"]
+    for name, (documentation, label, read) in gauges.items():
         try:
             registry.register(_GaugeReadAtScrape(name, documentation, label, read()))
         except (redis.exceptions.RedisError, pymongo.errors.PyMongoError) as error:
