@@ -4,11 +4,10 @@ which are the data itself. One `os.register_at_fork` hook in flashcart/stores.py
 
 import os
 
-from conftest import _testing
-
 from config import MEMORY_URI
 from flashcart import create_app
 from flashcart.extensions import stores
+from tests.support.app import app_settings
 
 # Nothing listens there: building a client does not connect, and nothing is sent.
 UNUSED_REDIS = "redis://127.0.0.1:9/0"
@@ -31,7 +30,7 @@ def in_a_forked_child(check):
 
 
 def test_a_forked_child_opens_its_own_redis_client_and_keeps_the_in_memory_mongodb():
-    app = create_app({**_testing(), "MONGO_URI": MEMORY_URI, "REDIS_URL": UNUSED_REDIS})
+    app = create_app({**app_settings(), "MONGO_URI": MEMORY_URI, "REDIS_URL": UNUSED_REDIS})
     with app.app_context():
         parent_redis, parent_db = stores.redis, stores.db
         parent_db.products.insert_one({"name": "made before the fork"})
@@ -49,7 +48,7 @@ def test_a_forked_child_opens_its_own_redis_client_and_keeps_the_in_memory_mongo
 
 
 def test_a_forked_child_keeps_the_in_memory_redis():
-    app = create_app({**_testing(), "MONGO_URI": MEMORY_URI, "REDIS_URL": MEMORY_URI})
+    app = create_app({**app_settings(), "MONGO_URI": MEMORY_URI, "REDIS_URL": MEMORY_URI})
     with app.app_context():
         stores.redis.set("made-before-the-fork", "1")
         parent_redis = stores.redis
