@@ -27,7 +27,8 @@ from werkzeug.test import EnvironBuilder
 from bench import http_level
 from bench.reference import NaiveWatchReservations, ScriptReservations
 from bench.servers import LOAD_GENERATOR_CEILING, RedisServer
-from flashcart.sales.inventory import Inventory, SalePlan
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.records import SalePlan
 
 SECRET = "bench-secret-" + "x" * 40
 ROUNDS = 3

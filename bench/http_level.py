@@ -15,7 +15,8 @@ import redis
 from bson import ObjectId
 
 from bench.servers import cpu_seconds, settled_cpu_seconds
-from flashcart.sales.inventory import Inventory, SalePlan
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.records import SalePlan
 
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "requests.lua")
 PLENTY = 10**9

@@ -13,7 +13,8 @@ import redis
 from bson import ObjectId
 
 from bench.reference import NaiveWatchReservations, ScriptReservations
-from flashcart.sales.inventory import Inventory, SalePlan
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.records import SalePlan
 
 PLENTY = 10**9
 

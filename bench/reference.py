@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from flashcart.sales.inventory import Keys
+from flashcart.sales.engine.keys import Keys
 
 RESERVE = """
 local sale = redis.call('HMGET', KEYS[1], 'status', 'limit', 'stock')

@@ -23,7 +23,7 @@ import redis
 
 from bench import http_level, redis_level
 from bench.servers import Gunicorn, RedisServer
-from flashcart.sales.inventory import Inventory
+from flashcart.sales.engine.inventory import Inventory
 
 SECRET = "bench-secret-" + "x" * 40
 # The app's engine, the first engine's design (one watched hash) and the yardstick.

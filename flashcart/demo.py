@@ -7,7 +7,7 @@ from decimal import Decimal
 from flashcart.extensions import stores
 from flashcart.products import service as products
 from flashcart.sales import service as sales
-from flashcart.sales.inventory import SaleEnded
+from flashcart.sales.engine.errors import SaleEnded
 from flashcart.sales.service import SaleAlreadyStarted
 
 log = logging.getLogger(__name__)

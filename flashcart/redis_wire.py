@@ -5,6 +5,10 @@ response callbacks; on the hot paths that cost more client CPU than Redis spends
 answering. Packing with hiredis (redis-py's own C packer) and reading raw replies
 halved a reservation's client CPU (docs/performance.md). Callers get raw replies:
 strings (the clients decode responses), integers, lists and None.
+
+`watch_and_read` and `exec_packed` are the one place the app uses redis-py's
+pipeline internals (`pipe.connection`, `pipe.watching`), for the reservation's two
+round trips; tests/test_redis_wire.py pins the redis-py behaviour they rely on.
 """
 
 import redis
@@ -54,3 +58,46 @@ def query(client, commands):
         )
     finally:
         pool.release(connection)
+
+
+def watch_and_read(pipe, watch_keys, reads):
+    """WATCH `watch_keys` and run the read commands in one round trip.
+
+    redis-py sends WATCH and then each read separately once a pipeline is watching
+    (four round trips for a reservation instead of two). Packing them, this sets the
+    pipeline's connection and its `watching` flag the way `Pipeline.watch` does, so
+    that `exec_packed` sends EXEC there and a pipeline left without EXEC sends
+    UNWATCH before it returns the connection to the pool. Other pipelines (Redis
+    Cluster's) take the ordinary path.
+    """
+    if not isinstance(pipe, redis.client.Pipeline):
+        pipe.watch(*watch_keys)
+        return [pipe.execute_command(*command) for command in reads]
+    connection = pipe.connection or pipe.connection_pool.get_connection()
+    pipe.connection = connection
+    replies = round_trip(connection, [("WATCH", *watch_keys), *reads])
+    pipe.watching = True  # so that leaving without EXEC sends UNWATCH
+    return replies[1:]
+
+
+def exec_packed(pipe, commands):
+    """MULTI, `commands`, EXEC in one round trip on the watching connection.
+
+    `watch_and_read`'s twin: it skips redis-py's generic transaction bookkeeping.
+    Raises WatchError if a watched key changed, and a command's error reply.
+    """
+    if not isinstance(pipe, redis.client.Pipeline) or pipe.connection is None:
+        pipe.multi()
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+    try:
+        results = round_trip(pipe.connection, [("MULTI",), *commands, ("EXEC",)])[-1]
+    finally:
+        pipe.watching = False
+    if results is None:
+        raise redis.WatchError("a watched key changed")
+    for result in results:
+        if isinstance(result, redis.ResponseError):
+            raise result
+    return results

@@ -195,7 +195,7 @@ def sale_state(redis_client):
     or bought}, the per-user limit counts). Tests assert on this rather than on the
     key layout, which the engine owns.
     """
-    from flashcart.sales.inventory import Inventory
+    from flashcart.sales.engine.inventory import Inventory
 
     def state(product_id):
         engine = Inventory(redis_client)

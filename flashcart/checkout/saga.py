@@ -9,7 +9,8 @@ the sweeper finishes (flashcart/checkout/recovery.py).
 
 from flashcart.orders import service as orders
 from flashcart.sales import service as sales
-from flashcart.sales.inventory import Inventory, ReservationExpired, ReservationNotFound
+from flashcart.sales.engine.errors import ReservationExpired, ReservationNotFound
+from flashcart.sales.engine.inventory import Inventory
 
 
 def place_order(*, user_id, reservation_id):

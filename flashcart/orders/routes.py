@@ -7,7 +7,7 @@ from flashcart.checkout import saga
 from flashcart.idempotency import idempotent
 from flashcart.orders import service
 from flashcart.orders.schemas import OrderIn, OrderListQuery, OrderOut, OrderPage
-from flashcart.sales.inventory import ReservationExpired, ReservationNotFound
+from flashcart.sales.engine.errors import ReservationExpired, ReservationNotFound
 
 blp = Blueprint("orders", __name__, url_prefix="/api/v1/orders", description="Checkout and orders.")
 

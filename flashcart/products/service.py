@@ -12,7 +12,8 @@ from flashcart.errors import NotFound
 from flashcart.extensions import stores
 from flashcart.products import view_counts
 from flashcart.products.view_counts import TRENDING_KEY
-from flashcart.sales.inventory import SaleEnded, product_prefix
+from flashcart.sales.engine.errors import SaleEnded
+from flashcart.sales.engine.keys import product_prefix
 from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
 # draft -> live -> ended (no new reservations) -> closed (figures written back).

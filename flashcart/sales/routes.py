@@ -10,7 +10,15 @@ from flashcart.checkout import recovery
 from flashcart.errors import Busy
 from flashcart.idempotency import idempotent
 from flashcart.products.service import ProductNotFound
-from flashcart.sales import inventory, service
+from flashcart.sales import service
+from flashcart.sales.engine.errors import (
+    InsufficientStock,
+    LimitExceeded,
+    SaleEnded,
+    SaleNotOpen,
+    SaleNotStarted,
+    SoldOut,
+)
 from flashcart.sales.schemas import (
     AuditOut,
     ReservationOut,
@@ -29,7 +37,7 @@ blp = Blueprint(
 @blp.route("/start/<product_id>", methods=["POST"])
 @auth_required("admin")
 @blp.response(200, SaleOut)
-@problems(ProductNotFound, service.SaleAlreadyStarted, inventory.SaleEnded)
+@problems(ProductNotFound, service.SaleAlreadyStarted, SaleEnded)
 def start_sale(product_id):
     """Start the sale: push the product's unsold stock live (admin)."""
     return service.start_sale(product_id)
@@ -37,7 +45,7 @@ def start_sale(product_id):
 
 @blp.route("/stock/<product_id>", methods=["GET"])
 @blp.response(200, StockOut)
-@problems(ProductNotFound, inventory.SaleNotStarted)
+@problems(ProductNotFound, SaleNotStarted)
 def stock(product_id):
     """Live stock of a product on sale."""
     return service.stock(product_id)
@@ -69,12 +77,12 @@ def sold_out_first(view):
 @blp.response(201, ReservationOut)
 @problems(
     ProductNotFound,
-    inventory.SaleNotStarted,
-    inventory.SaleNotOpen,
-    inventory.SaleEnded,
-    inventory.SoldOut,
-    inventory.InsufficientStock,
-    inventory.LimitExceeded,
+    SaleNotStarted,
+    SaleNotOpen,
+    SaleEnded,
+    SoldOut,
+    InsufficientStock,
+    LimitExceeded,
     Busy,
 )
 def reserve(data, product_id):
@@ -85,7 +93,7 @@ def reserve(data, product_id):
 @blp.route("/end/<product_id>", methods=["POST"])
 @auth_required("admin")
 @blp.response(200, SaleOut)
-@problems(ProductNotFound, inventory.SaleNotStarted)
+@problems(ProductNotFound, SaleNotStarted)
 def end_sale(product_id):
     """End the sale: no new reservations; live holds may still check out (admin)."""
     return service.end_sale(product_id)
@@ -95,7 +103,7 @@ def end_sale(product_id):
 @auth_required("admin")
 @blp.arguments(RestockIn())
 @blp.response(200, RestockOut)
-@problems(ProductNotFound, inventory.SaleEnded)
+@problems(ProductNotFound, SaleEnded)
 def restock(data, product_id):
     """Add units to the drop, even while it is live (admin)."""
     return service.restock(product_id, data["quantity"])

@@ -13,7 +13,10 @@ from flashcart.errors import Conflict, DomainError
 from flashcart.extensions import stores
 from flashcart.orders import ledger
 from flashcart.products import service as products
-from flashcart.sales.inventory import Inventory, SaleEnded, SaleNotStarted, SalePlan
+from flashcart.sales.engine.errors import SaleEnded, SaleNotStarted
+from flashcart.sales.engine.hints import EngineHints
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.records import SalePlan
 from flashcart.stores import as_utc, object_id_or_none
 
 
@@ -34,7 +37,9 @@ class _MeteredInventory(Inventory):
 
 
 def init_app(app):
-    """What sales measures: live stock, read when Prometheus scrapes /metrics."""
+    """The sale engine's per-worker hints, and what sales measures: live stock, read
+    when Prometheus scrapes /metrics."""
+    app.extensions["flashcart.engine_hints"] = EngineHints()
     metrics.register_gauge(
         app,
         "flashcart_stock_available",
@@ -42,6 +47,12 @@ def init_app(app):
         "product_id",
         live_stock,
     )
+
+
+def engine_hints(app=None):
+    """The app's engine hints (sold-out marks, stock reads, stripes with units): they
+    outlive the request's Inventory, for as long as the worker runs."""
+    return (app or current_app).extensions["flashcart.engine_hints"]
 
 
 def inventory():
@@ -54,6 +65,7 @@ def inventory():
         stripes=config["STOCK_STRIPES"],
         on_retry=metrics.WATCH_RETRIES.inc,
         placed_orders=ledger.reservations_sold,
+        hints=engine_hints(),
     )
 
 

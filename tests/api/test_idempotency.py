@@ -10,7 +10,8 @@ import time
 import pytest
 
 from flashcart import idempotency
-from flashcart.sales.inventory import Inventory, Keys
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.keys import Keys
 
 STORM = 50
 JOIN_TIMEOUT = 30

@@ -9,7 +9,8 @@ import pytest
 from bson import ObjectId
 
 from flashcart.checkout import recovery
-from flashcart.sales.inventory import EXPIRED_MARK_SECONDS, Keys
+from flashcart.sales.engine.inventory import EXPIRED_MARK_SECONDS
+from flashcart.sales.engine.keys import Keys
 from tests.support.http import assert_problem
 
 JOIN_TIMEOUT = 30

@@ -223,7 +223,7 @@ def test_once_seen_sold_out_a_reservation_is_refused_before_authentication(
 def test_a_sale_another_worker_closed_is_explained_not_answered_sold_out(
     client, make_product, user_headers, make_user, headers_for, redis_client, mongo_db, monkeypatch
 ):
-    from flashcart.sales import inventory
+    from flashcart.sales.service import engine_hints
 
     product = make_product(live=True, stock=1, per_user_limit=1)
     assert reserve(client, product["id"], user_headers).status_code == 201
@@ -233,7 +233,7 @@ def test_a_sale_another_worker_closed_is_explained_not_answered_sold_out(
         {"_id": ObjectId(product["id"])}, {"$set": {"sale_status": "closed"}}
     )
     redis_client.delete(sale_key(product["id"]))
-    monkeypatch.setattr(inventory, "SOLD_OUT_TRUST_SECONDS", 0)  # the mark is old
+    monkeypatch.setattr(engine_hints(client.application), "sold_out_trust_seconds", 0)  # old mark
 
     response = reserve(client, product["id"], headers_for(make_user()))
 

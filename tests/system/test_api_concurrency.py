@@ -11,7 +11,8 @@ import collections
 import pytest
 
 from config import TestingConfig
-from flashcart.sales.inventory import Inventory, Keys
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.keys import Keys
 from flashcart.stores import connect_mongo, connect_redis
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.threads import run_threads

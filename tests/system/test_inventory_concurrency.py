@@ -27,16 +27,15 @@ import pytest
 from bson import ObjectId
 
 from flashcart.errors import Busy
-from flashcart.sales.inventory import (
-    LIVE,
+from flashcart.sales.engine.errors import (
     InsufficientStock,
-    Inventory,
-    Keys,
     LimitExceeded,
     ReservationNotFound,
-    SalePlan,
     SoldOut,
 )
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.keys import LIVE, Keys
+from flashcart.sales.engine.records import SalePlan
 from flashcart.stores import connect_redis
 from tests.support.threads import run_threads
 

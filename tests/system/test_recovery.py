@@ -19,7 +19,8 @@ from flashcart.checkout import recovery
 from flashcart.orders import service as order_service
 from flashcart.products import service as product_service
 from flashcart.sales import service as sale_service
-from flashcart.sales.inventory import Inventory, Keys
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.keys import Keys
 
 HOLD_WAIT = 1.2
 

@@ -21,7 +21,9 @@ from flashcart.idempotency import _record_key
 from flashcart.products.service import TRENDING_KEY, cache_key
 from flashcart.redis_cluster import ClusterClient, parse_url
 from flashcart.sales import service as sale_service
-from flashcart.sales.inventory import LIVE, Inventory, Keys, SalePlan
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.keys import LIVE, Keys
+from flashcart.sales.engine.records import SalePlan
 from flashcart.stores import connect_redis
 from tests.support.app import PASSWORD, app_settings
 

@@ -33,7 +33,7 @@ from flashcart import create_app
 from flashcart.checkout import recovery
 from flashcart.orders import service as order_service
 from flashcart.sales import service as sale_service
-from flashcart.sales.inventory import Keys
+from flashcart.sales.engine.keys import Keys
 from flashcart.stores import connect_redis, object_id_or_none
 from tests.support import chaos_app, cluster_servers
 from tests.support.gunicorn_hosts import GunicornHost, open_drop

@@ -8,17 +8,17 @@ import redis
 from bson import ObjectId
 
 from flashcart.errors import Busy
-from flashcart.sales.inventory import (
+from flashcart.sales.engine.errors import (
     InsufficientStock,
-    Inventory,
-    Keys,
     LimitExceeded,
     ReservationExpired,
     ReservationNotFound,
     SaleEnded,
-    SalePlan,
     SoldOut,
 )
+from flashcart.sales.engine.inventory import Inventory
+from flashcart.sales.engine.keys import Keys
+from flashcart.sales.engine.records import SalePlan
 
 
 def open_sale(engine, stock, limit=100):
@@ -63,11 +63,7 @@ def test_units_coming_back_after_a_sell_out_are_sold_again_at_once(redis_client)
     assert engine.reserve(product_id, "ben").quantity == 1
 
 
-def test_units_another_process_returns_are_seen_once_the_sold_out_mark_is_old(
-    redis_client, monkeypatch
-):
-    from flashcart.sales import inventory
-
+def test_units_another_process_returns_are_seen_once_the_sold_out_mark_is_old(redis_client):
     engine = Inventory(redis_client, stripes=4)
     product_id = open_sale(engine, 1)
     engine.reserve(product_id, "ana")
@@ -77,7 +73,7 @@ def test_units_another_process_returns_are_seen_once_the_sold_out_mark_is_old(
 
     with pytest.raises(SoldOut):  # within the trust window: answered from memory
         engine.reserve(product_id, "ben")
-    monkeypatch.setattr(inventory, "SOLD_OUT_TRUST_SECONDS", 0)
+    engine.hints.sold_out_trust_seconds = 0  # the mark is old
 
     assert engine.reserve(product_id, "ben").quantity == 1
 
@@ -121,18 +117,18 @@ def test_restock_spreads_the_new_units_and_clears_a_sell_out(redis_client):
 
 
 def test_exhausted_retries_are_busy_not_a_hang(redis_client, monkeypatch):
-    from flashcart.sales import inventory
+    from flashcart.sales.engine import inventory
 
     engine = Inventory(redis_client, stripes=1, max_attempts=3)
     product_id = open_sale(engine, 5)
-    real_exec, attempts = inventory._exec_packed, []
+    real_exec, attempts = inventory.exec_packed, []
 
     def exec_after_a_rival_write(pipe, commands):
         attempts.append(1)
         redis_client.incr(Keys(product_id).stripe(0))  # another client wrote the stripe
         return real_exec(pipe, commands)
 
-    monkeypatch.setattr(inventory, "_exec_packed", exec_after_a_rival_write)
+    monkeypatch.setattr(inventory, "exec_packed", exec_after_a_rival_write)
 
     with pytest.raises(Busy):
         engine.reserve(product_id, "ana")
@@ -144,11 +140,8 @@ def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
     redis_client, monkeypatch
 ):
     # So concurrent clients settle on different stripes instead of meeting by chance.
-    import threading
+    from flashcart.sales.engine import hints, inventory
 
-    from flashcart.sales import inventory
-
-    monkeypatch.setattr(inventory, "_probe", threading.local())
     engine = Inventory(redis_client, stripes=64)
     product_id = open_sale(engine, 64 * 100, limit=1000)
     stripe_keys = Keys(product_id).stripes(64)
@@ -161,7 +154,7 @@ def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
     [mine] = [i for i, left in enumerate(units()) if left < 100]
     assert units()[mine] == 80
 
-    real_exec, rivals = inventory._exec_packed, []
+    real_exec, rivals = inventory.exec_packed, []
 
     def exec_after_a_rival_write(pipe, commands):
         if not rivals:
@@ -169,9 +162,9 @@ def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
             redis_client.decr(stripe_keys[mine])  # another client took a unit there
         return real_exec(pipe, commands)
 
-    monkeypatch.setattr(inventory, "_exec_packed", exec_after_a_rival_write)
+    monkeypatch.setattr(inventory, "exec_packed", exec_after_a_rival_write)
     next_stripe = (mine + 1) % 64
-    monkeypatch.setattr(inventory.random, "getrandbits", lambda bits: next_stripe)
+    monkeypatch.setattr(hints.random, "getrandbits", lambda bits: next_stripe)
     for _ in range(10):
         engine.reserve(product_id, "ana")
 
@@ -182,18 +175,20 @@ def test_a_client_keeps_its_stripe_until_another_client_commits_there_first(
 
 
 def test_a_forked_worker_draws_its_own_stripe_probe():
-    from flashcart.sales import inventory
+    from flashcart.sales.engine.hints import StripeProbe
 
-    inventory._draw_probe()
+    probe = StripeProbe()
+    drawn = probe.value()
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through the pipe
-        os.write(writer, b"1" if getattr(inventory._probe, "value", None) is None else b"0")
+        os.write(writer, b"1" if probe.value() != drawn else b"0")
         os._exit(0)
     os.close(writer)
     assert os.read(reader, 1) == b"1"
     os.waitpid(child, 0)
     os.close(reader)
+    assert probe.value() == drawn  # the parent keeps its own
 
 
 def test_an_error_reply_midway_does_not_leave_replies_for_the_next_caller(redis_server):
