@@ -69,3 +69,58 @@ def test_a_command_that_cannot_be_sent_drops_the_connection(one_connection):
     assert connection._sock is None  # the WATCH went with it
     one_connection.connection_pool.release(connection)
     assert one_connection.get("a") is None
+
+
+# watch_and_read and exec_packed set redis-py's Pipeline.connection and .watching
+# themselves; these pin the redis-py behaviour that relies on.
+
+
+@pytest.fixture
+def rival(redis_server):
+    """Another client, on its own connection: a write from another worker."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_a_packed_transaction_runs_on_the_connection_that_watched(one_connection):
+    one_connection.set("a", "1")
+    with one_connection.pipeline() as pipe:
+        [value, watcher] = redis_wire.watch_and_read(pipe, ["a"], [("GET", "a"), ("CLIENT", "ID")])
+        results = redis_wire.exec_packed(pipe, [("SET", "a", "2"), ("CLIENT", "ID")])
+
+    assert value == "1" and results == ["OK", watcher]
+    assert one_connection.client_id() == watcher  # back in the pool, and reused
+    assert one_connection.get("a") == "2"
+
+
+def test_a_watched_key_another_client_changes_fails_the_transaction(one_connection, rival):
+    one_connection.set("a", "1")
+    with one_connection.pipeline() as pipe:
+        redis_wire.watch_and_read(pipe, ["a"], [("GET", "a")])
+        rival.set("a", "rival")
+        with pytest.raises(redis.WatchError):
+            redis_wire.exec_packed(pipe, [("SET", "a", "mine")])
+
+    assert one_connection.get("a") == "rival"
+
+
+def test_a_pipeline_left_without_exec_unwatches_its_connection(one_connection, rival):
+    with one_connection.pipeline() as pipe:
+        redis_wire.watch_and_read(pipe, ["a"], [("GET", "a")])
+    rival.set("a", "changed")  # would fail the next EXEC if the WATCH still stood
+
+    # The pool's one connection, in a transaction that watches nothing.
+    with one_connection.pipeline() as pipe:
+        pipe.set("b", "1")
+        assert pipe.execute() == [True]
+
+
+def test_an_error_reply_inside_exec_is_raised(one_connection):
+    one_connection.set("text", "not a number")
+    with one_connection.pipeline() as pipe:
+        redis_wire.watch_and_read(pipe, ["text"], [("GET", "text")])
+        with pytest.raises(redis.ResponseError):
+            redis_wire.exec_packed(pipe, [("SET", "b", "1"), ("INCR", "text")])
+
+    assert one_connection.get("b") == "1"  # EXEC ran the rest, as Redis does
