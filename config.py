@@ -96,10 +96,8 @@ class Config:
     # rarely WATCH the same one (docs/performance.md); a sale keeps its count.
     STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
-    # A worker may answer a product page from its own copy this many seconds old
-    # (a change through that worker shows at once), and adds its pages' views to
-    # "trending" at most this often (docs/performance.md).
-    PRODUCT_WORKER_CACHE_SECONDS = _float("PRODUCT_WORKER_CACHE_SECONDS", 1.0)
+    # A worker adds its pages' views to "trending" at most this often
+    # (docs/performance.md).
     VIEW_FLUSH_SECONDS = _float("VIEW_FLUSH_SECONDS", 1.0)
     # A worker may answer GET /sales/stock from its own read this many seconds old
     # (0 = always ask Redis); reservations never rely on it.
@@ -187,9 +185,7 @@ class TestingConfig(Config):
     STOCK_STRIPES = 64
     SWEEP_GRACE_SECONDS = 10
     PRODUCT_CACHE_SECONDS = 60
-    # Product pages and views go to Redis each time; tests of the workers' own
-    # copies turn these on.
-    PRODUCT_WORKER_CACHE_SECONDS = 0
+    # Views go to Redis each time; tests of the workers' own counts turn this on.
     VIEW_FLUSH_SECONDS = 0
     IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 

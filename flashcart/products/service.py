@@ -1,8 +1,6 @@
 """The catalogue: products in MongoDB, a read-through cache and view counts in Redis."""
 
 import json
-import time
-import weakref
 from datetime import datetime
 from decimal import Decimal
 
@@ -137,33 +135,11 @@ def _fill_cache(product_id):
     return product
 
 
-# Per worker and Redis client: product id -> (when, public product) of recent views.
-# A drop's crowd reloads one page; the worker answers it from memory for up to
-# PRODUCT_WORKER_CACHE_SECONDS (pages may be cached for PRODUCT_HTTP_MAX_AGE anyway),
-# and forgets it at once when a change goes through this worker.
-_RECENT = weakref.WeakKeyDictionary()
-
-
-def _recent():
-    recent = _RECENT.get(stores.redis)
-    if recent is None:
-        recent = _RECENT.setdefault(stores.redis, {})
-    return recent
-
-
 def view_product(product_id):
     """One product for a shopper: cache first, and the view counts toward trending."""
     if object_id_or_none(product_id) is None:
         raise ProductNotFound()
-    recent, now = _recent(), time.monotonic()
-    seen = recent.get(product_id)
-    if seen is not None and now - seen[0] < current_app.config["PRODUCT_WORKER_CACHE_SECONDS"]:
-        product = seen[1]
-    else:
-        product = _cached(product_id)
-        if len(recent) > 10_000:
-            recent.clear()
-        recent[product_id] = (now, product)
+    product = _cached(product_id)
     view_counts.count(product_id)
     return _as_of_now(product)
 
@@ -189,9 +165,8 @@ def trending(limit=None):
 
 
 def _forget_cached(product_id):
-    """After a change: drop the shared cache entry and this worker's copy."""
+    """After a change: drop the shared cache entry."""
     stores.redis.delete(cache_key(product_id))
-    _recent().pop(product_id, None)
 
 
 def set_sale_status(product_id, status, expected):
