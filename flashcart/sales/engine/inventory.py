@@ -113,14 +113,15 @@ class Inventory(SaleLifecycle):
         meta, total, expired = self._read_stock(product_id)
         # A sale no longer open takes the full path, which says what became of it.
         if is_open(meta, self.clock()) and not expired and total < quantity:
-            self._refuse(product_id, total, quantity)
+            raise self._refusal(product_id, total, quantity)
         self.hints.sold_out.pop(product_id)
 
-    def _refuse(self, product_id, total, quantity):
+    def _refusal(self, product_id, total, quantity):
+        """The error for too few units; sold out is remembered for the fast path."""
         if total <= 0:
             self.hints.sold_out.put(product_id)
-            raise SoldOut()
-        raise InsufficientStock(f"Only {total} units are available.")
+            return SoldOut()
+        return InsufficientStock(f"Only {total} units are available.")
 
     # -- reservations ---------------------------------------------------------
 
@@ -200,7 +201,7 @@ class Inventory(SaleLifecycle):
             reservation.returned_expired = True
             self.release_expired(reservation.product_id)
             return LOOK_AGAIN
-        self._refuse(reservation.product_id, total, quantity)
+        raise self._refusal(reservation.product_id, total, quantity)
 
     # -- holds: checkout, expiry, release ---------------------------------------
 
