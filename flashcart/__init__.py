@@ -88,5 +88,5 @@ def register_blueprints(app):
 
 
 def register_measures(app):
-    """The gauges domains serve at /metrics (metrics itself knows no domain)."""
+    """What domains keep per worker and serve at /metrics (metrics knows no domain)."""
     sale_service.init_app(app)

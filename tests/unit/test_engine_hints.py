@@ -3,12 +3,12 @@
 import os
 import time
 
-from conftest import _testing, assert_problem
-
 from flashcart import create_app
 from flashcart.sales import service as sales
 from flashcart.sales.engine.hints import EngineHints, LocalCache
 from flashcart.sales.engine.keys import Keys
+from tests.support.app import app_settings
+from tests.support.http import assert_problem
 
 
 class Clock:
@@ -76,7 +76,7 @@ def reserve(client, product_id, headers):
 def test_each_app_keeps_its_own_hints_across_requests(
     app, client, app_config, mongo_db, redis_client, make_product, make_user, headers_for
 ):
-    other = create_app({**_testing(), **app_config}, db=mongo_db, redis_client=redis_client)
+    other = create_app({**app_settings(), **app_config}, db=mongo_db, redis_client=redis_client)
     product = make_product(live=True, stock=1, per_user_limit=1)
     product_id = product["id"]
     assert reserve(client, product_id, headers_for(make_user())).status_code == 201
