@@ -2,15 +2,15 @@
 
 from flask import current_app
 from flask_cors import CORS
+from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from flashcart.apidoc import Api
 from flashcart.stores import Stores
-from flashcart.token_cache import CachingJWTManager
 
 api = Api()
-jwt = CachingJWTManager()
+jwt = JWTManager()
 stores = Stores()
 # Origins come from CORS_ORIGINS; an empty list allows no cross-origin caller.
 cors = CORS(

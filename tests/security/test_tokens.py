@@ -435,7 +435,7 @@ def _live_session(app, user):
 
 
 def test_each_verified_token_is_seen_with_its_own_header(app, user):
-    # Workers parse each header segment once; a token with another header gets its own.
+    # A caller changing the header it was handed changes no other request's.
     from flask_jwt_extended import get_jwt_header, verify_jwt_in_request
 
     session = _live_session(app, user)
@@ -457,34 +457,27 @@ def test_each_verified_token_is_seen_with_its_own_header(app, user):
         assert "kid" not in get_jwt_header()
 
 
-def test_a_header_is_parsed_once_and_only_for_a_token_just_verified(app, user, monkeypatch):
-    from flask_jwt_extended import verify_jwt_in_request, view_decorators
+def test_two_apps_in_one_process_each_keep_their_own_token_settings(
+    client, user, app_config, mongo_db, redis_client
+):
+    # One JWTManager object serves both: nothing one app verified may carry over.
+    settings = {
+        "JWT_SECRET_KEY": "another-secret-" + "y" * 40,
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=120),
+    }
+    other = create_app(
+        _testing() | app_config | settings, db=mongo_db, redis_client=redis_client
+    ).test_client()
+    here, there = login(client, user), login(other, user)
+    assert (here["expires_in"], there["expires_in"]) == (15 * 60, 120)
 
-    from flashcart import token_cache
-
-    parsed = []
-    library = token_cache._library_header
-    monkeypatch.setattr(token_cache, "_headers", {})
-    monkeypatch.setattr(
-        token_cache, "_library_header", lambda token: parsed.append(token) or library(token)
-    )
-    session = _live_session(app, user)
-    with app.app_context():
-        tokens = [
-            create_access_token(identity=user["id"], additional_claims=session) for _ in range(3)
-        ]
-    unverified = f"{tokens[0].split('.')[0]}.{b64({'sub': 'x'})}.forged"
-
-    for token in tokens:
-        with app.test_request_context(headers=bearer(token)):
-            verify_jwt_in_request()
-    assert parsed == tokens[:1]  # one header segment, parsed once
-
-    with app.test_request_context(headers=bearer(tokens[1])):
-        verify_jwt_in_request()
-        with pytest.raises(pyjwt.DecodeError):
-            view_decorators.get_unverified_jwt_headers(unverified)
-    assert parsed == [tokens[0], unverified]
+    for _ in range(2):  # each token verified by its own app first, then tried on the other
+        assert client.get(ORDERS, headers=bearer(here["access_token"])).status_code == 200
+        assert other.get(ORDERS, headers=bearer(there["access_token"])).status_code == 200
+        refused = other.get(ORDERS, headers=bearer(here["access_token"]))
+        assert_problem(refused, 401, "token_invalid")
+        refused = client.get(ORDERS, headers=bearer(there["access_token"]))
+        assert_problem(refused, 401, "token_invalid")
 
 
 # -- bad access tokens ---------------------------------------------------------------
