@@ -11,27 +11,28 @@ TRUSTED_PROXIES, or every client shares the balancer's address.
 import functools
 import hashlib
 import logging
-import math
 import time
 
-import limits
 import redis.exceptions
 from flask import current_app, request
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, RedisClusterStorage, Storage
-from limits.strategies import STRATEGIES, FixedWindowRateLimiter
+from limits.storage import RedisClusterStorage, Storage
 
 from flashcart import health, metrics, redis_cluster
 from flashcart.apidoc import RETRY_AFTER, problem
 from flashcart.auth import emails, known_addresses
-from flashcart.errors import DomainError
 from flashcart.errors import problem as problem_response
 from flashcart.extensions import limiter
 
 log = logging.getLogger(__name__)
+STORAGE_ERRORS = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,  # not a RedisError
+    StorageError,
+)
 
 
 def init_app(app):
@@ -171,17 +172,6 @@ def _remembering_addresses(view):
     return wrapper
 
 
-class TooManyRequests(DomainError):
-    """Too many requests."""
-
-    status = 429
-    code = "too_many_requests"
-
-    def __init__(self, limit, retry_after):
-        super().__init__(f"Too many requests: the limit is {limit}. Retry in {retry_after} s.")
-        self.retry_after = retry_after
-
-
 def _documented(view):
     return problem(
         429,
@@ -220,62 +210,9 @@ def signup(view):
 
 
 def reservations(view):
-    """Limit reservations per user. Apply after authentication.
-
-    The hottest route counts with `limits` (flask-limiter's own strategy and
-    storage) directly: flask-limiter's per-request bookkeeping around one counter
-    cost more CPU than the reservation itself.
-    """
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        _count_reservation(get_jwt_identity())
-        return view(*args, **kwargs)
-
-    return _documented(wrapper)
-
-
-# Counts per process while the limiter's storage does not answer (as flask-limiter's
-# own in-memory fallback does for the other limits); it is tried again after a pause,
-# whatever flask-limiter thinks of the storage (it may not look on the hot routes).
-_FALLBACK = FixedWindowRateLimiter(MemoryStorage())
-STORAGE_RETRY_SECONDS = 5.0
-_storage_down_until = 0.0
-STORAGE_ERRORS = (
-    redis.exceptions.RedisError,
-    redis.exceptions.RedisClusterException,  # not a RedisError
-    StorageError,
-)
-
-
-@functools.lru_cache(maxsize=8)
-def _counting(strategy, storage):
-    """The strategy flask-limiter is set to (RATELIMIT_STRATEGY), on its storage."""
-    return STRATEGIES[strategy](storage)
-
-
-def _count_reservation(user_id):
-    global _storage_down_until
-    spec = current_app.config["RATELIMIT_RESERVE_PER_USER"]
-    if not spec or not limiter.enabled:
-        return
-    for item in _parsed(spec):
-        if time.monotonic() >= _storage_down_until:
-            name = current_app.config.get("RATELIMIT_STRATEGY") or "fixed-window"
-            strategy = _counting(name, limiter.storage)
-        else:
-            strategy = _FALLBACK
-        try:
-            allowed = strategy.hit(item, "reserve-user", user_id)
-        except STORAGE_ERRORS:
-            _storage_down_until = time.monotonic() + STORAGE_RETRY_SECONDS
-            strategy = _FALLBACK
-            allowed = strategy.hit(item, "reserve-user", user_id)
-        if not allowed:
-            reset_at = strategy.get_window_stats(item, "reserve-user", user_id).reset_time
-            raise TooManyRequests(item, max(1, math.ceil(reset_at - time.time())))
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed(spec):
-    return limits.parse_many(spec)
+    """Limit reservations per user (the token's subject). Apply after authentication:
+    flask-limiter counts a decorated limit when the view it wraps is called."""
+    view = limiter.limit(
+        _setting("RATELIMIT_RESERVE_PER_USER"), key_func=get_jwt_identity, scope="reserve-user"
+    )(view)
+    return _documented(view)

@@ -1,8 +1,10 @@
 """Rate limits: on here (TestingConfig turns them off), counted in the suite's Redis."""
 
+import time
+
 import pytest
 
-from flashcart import create_app, rate_limits
+from flashcart import create_app
 from tests.support.app import PASSWORD, app_settings
 from tests.support.ports import free_port
 
@@ -18,6 +20,24 @@ def limited(mongo_db, redis_client, app_config):
         return create_app(config, db=mongo_db, redis_client=redis_client).test_client()
 
     return build
+
+
+@pytest.fixture
+def counters_back_in_redis(limited, redis_client):
+    """After the test, wait until the limiter counts in Redis again.
+
+    One limiter object serves every app of a process (one app per process in
+    production), so an outage it saw outlives the test's app: it counts in memory
+    until it looks at its store again, 1, 2, 4... s later. Later tests find it back.
+    """
+    yield
+    client = limited(RATELIMIT_GLOBAL="1000 per minute")
+    address = "192.0.2.250"
+    deadline = time.monotonic() + 30
+    while not any(address in key for key in redis_client.keys("LIMITS:*")):
+        assert time.monotonic() < deadline, "the limiter never counted in Redis again"
+        client.get("/api/v1/products", environ_base={"REMOTE_ADDR": address})
+        time.sleep(0.1)
 
 
 def assert_limited(response):
@@ -93,11 +113,33 @@ def test_reservations_are_limited_per_user(limited, make_user, headers_for, redi
     assert any("reserve-user" in key for key in redis_client.keys("LIMITS:*"))
 
 
-def test_reservations_stay_limited_per_user_while_the_counters_store_is_down(
-    limited, make_user, headers_for, monkeypatch
+def test_the_reservation_limit_counts_each_authenticated_user_apart(
+    limited, make_user, headers_for, redis_client
 ):
-    # The store's outage is remembered per process: forget it after this test.
-    monkeypatch.setattr(rate_limits, "_storage_down_until", 0.0)
+    client = limited(RATELIMIT_RESERVE_PER_USER="1 per minute")
+    reserve = _sale(client, headers_for, make_user)
+    first_user, second_user = make_user(), make_user()
+    first, second = headers_for(first_user), headers_for(second_user)
+
+    # Refused at authentication, so counted against no one.
+    for _ in range(3):
+        assert (
+            client.post(reserve, json={}, headers={"Authorization": "Bearer x"}).status_code == 401
+        )
+    assert client.post(reserve, json={}, headers=first).status_code == 201
+    over = client.post(reserve, json={}, headers=first)
+    assert_limited(over)
+    assert over.json["detail"].startswith("Too many requests: the limit is 1 per 1 minute.")
+    # Same address, another user: a count of its own, kept under the user's id.
+    assert client.post(reserve, json={}, headers=second).status_code == 201
+    keys = redis_client.keys("LIMITS:*reserve-user*")
+    assert len(keys) == 2
+    assert all(any(user["id"] in key for key in keys) for user in (first_user, second_user))
+
+
+def test_reservations_stay_limited_per_user_while_the_counters_store_is_down(
+    limited, make_user, headers_for, counters_back_in_redis
+):
     client = limited(
         RATELIMIT_RESERVE_PER_USER="2 per minute",
         RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}",  # nothing listens
