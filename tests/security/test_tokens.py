@@ -466,7 +466,7 @@ def test_two_apps_in_one_process_each_keep_their_own_token_settings(
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=120),
     }
     other = create_app(
-        _testing() | app_config | settings, db=mongo_db, redis_client=redis_client
+        app_settings() | app_config | settings, db=mongo_db, redis_client=redis_client
     ).test_client()
     here, there = login(client, user), login(other, user)
     assert (here["expires_in"], there["expires_in"]) == (15 * 60, 120)
