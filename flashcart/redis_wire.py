@@ -8,7 +8,7 @@ strings (the clients decode responses), integers, lists and None.
 
 `watch_and_read` and `exec_packed` are the one place the app uses redis-py's
 pipeline internals (`pipe.connection`, `pipe.watching`), for the reservation's two
-round trips; tests/test_redis_wire.py pins the redis-py behaviour they rely on. They
+round trips; tests/unit/test_redis_wire.py pins the redis-py behaviour they rely on. They
 are kept because they pay: `make bench-cpu` put the engine at 91 µs of client CPU per
 reservation with them and 209 µs through redis-py's own watch/multi/execute (app
 reserve 1430 against 1658 µs), on the same busy box.

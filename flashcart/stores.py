@@ -25,7 +25,7 @@ from flashcart import redis_cluster
 
 log = logging.getLogger(__name__)
 
-# Every query has an index; README "Scaling out" gives the shard keys they suit.
+# Every query has an index; docs/scaling-out.md gives the shard keys they suit.
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]  # page_of's sort
 # One order per reservation: the database refuses a second one. A sharded collection
 # takes a unique index only if it begins with the shard key; a reservation belongs

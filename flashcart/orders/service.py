@@ -81,7 +81,7 @@ def _move(order, status, expected, **fields):
 def order_for(user_id, reservation_id):
     """The order for the user's reservation, or None."""
     # Naming the user keeps the lookup on one shard when orders are sharded on
-    # {user_id, reservation_id} (README "Scaling out"); a reservation has one user.
+    # {user_id, reservation_id} (docs/scaling-out.md); a reservation has one user.
     return _orders().find_one({"user_id": user_id, "reservation_id": reservation_id})
 
 
