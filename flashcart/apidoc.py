@@ -176,6 +176,51 @@ class SharedResponseNames(BasePlugin):
                     responses[code] = response_name(PYTHON_STATUS_NAMES[response])
 
 
+# Marks an operation for ConditionalGets; the plugin removes it, so it never reaches the spec.
+CONDITIONAL_GET = "x-flashcart-conditional-get"
+
+
+def conditional_get(headers=None):
+    """Document a GET whose 200 carries an ETag (and `headers`) and that answers 304
+    without a body when `If-None-Match` names the current ETag."""
+    doc = {CONDITIONAL_GET: True}
+    if headers:
+        doc["responses"] = {200: {"headers": headers}}
+    return Blueprint.doc(**doc)
+
+
+class ConditionalGets(BasePlugin):
+    """Document the operations marked by `conditional_get` as flask-smorest documents
+    its own ETags: the If-None-Match parameter, an ETag header on the 200 (first among
+    its headers) and the 304, right after the generated responses and before the
+    hand-written ones. The parameter and header are flask-smorest's shared components
+    (IF_NONE_MATCH, ETAG), which its Api registers for every spec. (The places keep
+    openapi.json as flask-smorest's `etag` flag wrote it.)
+    """
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            if not operation.pop(CONDITIONAL_GET, False):
+                continue
+            responses = operation["responses"]
+            ok = responses.get(200, responses.get("200"))
+            ok["headers"] = {"ETag": "ETAG", **ok.get("headers", {})}
+            insert_after(responses, "default", 304, response_name(304))
+            if "parameters" in operation:
+                operation["parameters"].append("IF_NONE_MATCH")
+            else:
+                insert_after(operation, "responses", "parameters", ["IF_NONE_MATCH"])
+
+
+def insert_after(mapping, after, key, value):
+    """Set mapping[key] = value, placed right after `after` (at the end without it)."""
+    items = list(mapping.items())
+    at = next((i + 1 for i, (k, _) in enumerate(items) if k == after), len(items))
+    items.insert(at, (key, value))
+    mapping.clear()
+    mapping.update(items)
+
+
 class Api(_Api):
     """flask-smorest's Api, answering and documenting errors as problem details."""
 
@@ -183,7 +228,12 @@ class Api(_Api):
 
     def __init__(self, app=None, *, spec_kwargs=None, **kwargs):
         spec_kwargs = {
-            "extra_plugins": [SharedResponseNames(), BodyErrors(), ProblemCodes()],
+            "extra_plugins": [
+                SharedResponseNames(),
+                ConditionalGets(),
+                BodyErrors(),
+                ProblemCodes(),
+            ],
             "info": {"description": DESCRIPTION},
             **(spec_kwargs or {}),
         }

@@ -7,7 +7,8 @@ revalidate it with `If-None-Match`; an unchanged page costs a 304 without a body
 from functools import wraps
 
 from flask import current_app, request
-from flask_smorest import Blueprint
+
+from flashcart.apidoc import conditional_get
 
 CACHE_CONTROL = {
     "description": "`public, max-age=N` (N = PRODUCT_HTTP_MAX_AGE).",
@@ -28,6 +29,5 @@ def cacheable(view):
             response.make_conditional(request)
         return response
 
-    # flask-smorest then documents If-None-Match, the ETag header and the 304.
-    wrapper._apidoc = {**getattr(wrapper, "_apidoc", {}), "etag": True}
-    return Blueprint.doc(responses={200: {"headers": {"Cache-Control": CACHE_CONTROL}}})(wrapper)
+    # Documents If-None-Match, the ETag and Cache-Control headers and the 304.
+    return conditional_get(headers={"Cache-Control": CACHE_CONTROL})(wrapper)
