@@ -1,21 +1,27 @@
 """Redis Cluster: `REDIS_URL=redis+cluster://host:port[,host:port...]`.
 
-FlashCart runs on redis-py's `RedisCluster` as it is, with two changes to its
-pipelines that the inventory engine needs (redis-py 8.1):
+FlashCart runs on redis-py's `RedisCluster` through its public API (redis-py 8.1),
+with one change the inventory engine needs:
 
-- A transactional pipeline (WATCH/MULTI/EXEC) never retries a command by itself.
-  redis-py would retry a failed WATCH-time read, or the EXEC, on a fresh connection:
-  the WATCH is gone with the old connection, so the transaction would commit
-  unguarded (and an EXEC that did run before its reply was lost would run twice).
-  Here the client refreshes its slot map on the first error. If a command failed
-  before EXEC and the slot now lives on another node (a failover, a moved slot),
-  the pipeline raises WatchError: nothing was written, and the engine runs the
-  transaction again from its WATCH, on the new master, as it does on one Redis.
-  Otherwise (the node is just down, or EXEC itself failed and may have run) the
-  error reaches the caller: a 503, which clients retry.
-- A plain pipeline may MGET keys of one hash slot. redis-py blocks MGET in cluster
-  pipelines since keys could span slots; a product's keys never do (hash tag
-  `{p:<id>}`), and keys of several slots still fail loudly.
+A transactional pipeline (WATCH/MULTI/EXEC) never retries a command by itself.
+redis-py would retry a failed WATCH-time read, or the EXEC, on a fresh connection:
+the WATCH is gone with the old connection, so the transaction would commit
+unguarded (and an EXEC that did run before its reply was lost would run twice).
+So transactions come from a second `RedisCluster` of the same nodes, built with
+the public options `retry=Retry(NoBackoff(), 0)` (no retry) and
+`reinitialize_steps=1` (refresh the slot map on the first error), which its
+public `pipeline(transaction=True)` hands to the pipeline. `Transaction` wraps
+that pipeline: if a command failed before EXEC and the slot now lives on another
+node (a failover, a moved slot), it raises WatchError: nothing was written, and
+the engine runs the transaction again from its WATCH, on the new master, as it
+does on one Redis. Otherwise (the node is just down, or EXEC itself failed and
+may have run) the error reaches the caller: a 503, which clients retry.
+
+Plain pipelines and single commands keep the client's own quick retries. A plain
+pipeline reads several keys of one hash slot with `execute_command("MGET", ...)`
+(redis_wire.query); redis-py routes it by slot (its `mget` method is blocked in
+cluster pipelines, since keys could span slots; a product's keys never do: hash
+tag `{p:<id>}`), and keys of several slots still fail loudly.
 
 The URL takes any number of startup nodes (the client discovers the rest),
 `user:password@` before them, and `rediss+cluster://` for TLS. A cluster has only
@@ -28,7 +34,7 @@ import redis
 import redis.exceptions
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.commands.helpers import list_or_args
+from redis.commands import CoreCommands
 from redis.retry import Retry
 
 SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
@@ -106,45 +112,76 @@ def ping(client):
 
 
 class ClusterClient(RedisCluster):
-    """redis-py's RedisCluster with pipelines fit for the inventory engine (see above)."""
+    """redis-py's RedisCluster whose transactions never retry by themselves (see above)."""
+
+    def __init__(self, *, startup_nodes, **options):
+        super().__init__(startup_nodes=startup_nodes, **options)
+        try:
+            # Its own ClusterNode objects: a client keeps its connections on them.
+            self.transactions = RedisCluster(
+                startup_nodes=[ClusterNode(node.host, node.port) for node in startup_nodes],
+                **{**options, "retry": Retry(NoBackoff(), 0), "reinitialize_steps": 1},
+            )
+        except BaseException:
+            super().close()
+            raise
 
     def pipeline(self, transaction=None, shard_hint=None):
         if shard_hint:
             raise redis.exceptions.RedisClusterException("shard_hint is not used in a cluster")
-        return _Pipeline(
-            nodes_manager=self.nodes_manager,
-            commands_parser=self.commands_parser,
-            startup_nodes=self.nodes_manager.startup_nodes,
-            result_callbacks=self.result_callbacks,
-            cluster_response_callbacks=self.cluster_response_callbacks,
-            read_from_replicas=self.read_from_replicas,
-            load_balancing_strategy=self.load_balancing_strategy,
-            # A transaction refreshes the slot map on its first error and gives up.
-            reinitialize_steps=1 if transaction else self.reinitialize_steps,
-            retry=Retry(NoBackoff(), 0) if transaction else self.retry,
-            lock=self._lock,
-            transaction=transaction,
-            event_dispatcher=self._event_dispatcher,
-        )
+        if transaction:
+            return Transaction(self.transactions.pipeline(transaction=True))
+        return super().pipeline(transaction=transaction)
+
+    def close(self):
+        if getattr(self, "transactions", None) is not None:
+            self.transactions.close()
+        super().close()
 
 
-class _Pipeline(ClusterPipeline):
-    def __init__(self, *args, transaction=None, **kwargs):
-        super().__init__(*args, transaction=transaction, **kwargs)
-        self._transactional = bool(transaction)
+class Transaction(CoreCommands):
+    """A transactional ClusterPipeline, used through its public methods.
+
+    redis-py's command methods (`get`, `hmget`, `delete`...) come from its CoreCommands
+    and send through `execute_command` here: a command that failed before EXEC, because
+    its slot moved to another node, raises WatchError (nothing was written yet: after
+    MULTI commands are only queued, and EXEC is `execute()`).
+    """
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.pipe.reset()
+
+    def __len__(self):
+        return len(self.pipe)
+
+    def __bool__(self):
+        return True
 
     def execute_command(self, *args, **kwargs):
-        return self._rerouted(args, super().execute_command, *args, **kwargs)
+        return self._rerouted(args, self.pipe.execute_command, *args, **kwargs)
 
     def watch(self, *names):
-        return self._rerouted(("WATCH", *names), super().watch, *names)
+        return self._rerouted(("WATCH", *names), self.pipe.watch, *names)
+
+    def unwatch(self):
+        return self.pipe.unwatch()
+
+    def multi(self):
+        self.pipe.multi()
+
+    def execute(self, raise_on_error=True):
+        return self.pipe.execute(raise_on_error)
+
+    def reset(self):
+        self.pipe.reset()
 
     def _rerouted(self, command, call, *args, **kwargs):
-        """Run `call`; in a transaction, a WATCH-time command that failed because its
-        slot moved to another node raises WatchError (nothing was written yet: after
-        MULTI commands are only queued, and EXEC is `execute()`)."""
-        if not self._transactional:
-            return call(*args, **kwargs)
         node = self._node_of(command)
         try:
             return call(*args, **kwargs)
@@ -158,13 +195,9 @@ class _Pipeline(ClusterPipeline):
 
     def _node_of(self, args):
         """The node now serving the slot of a keyed command, by the client's map."""
-        if args[0] in self.NO_SLOTS_COMMANDS:
+        if args[0] in ClusterPipeline.NO_SLOTS_COMMANDS:
             return None
         try:
-            return self.nodes_manager.get_node_from_slot(self.determine_slot(*args)).name
+            return self.pipe.nodes_manager.get_node_from_slot(self.pipe.determine_slot(*args)).name
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
             return None
-
-    def mget(self, keys, *args):
-        """MGET of keys in one hash slot (several slots raise RedisClusterException)."""
-        return self.execute_command("MGET", *list_or_args(keys, args))
