@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from bench.servers import ROOT, children
 from flashcart.auth import service as accounts
 from tests.support.ports import free_port
+from tests.support.processes import ROOT, children
 
 HTTP_TIMEOUT = 10
 

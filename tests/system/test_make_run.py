@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from bench.servers import ROOT
 from tests.support.ports import free_port
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(180)
 

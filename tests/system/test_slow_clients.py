@@ -26,13 +26,13 @@ import time
 import pytest
 import redis
 
-from bench.servers import ROOT, stop, wait_for
 from flashcart import create_app
 from flashcart.auth import service as accounts
 from tests.support import chaos_app
 from tests.support.gunicorn_hosts import Api
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.ports import free_port
+from tests.support.processes import ROOT, stop, wait_for
 from tests.support.threads import run_threads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
