@@ -1,5 +1,11 @@
-"""Test plumbing: the app under a real gunicorn master (`tests.support.chaos_app:make_app()`), plain
-HTTP to it, and a drop opened through it. Used by the chaos and scale-out tests."""
+"""Test plumbing: the app under a real gunicorn master, plain HTTP to it, and a drop
+opened through it.
+
+- GunicornHost: `tests.support.chaos_app:make_app()` with test settings, several of
+  them side by side (the chaos and scale-out tests);
+- ProductionGunicorn: the app as shipped, `gunicorn --config gunicorn.conf.py wsgi:app`
+  in production mode (the server-settings and slow-clients tests).
+"""
 
 import contextlib
 import http.client
@@ -12,7 +18,7 @@ import time
 
 from flashcart.auth import service as accounts
 from tests.support.ports import free_port
-from tests.support.processes import ROOT, children
+from tests.support.processes import ROOT, children, stop, wait_for
 
 HTTP_TIMEOUT = 10
 
@@ -133,6 +139,62 @@ class GunicornHost:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class ProductionGunicorn:
+    """`gunicorn --config gunicorn.conf.py wsgi:app` run from the repository's root, as
+    `make run` and the image run it, in production mode (which refuses in-memory
+    stores): on a free loopback port, with `redis_url` and `mongo_uri`, its output in
+    `log_path`. `env` adds or replaces variables (WEB_CONCURRENCY, TRUSTED_PROXIES ...).
+    A context manager: ready (/readyz answers 200) inside, stopped after."""
+
+    def __init__(self, redis_url, mongo_uri, log_path, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+        self.env.update(
+            FLASHCART_ENV="production",
+            MONGO_URI=mongo_uri,
+            REDIS_URL=redis_url,
+            JWT_SECRET_KEY="production-gunicorn-secret-" + "x" * 40,
+            PYTHONUNBUFFERED="1",
+        )
+        self.env.update(env or {})
+        self.process = None
+
+    def __enter__(self):
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+                    "--config",
+                    "gunicorn.conf.py",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "wsgi:app",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        exited = self.process.poll
+        try:
+            wait_for(lambda: exited() is not None or self._ready(), "gunicorn wsgi:app", 60)
+        except BaseException:
+            stop(self.process, timeout=20)
+            raise
+        if exited() is not None:
+            with open(self.log_path, errors="replace") as log:
+                raise AssertionError(f"gunicorn exited:\n{log.read()[-4000:]}")
+        return self
+
+    def _ready(self):
+        return Api(self.port, timeout=1).call("GET", "/readyz")[0] == 200
+
+    def __exit__(self, *exc):
+        stop(self.process, timeout=20)
 
 
 def open_drop(app, api, *, name, price, stock, limit, shoppers):

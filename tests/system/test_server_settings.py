@@ -3,6 +3,9 @@
 The app is loaded once in the master and forked into the workers (preload_app), so a
 worker killed or recycled during a drop is replaced without loading the app again,
 and /metrics still adds up what every worker counted.
+
+The app is the one shipped (`wsgi:app`, production mode), on the suite's
+redis-server and a MongoDB (MONGO_TEST_URI's, else tests/support/mongo_standin.py).
 """
 
 import http.client
@@ -15,10 +18,37 @@ import sys
 import urllib.request
 
 import pytest
+import redis
 
-from bench.servers import ROOT, Gunicorn, children, settled_cpu_seconds, wait_for
+from tests.support.gunicorn_hosts import ProductionGunicorn
+from tests.support.mongo import fresh_mongo_uri
+from tests.support.processes import ROOT, children, settled_cpu_seconds, wait_for
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def mongo_uri():
+    with fresh_mongo_uri() as uri:
+        yield uri
+
+
+@pytest.fixture
+def serve(redis_server, mongo_uri, tmp_path):
+    """serve(**env): the production gunicorn (ProductionGunicorn) on the suite's
+    redis-server, flushed first (no rate-limit counts left by other tests), and the
+    module's MongoDB; Prometheus files and the log in the test's tmp_path."""
+    if redis_server is None:
+        pytest.skip("needs a real redis-server")
+    flush = redis.Redis.from_url(redis_server.url)
+    flush.flushdb()
+    flush.close()
+
+    def serve(**env):
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), **env}
+        return ProductionGunicorn(redis_server.url, mongo_uri, tmp_path / "gunicorn.log", env)
+
+    return serve
 
 
 def _get(url):
@@ -26,11 +56,8 @@ def _get(url):
         return response.status, response.read().decode()
 
 
-def test_a_killed_worker_is_replaced_from_the_preloaded_app(redis_server, tmp_path):
-    if redis_server is None:
-        pytest.skip("needs a real redis-server")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"}
-    with Gunicorn(redis_server.url, env=env) as server:
+def test_a_killed_worker_is_replaced_from_the_preloaded_app(serve):
+    with serve(WEB_CONCURRENCY="2") as server:
         workers = wait_for(
             lambda: len(children(server.process.pid)) == 2 and children(server.process.pid),
             "two workers",
@@ -90,12 +117,9 @@ def _post_chunked(port, path, body, content_type="application/json"):
         conn.close()
 
 
-def test_chunked_bodies_meet_the_body_checks_under_gunicorn(redis_server, tmp_path):
-    if redis_server is None:
-        pytest.skip("needs a real redis-server")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
+def test_chunked_bodies_meet_the_body_checks_under_gunicorn(serve):
     credentials = '{"email": "a@example.com", "password": %s}'
-    with Gunicorn(redis_server.url, env=env) as server:
+    with serve(WEB_CONCURRENCY="1") as server:
         port = server.port
         answers = {
             "deep": _post_chunked(port, "/api/v1/auth/login", b"[" * 20_000 + b"]" * 20_000),
