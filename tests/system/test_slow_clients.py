@@ -20,7 +20,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import time
 
 import pytest
@@ -29,7 +28,7 @@ import redis
 from flashcart import create_app
 from flashcart.auth import service as accounts
 from tests.support import chaos_app
-from tests.support.gunicorn_hosts import Api
+from tests.support.gunicorn_hosts import Api, ProductionGunicorn
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
@@ -79,38 +78,14 @@ def gunicorn(redis_server, mongo_uri, tmp_path_factory):
     flush.flushdb()
     flush.close()
     workdir = tmp_path_factory.mktemp("gunicorn")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-    env.update(
-        FLASHCART_ENV="production",
-        MONGO_URI=mongo_uri,
-        PYTHONUNBUFFERED="1",
-        PROMETHEUS_MULTIPROC_DIR=str(workdir),
-        REDIS_URL=redis_server.url,
-        JWT_SECRET_KEY="slow-clients-secret-" + "x" * 40,
-        TRUSTED_PROXIES="1",  # as docker-compose.yml sets it behind nginx
-    )
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir),
+        "JWT_SECRET_KEY": "slow-clients-secret-" + "x" * 40,
+        "TRUSTED_PROXIES": "1",  # as docker-compose.yml sets it behind nginx
+    }
     log_path = workdir / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                os.path.join(os.path.dirname(sys.executable), "gunicorn"),
-                "--config",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "wsgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        wait_for(lambda: Api(port, timeout=1).call("GET", "/readyz")[0] == 200, "gunicorn", 60)
-        yield port, log_path
-    finally:
-        stop(process, timeout=20)
+    with ProductionGunicorn(redis_server.url, mongo_uri, log_path, env) as server:
+        yield server.port, log_path
 
 
 def nginx_config(template, listen_port, upstream):
