@@ -11,5 +11,6 @@
   `make run`, the production server settings, MongoDB at scale.
 
 Fixtures are in conftest.py; helpers that tests import are in support/. The
-benchmark's own tests are in bench/tests/.
+benchmark's own tests are in bench/tests/; nothing here imports bench/ (bench/ may
+import support/), as unit/test_suite_layout.py checks.
 """
