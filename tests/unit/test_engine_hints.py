@@ -4,8 +4,9 @@ import os
 import time
 
 from flashcart import create_app
+from flashcart.local_cache import LocalCache
 from flashcart.sales import service as sales
-from flashcart.sales.engine.hints import EngineHints, LocalCache
+from flashcart.sales.engine.hints import EngineHints
 from flashcart.sales.engine.keys import Keys
 from tests.support.app import app_settings
 from tests.support.http import assert_problem

@@ -9,73 +9,15 @@ starts empty in a forked worker: the probe must differ per worker, and the rest
 describes moments the child never saw.
 """
 
-import os
 import random
 import threading
-import time
-import weakref
 
-MAX_ENTRIES = 10_000
+from flashcart.local_cache import MAX_ENTRIES, LocalCache, forget_at_fork
+
 # A read that found a product sold out is trusted for SOLD_OUT_TRUST_SECONDS; until
 # SOLD_OUT_HINT_SECONDS one plain read confirms it; after that it is forgotten.
 SOLD_OUT_TRUST_SECONDS = 0.1
 SOLD_OUT_HINT_SECONDS = 1.0
-
-# Every hint store alive in this process, emptied in a forked child (below).
-_FORGOTTEN_AT_FORK = weakref.WeakSet()
-
-
-class LocalCache:
-    """A bounded map of this process's hints, each kept with when it was put.
-
-    An entry older than `max_age` seconds (or the `max_age` a read names) is gone.
-    Full (`max_entries`) means forget everything: hints are cheap to learn again, and
-    a drop's working set is a few products. Each step is one dict operation, atomic
-    under the GIL, so a gthread worker's threads share one without a lock: a race may
-    lose a hint, never corrupt one.
-    """
-
-    def __init__(self, max_age=None, max_entries=MAX_ENTRIES):
-        self.max_age = max_age
-        self.max_entries = max_entries
-        self._entries = {}
-        _FORGOTTEN_AT_FORK.add(self)
-
-    def get(self, key, max_age=None):
-        """The value put under `key` if it is younger than `max_age` (else the
-        cache's own), or None."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        limit = self.max_age if max_age is None else max_age
-        if limit is not None and time.monotonic() - entry[0] >= limit:
-            return None
-        return entry[1]
-
-    def age(self, key):
-        """Seconds since `key` was put, or None if it is absent or past `max_age`."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        age = time.monotonic() - entry[0]
-        if self.max_age is not None and age >= self.max_age:
-            self._entries.pop(key, None)
-            return None
-        return age
-
-    def put(self, key, value=True):
-        if len(self._entries) >= self.max_entries and key not in self._entries:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic(), value)
-
-    def pop(self, key):
-        self._entries.pop(key, None)
-
-    def clear(self):
-        self._entries.clear()
-
-    def __len__(self):
-        return len(self._entries)
 
 
 class StripeProbe:
@@ -88,7 +30,7 @@ class StripeProbe:
 
     def __init__(self):
         self._local = threading.local()
-        _FORGOTTEN_AT_FORK.add(self)
+        forget_at_fork(self)
 
     def value(self):
         value = getattr(self._local, "value", None)
@@ -139,10 +81,3 @@ class EngineHints:
         if units_may_be_back:
             self.sold_out.pop(product_id)
 
-
-def _forget_in_child():
-    for hints in list(_FORGOTTEN_AT_FORK):
-        hints.clear()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
