@@ -80,4 +80,3 @@ class EngineHints:
         self.stock_reads.pop(product_id)
         if units_may_be_back:
             self.sold_out.pop(product_id)
-
