@@ -17,7 +17,7 @@ from flashcart import (
     rate_limits,
     security_headers,
 )
-from flashcart.auth.roles import init_jwt
+from flashcart.auth.roles import init_jwt, init_verified_tokens
 from flashcart.auth.routes import blp as auth_routes
 from flashcart.cli import register_commands as register_cli_commands
 from flashcart.errors import register_error_handlers
@@ -74,6 +74,7 @@ def register_extensions(app, db, redis_client):
     extensions.stores.init_app(app, db=db, redis_client=redis_client)
     jwt.init_app(app)
     init_jwt(jwt)
+    init_verified_tokens(app)
     rate_limits.init_app(app)
     cors.init_app(app)
     api.init_app(app)

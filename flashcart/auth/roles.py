@@ -3,18 +3,40 @@
 A user's token is trusted as it stands (signature, expiry, type, not revoked), so
 the hot path costs no database read. An admin's is not: its role claim is confirmed
 against the stored account, so a demoted admin loses power at once.
+
+flask-jwt-extended parses a token about four times per request; each app remembers
+the access tokens it verified (`VerifiedTokens`), so a client's next request only
+checks expiry and revocation. The request's claims are read through
+`current_claims()` and `current_user_id()` here, never through the library's own
+accessors (ruff bans them elsewhere): on a remembered token the library has not run.
 """
 
+import time
+from datetime import timedelta
 from functools import wraps
+from types import MappingProxyType
 
-from flask import g
-from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
+from flask import abort, current_app, g, request
+from flask_jwt_extended import verify_jwt_in_request
 from flask_smorest import Blueprint
 
 from flashcart import apidoc
 from flashcart.auth import service as accounts
 from flashcart.auth import tokens
 from flashcart.errors import Forbidden, problem
+from flashcart.local_cache import LocalCache
+
+# A worker's verified tokens: 8192 outlast a drop's active clients per worker (a
+# token's claims are well under a kilobyte, so a few MB at most); a full cache starts
+# over, which costs one library check per client. An entry is trusted 60 s at most, so
+# a change to the app's JWT settings reaches every token within a minute; `exp` is
+# checked on each use, so none outlives its token.
+VERIFIED_TOKENS_MAX = 8192
+VERIFIED_TOKEN_SECONDS = 60
+# The flask.g attributes auth_required sets; logs.py reads USER_ID_ATTRIBUTE itself
+# (a leaf, it may not import auth).
+CLAIMS_ATTRIBUTE = "flashcart_claims"
+USER_ID_ATTRIBUTE = "user_id"
 
 BEARER = [{"bearerAuth": []}]
 TOKEN_PROBLEMS = {
@@ -40,7 +62,10 @@ def auth_required(role=None):
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            verify_jwt_in_request()
+            claims = _verified_claims()
+            if claims is not None:  # None: an OPTIONS request, which the library exempts
+                setattr(g, CLAIMS_ATTRIBUTE, claims)
+                setattr(g, USER_ID_ATTRIBUTE, claims["sub"])
             if role and not _has_role(role):
                 raise AdminOnly()
             return view(*args, **kwargs)
@@ -55,17 +80,87 @@ def auth_required(role=None):
     return decorator
 
 
+class VerifiedTokens:
+    """The access tokens one app verified recently: the exact Authorization header
+    (hence the exact token) -> its claims, read-only.
+
+    Only what `auth_required` verified through the library is put here, so never a
+    refresh token (the library refuses one there). Kept per app, so two apps in one
+    process never take each other's word. Only when tokens come in the Authorization
+    header alone: then the same header means the same token the library verified.
+    """
+
+    def __init__(self, config):
+        self.enabled = list(config["JWT_TOKEN_LOCATION"]) == ["headers"] and (
+            config["JWT_HEADER_NAME"] == "Authorization"
+        )
+        self.claims = LocalCache(VERIFIED_TOKEN_SECONDS, VERIFIED_TOKENS_MAX)
+
+    def remembered(self, header):
+        """The claims of `header`'s token if remembered and not expired, else None.
+
+        Expired as PyJWT has it, with the leeway the library reads per request
+        (`exp <= now - leeway`): the library then gives its own answer."""
+        claims = self.claims.get(header) if self.enabled and header else None
+        if claims is None or claims["exp"] <= time.time() - _leeway_seconds():
+            return None
+        return claims
+
+    def remember(self, header, claims):
+        if self.enabled and header and "exp" in claims:
+            self.claims.put(header, claims)
+
+
+def _leeway_seconds():
+    leeway = current_app.config["JWT_DECODE_LEEWAY"]
+    return leeway.total_seconds() if isinstance(leeway, timedelta) else leeway
+
+
+def init_verified_tokens(app):
+    """Give the app its own memory of verified tokens (per worker: LocalCache empties
+    it in a forked child). After `jwt.init_app`, which sets the JWT defaults."""
+    app.extensions["flashcart.verified_tokens"] = VerifiedTokens(app.config)
+
+
+def _verified_claims():
+    """The request's access token claims, or None where the library checks nothing.
+
+    A token this app verified recently is not verified again, but its revocation is
+    checked on every request all the same, with the library's answer."""
+    verified_tokens = current_app.extensions["flashcart.verified_tokens"]
+    header = request.headers.get("Authorization")
+    claims = verified_tokens.remembered(header)
+    if claims is not None:
+        if tokens.is_revoked(claims):
+            abort(_token_revoked())
+        return claims
+    verified = verify_jwt_in_request()
+    if verified is None:
+        return None
+    claims = MappingProxyType(dict(verified[1]))
+    verified_tokens.remember(header, claims)
+    return claims
+
+
+def current_claims():
+    """The verified claims of the request's access token (read-only)."""
+    claims = g.get(CLAIMS_ATTRIBUTE)
+    if claims is None:
+        raise RuntimeError("No verified token: current_claims() needs auth_required().")
+    return claims
+
+
 def current_user_id():
-    return get_jwt_identity()
+    return current_claims()["sub"]
 
 
 def _has_role(role):
     """The token's role claim, confirmed once per request against the stored account."""
-    if get_jwt().get("role") != role:
+    if current_claims().get("role") != role:
         return False
     confirmed = g.setdefault("flashcart_confirmed_roles", {})
     if role not in confirmed:
-        confirmed[role] = accounts.has_role(get_jwt_identity(), role)
+        confirmed[role] = accounts.has_role(current_user_id(), role)
     return confirmed[role]
 
 
@@ -77,6 +172,10 @@ def _unauthorized(code, detail):
     return problem(401, code, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _token_revoked(*_header_and_claims):
+    return _unauthorized("token_revoked", "The token has been revoked.")
+
+
 def init_jwt(jwt):
     """Answer every token failure with the common error shape."""
     jwt.unauthorized_loader(lambda reason: _unauthorized("token_missing", reason))
@@ -84,7 +183,5 @@ def init_jwt(jwt):
     jwt.expired_token_loader(
         lambda header, payload: _unauthorized("token_expired", "The token has expired.")
     )
-    jwt.revoked_token_loader(
-        lambda header, payload: _unauthorized("token_revoked", "The token has been revoked.")
-    )
+    jwt.revoked_token_loader(_token_revoked)
     jwt.token_in_blocklist_loader(lambda header, payload: tokens.is_revoked(payload))
