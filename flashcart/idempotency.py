@@ -15,11 +15,11 @@ import re
 from functools import wraps
 
 from flask import Response, current_app, request
-from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException
 
 from flashcart.apidoc import problems
+from flashcart.auth.roles import current_user_id
 from flashcart.errors import Conflict, DomainError, handle_domain_error, handle_http_exception
 from flashcart.extensions import stores
 
@@ -97,7 +97,7 @@ def idempotent(view):
         if not re.fullmatch(KEY_PATTERN, key):
             raise KeyInvalid()
         redis = stores.redis
-        record_key = _record_key(get_jwt_identity(), key)
+        record_key = _record_key(current_user_id(), key)
         fingerprint = _fingerprint()
         claim = json.dumps({"state": "running", "fingerprint": fingerprint})
         # Locked no longer than a request may run: a retry takes over from one that died.

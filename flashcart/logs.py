@@ -16,7 +16,6 @@ import time
 import uuid
 
 from flask import g, has_request_context, request
-from flask_jwt_extended import get_jwt_identity
 from pythonjsonlogger.json import JsonFormatter
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -106,10 +105,9 @@ def _begin():
 
 
 def _user_id():
-    try:
-        return get_jwt_identity()
-    except RuntimeError:  # no token was verified for this request
-        return None
+    """The caller's user id: `g.user_id`, which auth_required sets once it has verified
+    the token (flashcart/auth/roles.py, USER_ID_ATTRIBUTE); a leaf cannot ask auth."""
+    return g.get("user_id")
 
 
 def _finish(response):

@@ -15,7 +15,6 @@ import time
 
 import redis.exceptions
 from flask import current_app, request
-from flask_jwt_extended import get_jwt_identity
 from flask_limiter import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits.errors import StorageError
@@ -24,6 +23,7 @@ from limits.storage import RedisClusterStorage, Storage
 from flashcart import health, metrics, redis_cluster
 from flashcart.apidoc import RETRY_AFTER, problem
 from flashcart.auth import emails, known_addresses
+from flashcart.auth.roles import current_user_id
 from flashcart.errors import problem as problem_response
 from flashcart.extensions import limiter
 
@@ -213,6 +213,6 @@ def reservations(view):
     """Limit reservations per user (the token's subject). Apply after authentication:
     flask-limiter counts a decorated limit when the view it wraps is called."""
     view = limiter.limit(
-        _setting("RATELIMIT_RESERVE_PER_USER"), key_func=get_jwt_identity, scope="reserve-user"
+        _setting("RATELIMIT_RESERVE_PER_USER"), key_func=current_user_id, scope="reserve-user"
     )(view)
     return _documented(view)

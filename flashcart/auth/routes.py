@@ -1,10 +1,9 @@
-from flask_jwt_extended import get_jwt
 from flask_smorest import Blueprint
 
 from flashcart import rate_limits
 from flashcart.apidoc import problems
 from flashcart.auth import service, tokens
-from flashcart.auth.roles import auth_required
+from flashcart.auth.roles import auth_required, current_claims
 from flashcart.auth.schemas import Credentials, RefreshTokenIn, RoleIn, SignupIn, TokenOut, UserOut
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and tokens.")
@@ -46,7 +45,7 @@ def refresh(data):
 @problems(tokens.TokenInvalid)
 def logout(data):
     """Revoke the bearer access token and the refresh token in the body."""
-    tokens.logout(access_claims=get_jwt(), **data)
+    tokens.logout(access_claims=current_claims(), **data)
 
 
 @blp.route("/users/<user_id>/role", methods=["PUT"])

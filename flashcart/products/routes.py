@@ -1,9 +1,8 @@
-from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from flashcart.apidoc import problems
-from flashcart.auth.roles import auth_required
+from flashcart.auth.roles import auth_required, current_user_id
 from flashcart.http_caching import cacheable
 from flashcart.products import service
 from flashcart.products.schemas import (
@@ -32,7 +31,7 @@ def list_products(query):
 @blp.response(201, ProductOut)
 def create_product(data):
     """Create a product for a drop (admin)."""
-    return service.create_product(**data, created_by=get_jwt_identity())
+    return service.create_product(**data, created_by=current_user_id())
 
 
 @blp.route("/trending", methods=["GET"])
