@@ -2,6 +2,7 @@
 a token seen again skips the library's verification, never its expiry, revocation or
 role checks, and never reaches a token it did not verify or another app."""
 
+import logging
 import time
 from datetime import timedelta
 
@@ -40,6 +41,17 @@ def test_a_token_verified_once_is_not_verified_again(client, user, library_check
         assert client.get(ORDERS, headers=headers).status_code == 200
 
     assert library_checks == [client.application]
+
+
+def test_a_request_on_a_remembered_token_is_logged_with_its_user(client, user, caplog):
+    headers = bearer(login(client, user)["access_token"])
+
+    with caplog.at_level(logging.INFO, logger="flashcart.access"):
+        for _ in range(2):
+            assert client.get(ORDERS, headers=headers).status_code == 200
+
+    logged = [record.user_id for record in caplog.records if record.name == "flashcart.access"]
+    assert logged == [user["id"], user["id"]]
 
 
 def test_a_logged_out_token_is_refused_on_the_very_next_request_though_remembered(
