@@ -50,7 +50,11 @@ def test_a_request_on_a_remembered_token_is_logged_with_its_user(client, user, c
         for _ in range(2):
             assert client.get(ORDERS, headers=headers).status_code == 200
 
-    logged = [record.user_id for record in caplog.records if record.name == "flashcart.access"]
+    logged = [
+        record.user_id
+        for record in caplog.records
+        if record.name == "flashcart.access" and record.path == ORDERS
+    ]
     assert logged == [user["id"], user["id"]]
 
 
