@@ -11,6 +11,7 @@ TRUSTED_PROXIES, or every client shares the balancer's address.
 import functools
 import hashlib
 import logging
+import socket
 import time
 
 import redis.exceptions
@@ -180,12 +181,38 @@ def _documented(view):
     )(view)
 
 
+def _this_host():
+    return f"host:{socket.gethostname()}"
+
+
+def _checked_a_password(response):
+    # Login answers 200 or 401, sign-up 201 or 409, once a hash was verified or made;
+    # a refusal (429) or a malformed body never reached argon2.
+    return response.status_code in (200, 201, 401, 409)
+
+
+def _password_checks(view):
+    """Admit password checks (logins and sign-ups together, from every address) at
+    the rate this host sustains, RATELIMIT_PASSWORD_CHECKS_PER_HOST; beyond it 429
+    with Retry-After. Counted per host name in the limiter's shared storage, so each
+    host guards its own CPU and a deployment admits the sum (docs/operations.md).
+    Tested before the request and counted after it, only when a check ran: refused
+    requests (by this or the per-address limits) spend none of it."""
+    return limiter.shared_limit(
+        _setting("RATELIMIT_PASSWORD_CHECKS_PER_HOST"),
+        scope="password-checks",
+        key_func=_this_host,
+        deduct_when=_checked_a_password,
+    )(view)
+
+
 def login(view):
     """Limit login attempts per client IP; failed ones per account and address, and
     per account from addresses that have not logged in to it lately (OWASP: throttle
     guessing per account and address, never hand anyone a switch that locks the
-    owner out)."""
+    owner out); and the password checks this host admits."""
     view = _remembering_addresses(view)
+    view = _password_checks(view)
     view = limiter.limit(
         _setting("RATELIMIT_LOGIN_PER_ACCOUNT"),
         key_func=_login_account,
@@ -204,7 +231,8 @@ def login(view):
 
 
 def signup(view):
-    """Limit sign-ups per client IP."""
+    """Limit sign-ups per client IP, and the password checks this host admits."""
+    view = _password_checks(view)
     view = limiter.limit(_setting("RATELIMIT_SIGNUP_PER_IP"), scope="signup-ip")(view)
     return _documented(view)
 

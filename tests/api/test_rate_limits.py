@@ -210,3 +210,52 @@ def test_ordinary_answers_carry_no_limiter_headers(limited):
     response = client.get("/api/v1/products")
     assert "Retry-After" not in response.headers
     assert "X-RateLimit-Limit" not in response.headers
+
+
+# -- password checks each host admits (logins and sign-ups together) -------------------
+
+SIGNUP = "/api/v1/auth/signup"
+
+
+def _login(client, user, address, password=PASSWORD):
+    body = {"email": user["email"], "password": password}
+    return client.post(LOGIN, json=body, environ_base={"REMOTE_ADDR": address})
+
+
+def test_password_checks_are_admitted_per_host_whatever_the_address(limited, user):
+    client = limited(RATELIMIT_PASSWORD_CHECKS_PER_HOST="3 per minute", RATELIMIT_LOGIN_PER_IP="")
+
+    assert _login(client, user, "198.51.100.1").status_code == 200
+    assert _login(client, user, "198.51.100.2", password="not the password").status_code == 401
+    assert _login(client, user, "198.51.100.3").status_code == 200
+
+    # The account's known address, a good password, another account: the host's
+    # budget for this minute is spent all the same.
+    assert_limited(_login(client, user, "198.51.100.1"))
+    signup = {"email": "new@example.com", "password": PASSWORD, "name": "New"}
+    assert_limited(client.post(SIGNUP, json=signup, environ_base={"REMOTE_ADDR": "192.0.2.9"}))
+
+
+def test_sign_ups_spend_the_same_password_checks(limited, user):
+    client = limited(RATELIMIT_PASSWORD_CHECKS_PER_HOST="2 per minute")
+    for n in (1, 2):
+        body = {"email": f"new{n}@example.com", "password": PASSWORD, "name": "New"}
+        assert client.post(SIGNUP, json=body).status_code == 201
+
+    assert_limited(_login(client, user, "203.0.113.5"))
+
+
+def test_requests_that_check_no_password_spend_none_of_the_host_budget(limited, user, redis_client):
+    client = limited(
+        RATELIMIT_PASSWORD_CHECKS_PER_HOST="2 per minute", RATELIMIT_LOGIN_PER_IP="1 per minute"
+    )
+
+    assert _login(client, user, "192.0.2.1").status_code == 200
+    assert_limited(_login(client, user, "192.0.2.1"))  # refused per address: not checked
+    malformed = client.post(LOGIN, json={"email": user["email"]})  # no password
+    assert malformed.status_code == 422
+    assert _login(client, user, "192.0.2.2").status_code == 200
+    assert_limited(_login(client, user, "192.0.2.3"))
+
+    host = rate_limits.socket.gethostname()
+    assert any("password-checks" in key and host in key for key in redis_client.keys("LIMITS:*"))

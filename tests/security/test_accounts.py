@@ -207,6 +207,22 @@ def test_a_hash_made_with_weaker_parameters_is_upgraded_on_login(client, app, us
     assert PasswordHasher().verify(upgraded, PASSWORD)
 
 
+def test_a_hash_made_with_the_former_default_is_rehashed_once_on_login(client, app, user, mongo_db):
+    # 64 MiB, t=3, p=4: the default until issue 21; more memory than the configured
+    # parameters is still "other parameters": the next login rewrites the hash.
+    former = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4).hash(PASSWORD)
+    mongo_db.users.update_one({"email": user["email"]}, {"$set": {"password_hash": former}})
+    login = {"email": user["email"], "password": PASSWORD}
+
+    assert client.post(LOGIN, json=login).status_code == 200
+    rehashed = mongo_db.users.find_one({"email": user["email"]})["password_hash"]
+    assert rehashed != former
+    assert not app.extensions["flashcart.password_hasher"].check_needs_rehash(rehashed)
+
+    assert client.post(LOGIN, json=login).status_code == 200
+    assert mongo_db.users.find_one({"email": user["email"]})["password_hash"] == rehashed
+
+
 def test_an_argon2i_hash_is_upgraded_to_argon2id_on_login(client, user, mongo_db):
     from argon2 import Type
 

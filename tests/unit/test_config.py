@@ -183,3 +183,16 @@ def test_building_the_app_talks_to_no_real_store_even_with_an_admin_configured(
 
     assert [c for c in redis_client.client_list() if c["id"] not in before] == []
     assert app.test_client().get("/healthz").status_code == 200
+
+
+# OWASP Password Storage Cheat Sheet: argon2id settings of equal strength.
+OWASP_ARGON2ID = {(47104, 1, 1), (19456, 2, 1), (12288, 3, 1), (9216, 4, 1), (7168, 5, 1)}
+
+
+def test_passwords_are_hashed_with_a_setting_owasp_lists():
+    shipped = (
+        ProductionConfig.ARGON2_MEMORY_KIB,
+        ProductionConfig.ARGON2_TIME_COST,
+        ProductionConfig.ARGON2_PARALLELISM,
+    )
+    assert shipped in OWASP_ARGON2ID
