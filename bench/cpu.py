@@ -8,7 +8,9 @@ measures what one operation costs the Python process, in CPU microseconds
   2. one request through the app (production settings, called as gunicorn calls
      it, without gunicorn): /healthz, reserve (with a token not seen before, as in
      `make bench`, and with one seen before), sold-out reserve, stock read and
-     product page.
+     product page;
+  3. one password check (argon2id verify) for each setting OWASP lists as equivalent,
+     and the former default (bench/passwords.py).
 The app's ratios against /healthz leave out what the server adds to every request,
 so they are lower than `make bench`'s.
 """
@@ -24,7 +26,7 @@ import redis
 from bson import ObjectId
 from werkzeug.test import EnvironBuilder
 
-from bench import http_level
+from bench import http_level, passwords
 from bench.reference import NaiveWatchReservations, ScriptReservations
 from bench.servers import LOAD_GENERATOR_CEILING, RedisServer
 from flashcart.sales.engine.inventory import Inventory
@@ -139,6 +141,8 @@ def main():
     health = requests["/healthz"]
     for name, cost in requests.items():
         print(f"   {name:<18} {cost:7.0f}   /healthz/this {health / cost:.2f}")
+    checks = 5 if "--quick" in sys.argv else 20
+    passwords.print_table(passwords.table(checks=checks), passwords.configured_parameters())
 
 
 if __name__ == "__main__":
