@@ -80,10 +80,22 @@ def _children_cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_token=0, watch=None):
+def wrk(
+    url,
+    method,
+    path,
+    connections,
+    seconds,
+    tokens=None,
+    threads=2,
+    first_token=0,
+    watch=None,
+    bodies=None,
+):
     """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors).
 
-    With `tokens`, requests carry the tokens from line `first_token` on, one each.
+    With `tokens`, requests carry the tokens from line `first_token` on, one each;
+    with `bodies` (a file), the bodies from that line on, one each.
     With `watch` (name -> pid), the figures include the CPU seconds each of those
     processes (with its children) and wrk itself used meanwhile, as "cpu_s".
     """
@@ -92,6 +104,9 @@ def wrk(url, method, path, connections, seconds, tokens=None, threads=2, first_t
     env = {**os.environ, "WRK_METHOD": method, "WRK_PATH": path, "WRK_THREADS": str(threads)}
     if tokens:
         env["WRK_TOKENS"] = tokens
+    if bodies:
+        env["WRK_BODIES"] = bodies
+    if tokens or bodies:
         env["WRK_OFFSET"] = str(first_token)
     watched = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
     wrk_before = _children_cpu_seconds()

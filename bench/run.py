@@ -9,6 +9,8 @@ measures three things, each against a baseline taken in the same run:
      (3 rounds of [healthz, scenario]; load on a shared machine drifts within a minute),
      with the CPU each request cost the app's workers, redis-server and wrk.
   3. A drop rehearsal: many distinct users race for a fixed stock.
+  4. Logins (bench/logins.py): logins/s, p99 and CPU per login at 16 and 64
+     connections, and the pre-drop storm with reservations measured while it runs.
 Prints a table and writes JSON to bench/results/. It asserts nothing about speed.
 """
 
@@ -21,7 +23,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from bench import http_level, redis_level
+from bench import http_level, logins, redis_level
 from bench.servers import Gunicorn, RedisServer
 from flashcart.sales.engine.inventory import Inventory
 
@@ -243,7 +245,14 @@ def main():
         finally:
             os.unlink(tokens)
             os.unlink(http_tokens)
+        report["logins"] = logins.measure(
+            redis_server,
+            seconds=seconds,
+            accounts=1000 if args.quick else logins.ACCOUNTS,
+            quick=args.quick,
+        )
     print_report(report)
+    logins.print_report(report["logins"])
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"bench-{report['when'].replace(':', '')}.json")
     with open(path, "w") as out:

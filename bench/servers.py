@@ -61,7 +61,8 @@ LOAD_GENERATOR_CEILING = "1000000000 per minute"
 class Gunicorn:
     """The app under gunicorn with the production settings (gunicorn.conf.py)."""
 
-    def __init__(self, redis_url, env=None):
+    def __init__(self, redis_url, env=None, app="bench.app:create()"):
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -83,7 +84,7 @@ class Gunicorn:
                 "gunicorn.conf.py",
                 "--bind",
                 f"127.0.0.1:{self.port}",
-                "bench.app:create()",
+                self.app,
             ],
             cwd=ROOT,
             env=self.env,

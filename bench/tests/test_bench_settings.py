@@ -5,6 +5,7 @@ import os
 import limits
 
 from bench.app import BenchConfig
+from bench.logins import CAPACITY_ENV, STORM_ENV
 from bench.servers import LOAD_GENERATOR_CEILING, Gunicorn
 from config import MEMORY_URI, ProductionConfig
 
@@ -34,3 +35,17 @@ def test_the_benchmark_app_differs_from_production_only_in_its_in_memory_mongodb
     assert issubclass(BenchConfig, ProductionConfig)
     assert overridden == {"MONGO_URI"}
     assert BenchConfig.MONGO_URI == MEMORY_URI
+
+
+def test_the_login_storm_runs_with_the_shipped_admission():
+    # One address stands for every shopper: its login limit is raised like the ceiling.
+    assert set(STORM_ENV) <= ALLOWED | {"RATELIMIT_LOGIN_PER_IP"}
+    assert STORM_ENV["RATELIMIT_LOGIN_PER_IP"] == LOAD_GENERATOR_CEILING
+    assert "RATELIMIT_PASSWORD_CHECKS_PER_HOST" not in STORM_ENV
+
+
+def test_only_the_capacity_table_raises_the_per_host_admission():
+    raised = {key for key in CAPACITY_ENV if CAPACITY_ENV[key] != STORM_ENV.get(key)}
+
+    assert raised == {"RATELIMIT_PASSWORD_CHECKS_PER_HOST"}
+    assert CAPACITY_ENV["RATELIMIT_PASSWORD_CHECKS_PER_HOST"] == LOAD_GENERATOR_CEILING

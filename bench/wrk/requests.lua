@@ -1,7 +1,10 @@
--- Cycles through pre-generated bearer tokens (one per user) and counts statuses.
--- Environment: WRK_TOKENS (file, one token a line), WRK_OFFSET (the first token to
--- use), WRK_THREADS (wrk's -t), WRK_METHOD, WRK_PATH.
+-- Cycles through pre-generated bearer tokens (one per user), or request bodies (one
+-- per user: logins), and counts statuses.
+-- Environment: WRK_TOKENS (file, one token a line) or WRK_BODIES (file, one JSON body
+-- a line), WRK_OFFSET (the first line to use), WRK_THREADS (wrk's -t), WRK_METHOD,
+-- WRK_PATH.
 local tokens = {}
+local bodies = {}
 local method = os.getenv("WRK_METHOD") or "GET"
 local path = os.getenv("WRK_PATH") or "/healthz"
 local counter = 0
@@ -22,6 +25,12 @@ function init(args)
       table.insert(tokens, line)
     end
   end
+  file = os.getenv("WRK_BODIES")
+  if file then
+    for line in io.lines(file) do
+      table.insert(bodies, line)
+    end
+  end
   -- Thread i takes tokens offset + i, offset + i + threads, ...: no two requests of
   -- a run share a user until the file wraps.
   step = tonumber(os.getenv("WRK_THREADS") or "1")
@@ -40,7 +49,12 @@ function request()
     counter = counter + step
   end
   local body = nil
-  if method == "POST" then body = "{}" end
+  if #bodies > 0 then
+    body = bodies[(counter % #bodies) + 1]
+    counter = counter + step
+  elseif method == "POST" then
+    body = "{}"
+  end
   return wrk.format(method, path, headers, body)
 end
 
