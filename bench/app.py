@@ -73,33 +73,42 @@ def with_accounts(path):
     parameters. gunicorn loads the app once and forks it, so every worker starts
     with the same accounts in its in-memory MongoDB.
 
-    The first account signs up as any would; the others store its hash (a salt of
-    their own would cost the same to verify, and 10,000 hashes a minute or more).
+    They all store one hash (a salt each would cost the same to verify, and 10,000
+    hashes take minutes), made as the app makes them, from its ARGON2_* settings.
     """
     import mongomock
+    from argon2 import PasswordHasher
 
-    from flashcart.auth import service as accounts
+    from flashcart.auth.service import USER
+    from flashcart.extensions import stores
+    from flashcart.stores import utcnow
 
     with open(path) as lines:
         emails = lines.read().split()
     db = _Database(mongomock.MongoClient().flashcart)
     app = create_app(BenchConfig, db=db)
+    config = app.config
+    hasher = PasswordHasher(
+        time_cost=config["ARGON2_TIME_COST"],
+        memory_cost=config["ARGON2_MEMORY_KIB"],
+        parallelism=config["ARGON2_PARALLELISM"],
+    )
+    stored, now = hasher.hash(ACCOUNT_PASSWORD), utcnow()
+    # Before the app's indexes: mongomock checks a unique index by scanning, per insert.
+    db.users.insert_many(
+        [
+            {
+                "email": email,
+                "name": "Shopper",
+                "password_hash": stored,
+                "role": USER,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for email in emails
+        ]
+    )
     with app.app_context():
-        accounts.register(email=emails[0], password=ACCOUNT_PASSWORD, name="Shopper")
-        first = db.users.find_one({"email": emails[0]})
-        now = first["created_at"]
-        db.users.insert_many(
-            [
-                {
-                    "email": email,
-                    "name": "Shopper",
-                    "password_hash": first["password_hash"],
-                    "role": accounts.USER,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for email in emails[1:]
-            ]
-        )
+        stores.ensure_indexes()
     db.users.index()
     return app

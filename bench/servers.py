@@ -92,7 +92,11 @@ class Gunicorn:
             stderr=subprocess.DEVNULL,
         )
         health = self.url + "/healthz"
-        wait_for(lambda: urllib.request.urlopen(health, timeout=1).status == 200, "gunicorn")  # noqa: S310
+        try:
+            wait_for(lambda: urllib.request.urlopen(health, timeout=1).status == 200, "gunicorn")  # noqa: S310
+        except BaseException:
+            stop(self.process)
+            raise
         return self
 
     def __exit__(self, *exc):
