@@ -149,10 +149,10 @@ class Config:
     LOGIN_KNOWN_ADDRESS_DAYS = _int("LOGIN_KNOWN_ADDRESS_DAYS", 30)
     RATELIMIT_SIGNUP_PER_IP = _limit("RATELIMIT_SIGNUP_PER_IP", "20 per hour")
     # Password checks (logins and sign-ups, from every address) each API host admits:
-    # counted per host name, so each host guards its own CPU. About 20 per second a
-    # core (docs/operations.md); the default suits a 2-core host.
+    # counted per host name, so each host guards its own CPU. About 17 per second a
+    # core (docs/scaling-out.md "What a host sustains"); the default suits 2 cores.
     RATELIMIT_PASSWORD_CHECKS_PER_HOST = _limit(
-        "RATELIMIT_PASSWORD_CHECKS_PER_HOST", "40 per second"
+        "RATELIMIT_PASSWORD_CHECKS_PER_HOST", "35 per second"
     )
     RATELIMIT_RESERVE_PER_USER = _limit("RATELIMIT_RESERVE_PER_USER", "30 per minute")
 

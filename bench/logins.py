@@ -10,9 +10,10 @@ production settings and accounts in its (in-memory) MongoDB:
      (the admission answers 429 beyond RATELIMIT_PASSWORD_CHECKS_PER_HOST);
   2. the pre-drop storm, as shipped: 10,000 distinct accounts arrive over
      ARRIVAL_SECONDS (the five minutes before a drop, compressed) and each logs in
-     once, waiting Retry-After (plus up to a second, as a storefront should) when
-     refused; meanwhile reservations arrive at a steady RESERVE_RATE, and their
-     latency is compared with the same load before and after the storm.
+     once, waiting Retry-After when refused, doubled at each refusal in a row and
+     with jitter (as a storefront should); meanwhile reservations arrive at a
+     steady RESERVE_RATE, and their latency is compared with the same load before
+     and after the storm.
 Every shopper comes from one address, the load generator's: its per-address limits
 (RATELIMIT_GLOBAL, RATELIMIT_LOGIN_PER_IP) are raised out of reach, as `make bench`
 does for the ceiling (bench/servers.py); every other limit is as shipped. With
@@ -45,6 +46,7 @@ STORM_CLIENTS = 64  # logins in flight at once, at most
 RESERVE_RATE = 100  # reservations/s, steady, while the storm runs and around it
 CALM_SECONDS = 15  # the reservation load alone, before and after the storm
 STORM_LIMIT_SECONDS = 600  # a storm the host cannot serve is cut off here
+BACKOFF_CAP_SECONDS = 30
 
 # The load generator is one address standing for every shopper's: the per-address
 # limits would refuse it, so they are raised out of its reach (still counted).
@@ -146,7 +148,7 @@ def _request(conn, url, method, path, body, headers):
 
 def _storm(url, bodies_path, count, arrival_s, clients, limit_s, out):
     """Each account arrives once (random times over `arrival_s`) and logs in; refused,
-    it tries again after Retry-After plus up to a second. Puts its records on `out`."""
+    it tries again after Retry-After, backing off. Puts its records on `out`."""
     with open(bodies_path) as lines:
         bodies = [next(lines).strip() for _ in range(count)]
     rng = random.Random(21)
@@ -183,8 +185,11 @@ def _storm(url, bodies_path, count, arrival_s, clients, limit_s, out):
                 if status == 200:
                     logins.append((done - started, done - sent, done - arrived))
                 else:
+                    # Retry-After, doubled at each refusal in a row, plus up to as much
+                    # again at random: what a storefront should do (docs/security.md).
                     wait = float(retry_after) if retry_after else 1.0
-                    heapq.heappush(due, (done + wait + jitter.random(), n, arrived))
+                    wait = min(BACKOFF_CAP_SECONDS, wait * 2 ** (attempts[n] - 1))
+                    heapq.heappush(due, (done + wait * (1 + jitter.random()), n, arrived))
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
@@ -203,7 +208,7 @@ def _storm(url, bodies_path, count, arrival_s, clients, limit_s, out):
     )
 
 
-def _reserve_load(url, path, tokens_path, rate, stop, out, threads=8):
+def _reserve_load(url, path, tokens_path, rate, stop, out, threads=64):
     """Reservations at a steady `rate`, each with a new user's token, until `stop` is
     set. Latency counts from when a request was due, so a stall is not hidden by the
     requests it kept from being sent."""

@@ -195,7 +195,7 @@ def _password_checks(view):
     """Admit password checks (logins and sign-ups together, from every address) at
     the rate this host sustains, RATELIMIT_PASSWORD_CHECKS_PER_HOST; beyond it 429
     with Retry-After. Counted per host name in the limiter's shared storage, so each
-    host guards its own CPU and a deployment admits the sum (docs/operations.md).
+    host guards its own CPU and a deployment admits the sum (docs/scaling-out.md).
     Tested before the request and counted after it, only when a check ran: refused
     requests (by this or the per-address limits) spend none of it."""
     return limiter.shared_limit(
