@@ -3,7 +3,7 @@
 A ceiling per client IP over the whole API (RATELIMIT_GLOBAL, set on the limiter in
 extensions.py), login attempts per IP and failed ones per account and IP and per
 account from new addresses (auth/known_addresses.py), sign-ups per IP and
-reservations per user. Every limit is a config value (README "Configuration"),
+reservations per user. Every limit is a config value (docs/configuration.md),
 read per request; an empty value turns that limit off. Behind a load balancer set
 TRUSTED_PROXIES, or every client shares the balancer's address.
 """

@@ -1,5 +1,5 @@
 """MongoDB as a replica set or sharded cluster: URI options, the orders' write concern,
-and indexes for every query (README "Scaling out"). Settings are read from PyMongo
+and indexes for every query (docs/scaling-out.md). Settings are read from PyMongo
 clients built with connect=False; what goes over the wire is read from the MongoDB
 stand-in (tests/support/mongo_standin.py), which records every command it receives."""
 
