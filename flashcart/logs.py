@@ -71,14 +71,20 @@ def formatter(fmt):
     return json_formatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
 
 
+class StderrHandler(logging.StreamHandler):
+    """The handler `configure` installs, so that calling it again replaces it."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+
 def configure(level="INFO", fmt="json"):
     """Send every log record to stderr, one line each. Safe to call again."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "flashcart", False):
+        if isinstance(handler, StderrHandler):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.flashcart = True
+    handler = StderrHandler()
     handler.setFormatter(formatter(fmt))
     handler.addFilter(RequestIdFilter())
     root.addHandler(handler)
