@@ -24,13 +24,17 @@ PRODUCTS = "/api/v1/products"
 def library_checks(monkeypatch):
     """The apps whose requests ran the library's verification, one entry per run."""
     checked = []
-    verify = roles.verify_jwt_in_request
 
-    def counted(*args, **kwargs):
-        checked.append(current_app._get_current_object())
-        return verify(*args, **kwargs)
+    def counting(check):
+        def counted(*args, **kwargs):
+            checked.append(current_app._get_current_object())
+            return check(*args, **kwargs)
 
-    monkeypatch.setattr(roles, "verify_jwt_in_request", counted)
+        return counted
+
+    # auth_required reaches the library through either (roles._verify).
+    for name in ("decode_token", "verify_jwt_in_request"):
+        monkeypatch.setattr(roles, name, counting(getattr(roles, name)))
     return checked
 
 
