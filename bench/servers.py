@@ -4,10 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
-
-import redis
 
 # The suite's process tools; cpu_seconds and settled_cpu_seconds are here for bench/'s
 # other modules (`from bench.servers import ...`).
@@ -15,41 +12,17 @@ from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
 from tests.support.processes import cpu_seconds as cpu_seconds
 from tests.support.processes import settled_cpu_seconds as settled_cpu_seconds
+from tests.support.redis_server import RedisServer as SuiteRedisServer
 
 
-class RedisServer:
+class RedisServer(SuiteRedisServer):
+    """The suite's throwaway redis-server, with room for the load generator's
+    connections."""
+
     def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="flashcart-bench-redis-")
-        self.process = None
-
-    def __enter__(self):
-        binary = shutil.which("redis-server") or sys.exit("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--maxclients",
-                "10000",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for(lambda: redis.Redis.from_url(self.url).ping(), "redis-server")
-        return self
-
-    def __exit__(self, *exc):
-        self.process.kill()
-        self.process.wait()
+        if not shutil.which("redis-server"):
+            sys.exit("redis-server is not installed")
+        super().__init__(maxclients=10_000)
 
 
 # Every benchmark user comes from one address, the load generator's: its per-IP

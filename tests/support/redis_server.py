@@ -13,10 +13,17 @@ from tests.support.ports import free_port
 class RedisServer:
     """A throwaway redis-server process on a free port (restartable, for fault tests)."""
 
-    def __init__(self):
+    def __init__(self, maxclients=2000):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="flashcart-redis-")
+        self.maxclients = maxclients
         self.process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
 
     @property
     def url(self):
@@ -37,7 +44,7 @@ class RedisServer:
                 "--dir",
                 self.dir,
                 "--maxclients",
-                "2000",
+                str(self.maxclients),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
