@@ -171,3 +171,18 @@ def test_a_token_one_app_verified_is_verified_again_by_another(
 
     assert_problem(refused, 401, "token_invalid")
     assert library_checks == [client.application, alike, other_secret]
+
+
+def test_a_bearer_header_is_no_token_where_tokens_come_only_from_elsewhere(
+    client, user, app_config, mongo_db, redis_client
+):
+    headers = bearer(login(client, user)["access_token"])
+    query_only = create_app(
+        app_settings() | app_config | {"JWT_TOKEN_LOCATION": ["query_string"]},
+        db=mongo_db,
+        redis_client=redis_client,
+    )
+
+    refused = query_only.test_client().get(ORDERS, headers=headers)
+
+    assert_problem(refused, 401, "token_missing")
