@@ -1,0 +1,1 @@
+"""Order and sale events: recorded with the change they describe, read in order."""
