@@ -20,6 +20,11 @@ DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123456789"  # noqa: S
 MIN_SECRET_LENGTH = 32
 
 
+def _usable_cores():
+    """The cores this process may run on (a container's CPU quota is not seen here)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def _env(name, default=None):
     value = os.environ.get(name)
     return default if value in (None, "") else value
@@ -153,6 +158,11 @@ class Config:
     # core (docs/scaling-out.md "What a host sustains"); the default suits 2 cores.
     RATELIMIT_PASSWORD_CHECKS_PER_HOST = _limit(
         "RATELIMIT_PASSWORD_CHECKS_PER_HOST", "35 per second"
+    )
+    # Password checks running at once on an API host, across its workers: beyond it 503
+    # `busy` at once, so checks never take more than these cores nor every worker.
+    PASSWORD_CHECKS_IN_FLIGHT_PER_HOST = _int(
+        "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", max(1, _usable_cores() // 2)
     )
     RATELIMIT_RESERVE_PER_USER = _limit("RATELIMIT_RESERVE_PER_USER", "30 per minute")
 

@@ -25,8 +25,10 @@ from flashcart import health, metrics, redis_cluster
 from flashcart.apidoc import RETRY_AFTER, problem
 from flashcart.auth import emails, known_addresses
 from flashcart.auth.roles import current_user_id
+from flashcart.errors import Busy
 from flashcart.errors import problem as problem_response
 from flashcart.extensions import limiter
+from flashcart.host_slots import HostSlots, NoSlotFree
 
 log = logging.getLogger(__name__)
 STORAGE_ERRORS = (
@@ -53,6 +55,10 @@ def init_app(app):
         )
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, too_many_requests)
+    slots = config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"]
+    if slots < 1:
+        raise ValueError(f"PASSWORD_CHECKS_IN_FLIGHT_PER_HOST must be 1 or more, not {slots}")
+    app.extensions["flashcart.password_check_slots"] = HostSlots("password-checks", slots)
     # Probes and scrapes must never be refused.
     for blueprint in (health.blp, metrics.blp):
         limiter.exempt(blueprint)
@@ -206,12 +212,32 @@ def _password_checks(view):
     )(view)
 
 
+def _password_check_slot(view):
+    """Run the view only in one of this host's PASSWORD_CHECKS_IN_FLIGHT_PER_HOST
+    slots; with none free, 503 `busy` at once. The admission above bounds the rate;
+    this bounds the cores: however slow the host is at the moment, password checks
+    never occupy more than their share of it, nor every worker."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        try:
+            with current_app.extensions["flashcart.password_check_slots"].held():
+                return view(*args, **kwargs)
+        except NoSlotFree:
+            raise Busy(
+                "This server is checking as many passwords as it can at once. Retry in 1 s."
+            ) from None
+
+    return wrapper
+
+
 def login(view):
     """Limit login attempts per client IP; failed ones per account and address, and
     per account from addresses that have not logged in to it lately (OWASP: throttle
     guessing per account and address, never hand anyone a switch that locks the
     owner out); and the password checks this host admits."""
     view = _remembering_addresses(view)
+    view = _password_check_slot(view)
     view = _password_checks(view)
     view = limiter.limit(
         _setting("RATELIMIT_LOGIN_PER_ACCOUNT"),
@@ -232,6 +258,7 @@ def login(view):
 
 def signup(view):
     """Limit sign-ups per client IP, and the password checks this host admits."""
+    view = _password_check_slot(view)
     view = _password_checks(view)
     view = limiter.limit(_setting("RATELIMIT_SIGNUP_PER_IP"), scope="signup-ip")(view)
     return _documented(view)

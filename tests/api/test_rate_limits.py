@@ -260,3 +260,69 @@ def test_requests_that_check_no_password_spend_none_of_the_host_budget(limited, 
 
     host = socket.gethostname()
     assert any("password-checks" in key and host in key for key in redis_client.keys("LIMITS:*"))
+
+
+# -- password checks in flight on a host -----------------------------------------------
+
+
+def _every_slot_held(client):
+    slots = client.application.extensions["flashcart.password_check_slots"]
+    holds = [slots.held() for _ in range(slots.count)]
+    for hold in holds:
+        hold.__enter__()
+    return holds
+
+
+def _release(holds):
+    for hold in holds:
+        hold.__exit__(None, None, None)
+
+
+def assert_busy(response):
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.content_type == "application/problem+json"
+    assert response.json["code"] == "busy"
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_with_every_password_check_slot_taken_logins_and_sign_ups_answer_busy_at_once(
+    limited, user, mongo_db
+):
+    client = limited(PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=2)
+    holds = _every_slot_held(client)
+    try:
+        assert_busy(_login(client, user, "198.51.100.7"))
+        signup = {"email": "later@example.com", "password": PASSWORD, "name": "Later"}
+        assert_busy(client.post(SIGNUP, json=signup))
+        assert mongo_db.users.count_documents({"email": "later@example.com"}) == 0
+    finally:
+        _release(holds)
+
+    assert _login(client, user, "198.51.100.7").status_code == 200
+    assert client.post(SIGNUP, json=signup).status_code == 201
+
+
+def test_a_login_refused_for_want_of_a_slot_spends_none_of_the_host_admission(limited, user):
+    client = limited(
+        PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1,
+        RATELIMIT_PASSWORD_CHECKS_PER_HOST="1 per minute",
+        RATELIMIT_LOGIN_PER_IP="",
+    )
+    holds = _every_slot_held(client)
+    try:
+        assert_busy(_login(client, user, "198.51.100.8"))
+    finally:
+        _release(holds)
+
+    assert _login(client, user, "198.51.100.8").status_code == 200
+    assert_limited(_login(client, user, "198.51.100.8"))
+
+
+def test_other_requests_do_not_wait_for_password_check_slots(limited, user_headers):
+    client = limited(PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1)
+    holds = _every_slot_held(client)
+    try:
+        assert client.get("/api/v1/products").status_code == 200
+        assert client.get("/api/v1/orders", headers=user_headers).status_code == 200
+    finally:
+        _release(holds)
