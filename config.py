@@ -171,8 +171,8 @@ class Config:
     OPENAPI_VERSION = "3.0.3"
     OPENAPI_URL_PREFIX = "/"
     OPENAPI_JSON_PATH = "openapi.json"
-    OPENAPI_SWAGGER_UI_PATH = "/docs"
-    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+    # flask-smorest serves the document only; /docs is flashcart/swagger_ui/, which
+    # serves Swagger UI's files itself instead of loading them from a CDN.
 
     @classmethod
     def uses_memory_backends(cls):

@@ -16,6 +16,7 @@ from flashcart import (
     query_params,
     rate_limits,
     security_headers,
+    swagger_ui,
 )
 from flashcart.auth.roles import init_jwt, init_verified_tokens
 from flashcart.auth.routes import blp as auth_routes
@@ -86,6 +87,7 @@ def register_extensions(app, db, redis_client):
 def register_blueprints(app):
     for blueprint in (health.blp, auth_routes, product_routes, sale_routes, order_routes):
         api.register_blueprint(blueprint)
+    swagger_ui.init_app(app)
 
 
 def register_measures(app):
