@@ -29,6 +29,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.support.html_page import CONTENT_TYPES, PageReferences
 from tests.support.mongo_standin import MongoStandIn
 from tests.support.ports import free_port
 
@@ -244,6 +245,49 @@ def test_the_image_starts_without_mongodb_and_becomes_ready_when_it_answers(
     for name, text in logs.items():
         assert "Traceback" not in text, f"{name}:\n{text}"
     assert left_in_tmpdir == []  # the metrics folder goes with the server
+
+
+def fetch(url):
+    """(status, content type, body bytes) of a GET."""
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        return response.status, response.headers.get_content_type(), response.read()
+
+
+@pytest.mark.timeout(300)
+def test_the_image_serves_the_docs_page_and_swagger_ui_itself(image_venv, redis_server):
+    # The page's template, its start-up script and Swagger UI's files (swagger-ui-bundle,
+    # from requirements.txt) are no Python imports: this finds any the image lacks.
+    if redis_server is None:
+        pytest.skip("needs a real redis-server")
+    port = free_port()
+    image = Image(
+        image_venv,
+        {
+            "PORT": str(port),
+            "WEB_CONCURRENCY": "1",
+            "MONGO_URI": MongoStandIn().url,  # not started: /docs needs no database
+            "REDIS_URL": redis_server.url,
+            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+        },
+    )
+    base = f"http://127.0.0.1:{port}"
+    server = image.start(image.dockerfile["cmd"], "server")
+    try:
+        wait_for(lambda: get(base + "/healthz")[0] == 200, "/healthz", 60)
+        status, content_type, html = fetch(base + "/docs")
+        page = PageReferences(html.decode())
+        files = {url: fetch(base + url) for url in page.urls}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        image.remove()
+
+    assert (status, content_type) == (200, "text/html")
+    assert any(url.endswith("/swagger-ui-bundle.js") for url in files)
+    for url, (status, content_type, body) in files.items():
+        assert status == 200, url
+        assert content_type in CONTENT_TYPES[url.rsplit(".", 1)[1]], url
+        assert body, url
 
 
 def first_party_imports(path):

@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 
 import pytest
 import redis
@@ -29,6 +30,7 @@ from flashcart import create_app
 from flashcart.auth import service as accounts
 from tests.support import chaos_app
 from tests.support.gunicorn_hosts import Api, ProductionGunicorn
+from tests.support.html_page import PageReferences
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
@@ -324,3 +326,19 @@ def test_nginx_refuses_a_body_over_the_apps_limit_in_the_problem_shape(nginx):
     api = Api(nginx, timeout=CLIENT_TIMEOUT)
     status, body, code = api.call("POST", SIGNUP, body={"name": "x" * (64 * 1024)})
     assert (status, code, body["status"]) == (413, "payload_too_large", 413)
+
+
+def _fetch(port, path):
+    url = f"http://127.0.0.1:{port}{path}"
+    with urllib.request.urlopen(url, timeout=CLIENT_TIMEOUT) as response:  # noqa: S310 - loopback
+        return response.status, response.headers.get_content_type(), response.read()
+
+
+def test_the_docs_page_and_its_files_come_through_nginx_as_the_app_serves_them(nginx, gunicorn):
+    status, content_type, html = _fetch(nginx, "/docs")
+    assert (status, content_type) == (200, "text/html")
+    paths = ["/docs", *PageReferences(html.decode()).urls]
+    assert any(path.endswith("/swagger-ui-bundle.js") for path in paths)  # 1 MB, buffered
+
+    for path in paths:
+        assert _fetch(nginx, path) == _fetch(gunicorn[0], path), path
