@@ -32,7 +32,7 @@ def test_the_docs_page_runs_swagger_ui_from_files_and_no_inline_script(page):
     sources = [src for src, _text in page.scripts]
     assert [src.rsplit("/", 1)[1] for src in sources] == [
         "swagger-ui-bundle.js",
-        "swagger-initializer.js",
+        "start-swagger-ui.js",
     ]
     assert all(text.strip() == "" for _src, text in page.scripts)
 
