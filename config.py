@@ -95,6 +95,8 @@ class Config:
     HOLD_SECONDS = _int("HOLD_SECONDS", 600)
     # The sweeper leaves younger half-done checkouts to the requests still running them.
     SWEEP_GRACE_SECONDS = _int("SWEEP_GRACE_SECONDS", 10)
+    # The sweeper audits the sales this often and reports the figures to /metrics.
+    SWEEP_AUDIT_SECONDS = _int("SWEEP_AUDIT_SECONDS", 30)
     IDEMPOTENCY_TTL_SECONDS = _int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
     # gunicorn's worker timeout (gunicorn.conf.py reads the same variable): no request
     # outlives it, so an Idempotency-Key whose request died is free again soon after.
@@ -207,6 +209,7 @@ class TestingConfig(Config):
     RESERVE_MAX_ATTEMPTS = 64
     STOCK_STRIPES = 64
     SWEEP_GRACE_SECONDS = 10
+    SWEEP_AUDIT_SECONDS = 30
     PRODUCT_CACHE_SECONDS = 60
     # Views go to Redis each time; tests of the workers' own counts turn this on.
     VIEW_FLUSH_SECONDS = 0

@@ -20,6 +20,7 @@ from flashcart import (
 )
 from flashcart.auth.roles import init_jwt, init_verified_tokens
 from flashcart.auth.routes import blp as auth_routes
+from flashcart.checkout import report as sweeper_report
 from flashcart.cli import register_commands as register_cli_commands
 from flashcart.errors import register_error_handlers
 from flashcart.extensions import api, cors, jwt
@@ -93,3 +94,5 @@ def register_blueprints(app):
 def register_measures(app):
     """What domains keep per worker and serve at /metrics (metrics knows no domain)."""
     sale_service.init_app(app)
+    health.init_app(app)
+    sweeper_report.init_app(app)

@@ -111,6 +111,7 @@ def sweep(every):
     while True:
         try:
             done = recovery.sweep()
+            recovery.report_pass()
             click.echo(
                 "sweep: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
             )

@@ -8,6 +8,7 @@ from flask import current_app
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from flashcart import metrics
 from flashcart.apidoc import problems
 from flashcart.errors import ServiceUnavailable
 from flashcart.extensions import stores
@@ -42,6 +43,34 @@ class ReadyOut(Schema):
 def healthz():
     """The process is alive (checks no dependency)."""
     return {"status": "ok"}
+
+
+def init_app(app):
+    """Serve what /readyz checks as a gauge, so Prometheus sees a store go away."""
+    metrics.register_gauge(
+        app,
+        "flashcart_store_up",
+        "1 when the store (redis, mongodb) answered a ping within READY_TIMEOUT_SECONDS.",
+        "store",
+        stores_up,
+    )
+
+
+def stores_up():
+    """{"redis": 1 or 0, "mongodb": 1 or 0}: each store pinged as /readyz pings it."""
+    timeout = current_app.config["READY_TIMEOUT_SECONDS"]
+    up = {}
+    for store, ping, errors in (
+        ("redis", stores.ping_redis, redis.exceptions.RedisError),
+        ("mongodb", stores.ping_mongo, pymongo.errors.PyMongoError),
+    ):
+        try:
+            ping(timeout)
+            up[store] = 1
+        except errors as error:
+            log.warning("metrics: %s is down: %s", store, error)
+            up[store] = 0
+    return up
 
 
 @blp.route("/readyz", methods=["GET"])

@@ -111,12 +111,18 @@ def _observe(response):
 
 def register_gauge(app, name, documentation, label, read):
     """Serve `name` at /metrics: `read()` (in the app's context) returns {label value:
-    number}, once per scrape. A domain registers what it measures; metrics knows none."""
+    number}, once per scrape; with `label` None, one number (or None: no sample). A
+    domain registers what it measures; metrics knows none."""
     app.extensions["flashcart.metrics.gauges"][name] = (documentation, label, read)
 
 
 class _GaugeReadAtScrape:
     def __init__(self, name, documentation, label, values):
+        if label is None:
+            self.family = GaugeMetricFamily(name, documentation)
+            if values is not None:
+                self.family.add_metric([], values)
+            return
         self.family = GaugeMetricFamily(name, documentation, labels=[label])
         for label_value, value in sorted(values.items()):
             self.family.add_metric([label_value], value)
