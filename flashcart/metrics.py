@@ -72,6 +72,7 @@ ORDERS = Counter(
 )
 
 blp = Blueprint("metrics", __name__)
+STORE_ERRORS = (redis.exceptions.RedisError, pymongo.errors.PyMongoError)
 
 
 def reservation(outcome):
@@ -116,6 +117,21 @@ def register_gauge(app, name, documentation, label, read):
     app.extensions["flashcart.metrics.gauges"][name] = (documentation, label, read)
 
 
+def once_per_scrape(name, read):
+    """`read()`'s answer, kept for the rest of this scrape under `name`: several gauges
+    from one read. A store's error is kept too (and raised again), so a store that is
+    away costs one timeout per scrape, not one per gauge."""
+    cache = g.setdefault("metrics_read_once", {})
+    if name not in cache:
+        try:
+            cache[name] = read()
+        except STORE_ERRORS as error:
+            cache[name] = error
+    if isinstance(cache[name], STORE_ERRORS):
+        raise cache[name]
+    return cache[name]
+
+
 class _GaugeReadAtScrape:
     def __init__(self, name, documentation, label, values):
         if label is None:
@@ -137,7 +153,7 @@ def _gauges_registry():
     for name, (documentation, label, read) in gauges.items():
         try:
             registry.register(_GaugeReadAtScrape(name, documentation, label, read()))
-        except (redis.exceptions.RedisError, pymongo.errors.PyMongoError) as error:
+        except STORE_ERRORS as error:
             log.warning("metrics: %s unavailable: %s", name, error)
     return registry
 

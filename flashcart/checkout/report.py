@@ -10,8 +10,7 @@ every product in a sale. A product whose sale closed drops out at the next audit
 import json
 import time
 
-import redis.exceptions
-from flask import current_app, g
+from flask import current_app
 
 from flashcart import metrics
 from flashcart.extensions import stores
@@ -58,18 +57,8 @@ def record_audit(rows):
 
 def read():
     """The report as stored: {"last_pass": float, "audited_at": float, "audit": {product
-    id: figures}}, the fields a sweeper has written so far.
-
-    Read once per scrape, failure included: with Redis away, one timeout, not one per
-    gauge."""
-    if "sweeper_report" not in g:
-        try:
-            g.sweeper_report = _stored()
-        except redis.exceptions.RedisError as error:
-            g.sweeper_report = error
-    if isinstance(g.sweeper_report, Exception):
-        raise g.sweeper_report
-    return g.sweeper_report
+    id: figures}}, the fields a sweeper has written so far (read once per scrape)."""
+    return metrics.once_per_scrape("sweeper", _stored)
 
 
 def _stored():

@@ -37,16 +37,33 @@ class _MeteredInventory(Inventory):
 
 
 def init_app(app):
-    """The sale engine's per-worker hints, and what sales measures: live stock, read
-    when Prometheus scrapes /metrics."""
+    """The sale engine's per-worker hints, and what sales measures: live stock, holds
+    and units sold, read when Prometheus scrapes /metrics."""
     app.extensions["flashcart.engine_hints"] = EngineHints()
-    metrics.register_gauge(
-        app,
-        "flashcart_stock_available",
-        "Units available now (Redis), per product whose sale is live or ending.",
-        "product_id",
-        live_stock,
-    )
+    for name, documentation, figure in (
+        (
+            "flashcart_stock_available",
+            "Units available now (Redis), per product whose sale is live or ending.",
+            0,
+        ),
+        (
+            "flashcart_holds",
+            "Holds now (Redis): live, or expired and not yet returned, per product in a sale.",
+            1,
+        ),
+        (
+            "flashcart_units_sold",
+            "Units claimed by orders (Redis), per product whose sale is live or ending.",
+            2,
+        ),
+    ):
+        metrics.register_gauge(
+            app,
+            name,
+            documentation,
+            "product_id",
+            lambda figure=figure: {p: row[figure] for p, row in _live_figures().items()},
+        )
 
 
 def engine_hints(app=None):
@@ -181,16 +198,21 @@ def refuse_if_sold_out(product_id):
         raise
 
 
-def live_stock():
-    """{product id: available units} for every product whose sale is in Redis."""
+def live_figures():
+    """{product id: (available units, holds, units sold)} for every product whose sale
+    is in Redis."""
     engine = inventory()
-    stock = {}
+    figures = {}
     for product in products.products_in_sale():
         product_id = str(product["_id"])
         status, available = engine.available(product_id)
         if status is not None:
-            stock[product_id] = available
-    return stock
+            figures[product_id] = (available, *engine.counts(product_id))
+    return figures
+
+
+def _live_figures():
+    return metrics.once_per_scrape("sales", live_figures)  # three gauges, one read
 
 
 def _reserve(product_id, user_id, quantity):

@@ -9,6 +9,7 @@ import time
 from urllib.parse import quote
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from flashcart import create_app, logs
@@ -420,3 +421,129 @@ def test_probes_and_metrics_are_never_rate_limited(mongo_db, redis_client, app_c
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
         assert client.get("/metrics").status_code == 200
+
+
+def test_holds_and_units_sold_are_gauges_per_product_in_a_sale(
+    client, make_product, make_user, headers_for
+):
+    product = make_product(live=True, stock=7, per_user_limit=3)
+    reserve = f"/api/v1/sales/reserve/{product['id']}"
+    holder, buyer = headers_for(make_user()), headers_for(make_user())
+    assert client.post(reserve, json={"quantity": 2}, headers=holder).status_code == 201
+    held = client.post(reserve, json={"quantity": 3}, headers=buyer).json
+    placed = client.post("/api/v1/orders", json={"reservation_id": held["id"]}, headers=buyer)
+    assert placed.status_code == 201
+
+    samples = scrape(client)
+
+    assert value(samples, "flashcart_stock_available", product_id=product["id"]) == 2
+    assert value(samples, "flashcart_holds", product_id=product["id"]) == 1
+    assert value(samples, "flashcart_units_sold", product_id=product["id"]) == 3
+
+
+def test_stores_up_says_which_store_answers(client, mongo_db):
+    samples = scrape(client)
+    assert value(samples, "flashcart_store_up", store="redis") == 1
+    assert value(samples, "flashcart_store_up", store="mongodb") == 1
+
+    down = create_app(
+        app_settings()
+        | {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_TIMEOUT_SECONDS": 0.2},
+        db=mongo_db,
+    )
+    samples = scrape(down.test_client())
+    assert ("flashcart_store_up", (("store", "redis"),)) in samples
+    assert value(samples, "flashcart_store_up", store="redis") == 0
+    assert value(samples, "flashcart_store_up", store="mongodb") == 1
+
+
+def test_gauges_read_together_share_one_read_and_one_failure_per_scrape(app):
+    from flashcart import metrics
+
+    calls = []
+
+    def failing():
+        calls.append(1)
+        raise redis.exceptions.ConnectionError("away")
+
+    with app.test_request_context("/metrics"):
+        for _ in range(3):
+            with pytest.raises(redis.exceptions.ConnectionError):
+                metrics.once_per_scrape("report", failing)
+        assert metrics.once_per_scrape("stock", lambda: {"p": 1}) == {"p": 1}
+        assert metrics.once_per_scrape("stock", lambda: {"p": 2}) == {"p": 1}
+    assert len(calls) == 1
+    # The next scrape reads again.
+    with app.test_request_context("/metrics"), pytest.raises(redis.exceptions.ConnectionError):
+        metrics.once_per_scrape("report", failing)
+    assert len(calls) == 2
+
+
+# -- the sweeper's report ----------------------------------------------------------
+
+
+def test_the_sweeper_reports_each_pass_and_its_audit_to_metrics(
+    app, client, runner, make_product, redis_client
+):
+    product = make_product(live=True, stock=5)
+    assert not [name for name, _ in scrape(client) if "sweeper" in name or "audit" in name]
+    before = time.time()
+
+    assert runner.invoke(args=["sweep"]).exit_code == 0
+
+    samples = scrape(client)
+    last_pass = value(samples, "flashcart_sweeper_last_pass_timestamp_seconds")
+    audited = value(samples, "flashcart_audit_timestamp_seconds")
+    assert before <= audited <= last_pass <= time.time()
+    figures = {
+        name: value(samples, f"flashcart_audit_{name}", product_id=product["id"])
+        for name in ("drift_units", "oversold_units", "users_over_limit", "ok")
+    }
+    assert figures == {"drift_units": 0, "oversold_units": 0, "users_over_limit": 0, "ok": 1}
+
+    # Within SWEEP_AUDIT_SECONDS a pass reports itself, without auditing again.
+    assert runner.invoke(args=["sweep"]).exit_code == 0
+    samples = scrape(client)
+    assert value(samples, "flashcart_sweeper_last_pass_timestamp_seconds") > last_pass
+    assert value(samples, "flashcart_audit_timestamp_seconds") == audited
+
+
+def test_the_audit_reports_a_sale_redis_lost(app, client, runner, make_product, redis_client):
+    product = make_product(live=True, stock=5)
+    redis_client.flushdb()  # Redis lost everything (its report too: an audit is due)
+
+    assert runner.invoke(args=["sweep"]).exit_code == 0
+
+    samples = scrape(client)
+    assert value(samples, "flashcart_audit_ok", product_id=product["id"]) == 0
+    assert value(samples, "flashcart_audit_drift_units", product_id=product["id"]) == -5
+    assert value(samples, "flashcart_audit_oversold_units", product_id=product["id"]) == 0
+
+
+def test_no_audit_when_the_sweeper_is_told_not_to(app, client, runner, make_product):
+    make_product(live=True)
+    app.config["SWEEP_AUDIT_SECONDS"] = 0
+
+    assert runner.invoke(args=["sweep"]).exit_code == 0
+
+    names = {name for name, _ in scrape(client)}
+    assert "flashcart_sweeper_last_pass_timestamp_seconds" in names
+    assert not [name for name in names if name.startswith("flashcart_audit_")]
+
+
+def test_drift_seen_once_is_looked_at_again_before_it_is_reported(
+    app, client, make_product, monkeypatch
+):
+    from flashcart.checkout import recovery
+
+    product = make_product(live=True, stock=5)
+    with app.app_context():
+        true_rows = recovery.audit()
+        # A checkout between two of the audit's reads: drift on the first look only.
+        caught_mid_checkout = [{**row, "drift": 1, "ok": False} for row in true_rows]
+        monkeypatch.setattr(recovery, "audit", lambda **_: caught_mid_checkout)
+        recovery.report_pass()
+
+    samples = scrape(client)
+    assert value(samples, "flashcart_audit_ok", product_id=product["id"]) == 1
+    assert value(samples, "flashcart_audit_drift_units", product_id=product["id"]) == 0

@@ -77,6 +77,13 @@ class Inventory(SaleLifecycle):
         held = sum(hold.quantity for hold in self.holds(product_id))
         return SaleSnapshot(status, available, held, int(sold or 0), int(limit or 0))
 
+    def counts(self, product_id):
+        """(holds, units sold) as Redis counts them now, in one round trip. Holds are
+        the live ones and the expired ones not yet returned."""
+        keys = Keys(product_id)
+        holds, sold = query(self.redis, [("ZCARD", keys.deadlines), ("GET", keys.sold)])
+        return int(holds), int(sold or 0)
+
     def available(self, product_id, max_age=0.0):
         """(status as of now, available units), returning expired holds first.
 
