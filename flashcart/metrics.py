@@ -7,8 +7,9 @@ workers. Without that variable (`flask run`, tests) the process's own registry i
 served.
 
 Gauges are read when Prometheus scrapes, not counted as values change: a domain
-registers a callback with `register_gauge` (sales: live stock, one cheap Redis read
-per product on sale). They are exact at scrape time, cost nothing on the hot path
+registers a callback with `register_gauge` (sales: live stock, holds and units sold,
+one cheap Redis read per product on sale; health: the stores' pings; checkout: the
+sweeper's report). They are exact at scrape time, cost nothing on the hot path
 and need no cross-worker gauge. This module imports no domain: domains call it.
 """
 
