@@ -14,6 +14,7 @@ which keys rate limits on it. The figures are printed (`pytest -s`).
 
 import contextlib
 import getpass
+import http.client
 import json
 import os
 import shutil
@@ -342,3 +343,18 @@ def test_the_docs_page_and_its_files_come_through_nginx_as_the_app_serves_them(n
 
     for path in paths:
         assert _fetch(nginx, path) == _fetch(gunicorn[0], path), path
+
+
+def test_metrics_are_for_prometheus_on_gunicorns_port_not_for_clients_through_nginx(
+    nginx, gunicorn
+):
+    status, body, code = Api(nginx, timeout=CLIENT_TIMEOUT).call("GET", "/metrics")
+    assert (status, code, body["status"]) == (404, "not_found", 404)
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn[0], timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert b"flashcart_http_requests_total" in response.read()
+    finally:
+        conn.close()
