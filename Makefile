@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 
 .PHONY: run dev test lint bench bench-cpu bench-instructions rehearse clean openapi fuzz
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
@@ -55,8 +55,9 @@ bench-instructions: $(BIN)/.installed  ## Instructions per request under valgrin
 	$(BIN)/python -m bench.instructions
 
 # A drop rehearsal against any FlashCart: make rehearse URL=... ADMIN_EMAIL=... ADMIN_PASSWORD=...
+# Writes JSON and an HTML report with charts to loadtest/results/ (REHEARSAL_RESULTS).
+# Run from here with `python -m`: the locustfile draws with bench/report.py.
 SHOPPERS ?= 500
-rehearse: $(BIN)/.installed
-	$(BIN)/pip install --quiet -r loadtest/requirements.txt
-	cd loadtest && ../$(BIN)/locust -f locustfile.py --headless --only-summary \
+rehearse: $(BIN)/.installed  ## A locust drop against URL; JSON and a report with charts in loadtest/results/
+	$(BIN)/python -m locust -f loadtest/locustfile.py --headless --only-summary \
 		-u $(SHOPPERS) -r $(SHOPPERS) -t $${DURATION:-60s} --host $(URL)

@@ -8,22 +8,38 @@ and starts its sale; every simulated shopper signs up, logs in, then presses
 asks the sale's audit for the truth and reports sold, rejected (by reason),
 oversold (must be 0), throughput and latency. It exits non-zero on any oversell.
 
+It also writes, to REHEARSAL_RESULTS (default loadtest/results/), the run as JSON
+(the product's stock polled every STOCK_POLL_S, and each second's requests by name:
+statuses and latency percentiles) and a report with its charts beside it
+(bench/report.py). Run it from the repository's root with `python -m locust`, as
+`make rehearse` does, so that `bench` can be imported.
+
 The target must let many sign-ups and logins come from one address: raise
 RATELIMIT_SIGNUP_PER_IP / RATELIMIT_LOGIN_PER_IP there (README "Configuration").
 """
 
 import collections
+import json
 import os
 import threading
+import time
 import uuid
+from datetime import UTC, datetime
 
+import gevent
 import gevent.event
 import requests
 from locust import HttpUser, events, task
 from locust.exception import StopUser
 
+from bench import report as reports
+
 UNITS = int(os.environ.get("DROP_UNITS", "500"))
 LIMIT = int(os.environ.get("DROP_LIMIT", "1"))
+RESULTS = os.environ.get("REHEARSAL_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results"
+)
+STOCK_POLL_S = float(os.environ.get("STOCK_POLL_S", "0.1"))
 OUTCOMES = collections.Counter()
 _lock = threading.Lock()
 drop = {}
@@ -48,6 +64,7 @@ def _admin_headers(host):
 
 @events.test_start.add_listener
 def open_the_drop(environment, **kwargs):
+    run["started"] = time.time()
     host = environment.host.rstrip("/")
     headers = _admin_headers(host)
     product = requests.post(
@@ -68,6 +85,7 @@ def open_the_drop(environment, **kwargs):
         f"{host}/api/v1/sales/start/{drop['id']}", headers=headers, timeout=10
     ).raise_for_status()
     print(f"drop {drop['id']} is live: {UNITS} units, limit {LIMIT}")
+    run["poller"] = gevent.spawn(_poll_stock, host)
 
 
 @events.spawning_complete.add_listener
@@ -76,18 +94,107 @@ def everyone_is_ready(user_count, **kwargs):
 
 
 def _open_when_logged_in(user_count):
+    run["shoppers"] = user_count
     while ready[0] < user_count:
         gevent.sleep(0.05)
     print(f"{user_count} shoppers ready: the drop opens")
+    run["opened"] = time.time()
     drop_open.set()
 
 
 ready = [0]
+# What the report draws: when the rehearsal began and the drop opened, each request
+# (start time, name, status, ms) and the live stock (time, available) as it went.
+run = {"started": time.time(), "opened": None, "shoppers": 0, "requests": [], "stock": []}
+
+
+@events.request.add_listener
+def record(name, response_time, response=None, start_time=None, **kwargs):
+    status = getattr(response, "status_code", 0) or 0
+    run["requests"].append((start_time or time.time(), name, status, response_time))
+
+
+def _poll_stock(host):
+    """The drop's live stock, read as a shopper's page would, every STOCK_POLL_S."""
+    while True:
+        try:
+            answer = requests.get(f"{host}/api/v1/sales/stock/{drop['id']}", timeout=5)
+            if answer.ok:
+                run["stock"].append((time.time(), answer.json()["available"]))
+        except requests.RequestException:
+            pass  # a missed sample; the curve goes on from the next one
+        gevent.sleep(STOCK_POLL_S)
+
+
+def _percentile(ordered, q):
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def per_second(requests_made, started):
+    """One row per second and request name: statuses and latency percentiles."""
+    groups = collections.defaultdict(list)
+    for at, name, status, ms in requests_made:
+        groups[(max(0, int(at - started)), name)].append((status, ms))
+    rows = []
+    for (second, name), hits in sorted(groups.items()):
+        ordered = sorted(ms for _, ms in hits)
+        rows.append(
+            {
+                "t": second,
+                "name": name,
+                "statuses": dict(collections.Counter(str(status) for status, _ in hits)),
+                "p50_ms": round(_percentile(ordered, 50), 1),
+                "p95_ms": round(_percentile(ordered, 95), 1),
+                "p99_ms": round(_percentile(ordered, 99), 1),
+            }
+        )
+    return rows
+
+
+def write_results(environment, audit, oversold, reserve):
+    """The run as JSON, and its report beside it; returns both paths."""
+    started = run["started"]
+    when = datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")
+    result = {
+        "kind": "rehearsal",
+        "when": when,
+        "target": environment.host,
+        "product_id": drop["id"],
+        "units": UNITS,
+        "limit": LIMIT,
+        "shoppers": run["shoppers"],
+        "drop_opened_s": run["opened"] - started if run["opened"] else None,
+        "audit": audit,
+        "oversold": oversold,
+        "outcomes": dict(OUTCOMES),
+        "reserve": {
+            "requests": reserve.num_requests,
+            "unexpected": reserve.num_failures,
+            "per_s": reserve.total_rps,
+            "p50_ms": reserve.get_response_time_percentile(0.5),
+            "p99_ms": reserve.get_response_time_percentile(0.99),
+        },
+        "stock": [(round(at - started, 3), available) for at, available in run["stock"]],
+        # When each order was placed (at most one per unit): the curve to the millisecond.
+        "orders_placed_s": sorted(
+            round(at + ms / 1000 - started, 3)
+            for at, name, status, ms in run["requests"]
+            if name == "checkout" and status in (200, 201)
+        ),
+        "seconds": per_second(run["requests"], started),
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"rehearsal-{when.replace(':', '')}.json")
+    with open(path, "w") as out:
+        json.dump(result, out, indent=2)
+    return path, reports.write(path)
 
 
 @events.test_stop.add_listener
 def report(environment, **kwargs):
     host = environment.host.rstrip("/")
+    if run.get("poller"):
+        run["poller"].kill()
     audit = requests.get(
         f"{host}/api/v1/sales/audit/{drop['id']}", headers=_admin_headers(host), timeout=30
     ).json()
@@ -104,6 +211,8 @@ def report(environment, **kwargs):
         f"{reserve.total_rps:.0f} req/s, p50 {reserve.get_response_time_percentile(0.5):.0f} ms, "
         f"p99 {reserve.get_response_time_percentile(0.99):.0f} ms"
     )
+    json_path, html_path = write_results(environment, audit, oversold, reserve)
+    print(f"  JSON: {json_path}\n  report: {html_path}")
     if oversold:
         environment.process_exit_code = 1
 
