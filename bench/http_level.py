@@ -172,16 +172,22 @@ def combine(runs):
 
 
 def watch_sell_out(redis_url, product_id, started):
-    """Poll live stock in the background; returns a dict filled with `sold_out_s`."""
-    result = {}
+    """Poll live stock in the background; returns a dict filled with `sold_out_s` and
+    `available`: (seconds, units available) each time the poll saw it change."""
+    result = {"available": []}
     engine = Inventory(redis.Redis.from_url(redis_url, decode_responses=True))
 
     def poll():
+        seen = None
         while time.perf_counter() - started < 120:
             try:
                 _, available = engine.available(product_id)
             except redis.ConnectionError:  # the drop ended unsold and its Redis is gone
                 return
+            # The poll it already made, kept when it changed: the curve costs no request.
+            if available != seen:
+                result["available"].append((time.perf_counter() - started, available))
+                seen = available
             if available <= 0:
                 result["sold_out_s"] = time.perf_counter() - started
                 return

@@ -25,6 +25,7 @@ import argparse
 import heapq
 import http.client
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -32,10 +33,11 @@ import random
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
 from bench import http_level
+from bench import report as reports
 from bench.app import ACCOUNT_PASSWORD
 from bench.servers import LOAD_GENERATOR_CEILING, Gunicorn, RedisServer, cpu_seconds
 
@@ -252,6 +254,24 @@ def _reserve_figures(records, seconds):
     }
 
 
+def _timeline(records, logins, storm_started):
+    """Per second from the storm's start (negative before it): the reservations'
+    p50 and p99 by the second each was due, and the logins made in it."""
+    latencies = defaultdict(list)
+    for due, latency, _ in records:
+        latencies[math.floor(due - storm_started)].append(latency * 1000)
+    made = Counter(math.floor(at) for at, _, _ in logins)
+    return [
+        {
+            "t": second,
+            "reserve_p50_ms": _percentile(latencies[second], 50),
+            "reserve_p99_ms": _percentile(latencies[second], 99),
+            "logins": made.get(second, 0),
+        }
+        for second in sorted(latencies)
+    ]
+
+
 def storm(
     app,
     redis_url,
@@ -321,6 +341,11 @@ def storm(
         "reserve_rate": RESERVE_RATE,
         "reserve_during": _reserve_figures(during, end - start),
         "reserve_calm": _reserve_figures(calm, calm_s),
+        "reserve_before": _reserve_figures([r for r in records if r[0] < start], start - first_due),
+        "reserve_after": _reserve_figures(
+            [r for r in records if r[0] >= end], max(0.0, last_due - end)
+        ),
+        "timeline": _timeline(records, done, start),
         "reserve_s": records_span[1] - records_span[0],
     }
 
@@ -457,7 +482,7 @@ def main():
     path = os.path.join(RESULTS, f"logins-{when}.json")
     with open(path, "w") as out:
         json.dump(report, out, indent=2)
-    print(f"\nJSON: {path}")
+    print(f"\nJSON: {path}\nReport: {reports.write(path)}")
 
 
 if __name__ == "__main__":

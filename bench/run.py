@@ -11,7 +11,8 @@ measures three things, each against a baseline taken in the same run:
   3. A drop rehearsal: many distinct users race for a fixed stock.
   4. Logins (bench/logins.py): logins/s, p99 and CPU per login at 16 and 64
      connections, and the pre-drop storm with reservations measured while it runs.
-Prints a table and writes JSON to bench/results/. It asserts nothing about speed.
+Prints a table and writes JSON to bench/results/, with a report with charts beside it
+(bench/report.py). It asserts nothing about speed.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 import redis
 
 from bench import http_level, logins, redis_level
+from bench import report as reports
 from bench.servers import Gunicorn, RedisServer
 from flashcart.sales.engine.inventory import Inventory
 
@@ -145,6 +147,10 @@ def drop_rehearsal(server, redis_url, units, users, connections, tokens):
         "oversold": max(0, snapshot.held - units),
         "users_over_limit": over_limit,
         "sold_out_after_s": watch.get("sold_out_s"),
+        # Units reserved as the poll saw them (at each change, to the millisecond).
+        "sold_over_time": [
+            (round(at, 3), units - available) for at, available in watch["available"]
+        ],
         "requests": result["requests"],
         "statuses": result["statuses"],
         "socket_errors": result["socket_errors"],
@@ -257,7 +263,7 @@ def main():
     path = os.path.join(RESULTS, f"bench-{report['when'].replace(':', '')}.json")
     with open(path, "w") as out:
         json.dump(report, out, indent=2)
-    print(f"\nJSON: {path}")
+    print(f"\nJSON: {path}\nReport: {reports.write(path)}")
 
 
 if __name__ == "__main__":
