@@ -162,11 +162,13 @@ def drop_chart(drop):
     sold.grid(alpha=0.3)
     statuses = sorted(drop["statuses"].items())
     answers.bar(
-        [status for status, _ in statuses],
+        range(len(statuses)),
         [n for _, n in statuses],
         color=[_colour(status) for status, _ in statuses],
     )
+    answers.set_xticks(range(len(statuses)), [status for status, _ in statuses])
     answers.set_yscale("log")
+    answers.set_ylim(bottom=1)
     answers.set_xlabel("HTTP status")
     answers.set_ylabel("answers")
     answers.grid(axis="y", alpha=0.3)
@@ -276,14 +278,23 @@ def bench_charts(report):
 # -- make rehearse ---------------------------------------------------------------------
 
 
-def _series(seconds, key):
-    """{name: ([t], [value])} from the rehearsal's per-second rows."""
-    series = defaultdict(lambda: ([], []))
-    for row in seconds:
-        times, values = series[row["name"]]
-        times.append(row["t"])
-        values.append(row[key])
-    return series
+def _seconds(rehearsal):
+    """Every second of the rehearsal, from its first to one past its last."""
+    return range(max((row["t"] for row in rehearsal["seconds"]), default=0) + 2)
+
+
+def _per_second(axes, seconds, values, **style):
+    """A value per second drawn as a step over that second (None: a gap)."""
+    axes.plot(
+        list(seconds),
+        [float("nan") if value is None else value for value in values],
+        drawstyle="steps-post",
+        **style,
+    )
+
+
+def _pairs(points):
+    return zip(points, points[1:], strict=False)
 
 
 def _mark_the_opening(axes, rehearsal):
@@ -293,27 +304,30 @@ def _mark_the_opening(axes, rehearsal):
 
 def sold_chart(rehearsal):
     figure, ((axes,),) = _figure()
-    units = rehearsal["units"]
-    if rehearsal.get("stock"):
-        times = [t for t, _ in rehearsal["stock"]]
+    units, opened = rehearsal["units"], rehearsal.get("drop_opened_s")
+    stock = rehearsal.get("stock") or []
+    reserved = rehearsal.get("reserved_s") or []
+    placed = rehearsal.get("orders_placed_s") or []
+    if stock:
         axes.step(
-            times,
-            [units - available for _, available in rehearsal["stock"]],
+            [t for t, _ in stock],
+            [units - available for _, available in stock],
             where="post",
             color="#2e7d32",
-            label="units taken (stock − available)",
+            label="units taken (stock − available, as polled)",
         )
-    placed = rehearsal.get("orders_placed_s") or []
-    if placed:
-        axes.step(
-            [0, *placed],
-            range(len(placed) + 1),
-            where="post",
-            color="#1565c0",
-            label="orders placed",
-        )
+    for times, colour, label in (
+        (reserved, "#f9a825", "units reserved (as answered)"),
+        (placed, "#1565c0", "orders placed"),
+    ):
+        if times:
+            axes.step([0, *times], range(len(times) + 1), where="post", color=colour, label=label)
     axes.axhline(units, color="#616161", linestyle="--", label=f"stock: {units}")
     _mark_the_opening(axes, rehearsal)
+    if opened is not None:
+        # The sign-ups before the drop are another chart's: show the selling.
+        changes = [t for (t, before), (_, after) in _pairs(stock) if after != before]
+        axes.set_xlim(max(0, opened - 1), max([opened, *changes, *reserved, *placed]) + 2)
     axes.set_xlabel("seconds since the rehearsal began")
     axes.set_ylabel("units")
     axes.set_ylim(0, units * 1.1)
@@ -335,16 +349,19 @@ def status_chart(rehearsal):
     for row in rehearsal["seconds"]:
         for status, n in row["statuses"].items():
             counts[(row["name"], status)][row["t"]] = n
-    end = max((row["t"] for row in rehearsal["seconds"]), default=0) + 1
+    seconds = _seconds(rehearsal)
     for (name, status), by_second in sorted(counts.items()):
-        axes.plot(
-            range(end),
-            [by_second.get(t, 0) for t in range(end)],
+        _per_second(
+            axes,
+            seconds,
+            [by_second.get(t, 0) for t in seconds],
             label=f"{name} {status}",
+            # The drop's own request in its status's colour; the others dashed.
             color=_colour(status) if name == "reserve" else None,
             linestyle="-" if name == "reserve" else "--",
         )
     _mark_the_opening(axes, rehearsal)
+    axes.set_xlim(0, seconds[-1])
     axes.set_xlabel("seconds since the rehearsal began")
     axes.set_ylabel("requests/s")
     axes.legend(fontsize=7, ncol=2)
@@ -352,7 +369,8 @@ def status_chart(rehearsal):
     return _chart(
         "Requests/s by status",
         figure,
-        "Status 0: no answer (a connection error or timeout).",
+        "Each request counts in the second it was sent. Status 0: no answer "
+        "(a connection error or timeout).",
     )
 
 
@@ -361,17 +379,29 @@ def rehearsal_latency_chart(rehearsal):
     names = {row["name"] for row in rehearsal["seconds"]}
     # The drop's own request when there is one; otherwise whatever was sent.
     shown = ["reserve"] if "reserve" in names else sorted(names)
-    for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
-        for name, (times, values) in sorted(_series(rehearsal["seconds"], key).items()):
-            if name in shown:
-                axes.plot(times, values, style, marker=".", label=f"{name} {key[:3]}")
+    seconds = _seconds(rehearsal)
+    for name in shown:
+        rows = {row["t"]: row for row in rehearsal["seconds"] if row["name"] == name}
+        for key, colour in (("p50_ms", "#1565c0"), ("p95_ms", "#f9a825"), ("p99_ms", "#c62828")):
+            _per_second(
+                axes,
+                seconds,
+                [rows[t][key] if t in rows else None for t in seconds],
+                color=colour,
+                label=f"{name} {key[:3]}",
+            )
     _mark_the_opening(axes, rehearsal)
+    axes.set_xlim(0, seconds[-1])
     axes.set_xlabel("seconds since the rehearsal began")
     axes.set_ylabel("latency, ms")
     axes.set_ylim(bottom=0)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    return _chart("Latency percentiles per second", figure)
+    return _chart(
+        "Latency percentiles per second",
+        figure,
+        "Of the requests sent in each second: 50th, 95th and 99th percentile.",
+    )
 
 
 def rehearsal_charts(rehearsal):

@@ -151,6 +151,15 @@ def per_second(requests_made, started):
     return rows
 
 
+def _answered(started, request_name, statuses):
+    """When each `request_name` answered with one of `statuses`, from `started`."""
+    return sorted(
+        round(at + ms / 1000 - started, 3)
+        for at, name, status, ms in run["requests"]
+        if name == request_name and status in statuses
+    )
+
+
 def write_results(environment, audit, oversold, reserve):
     """The run as JSON, and its report beside it; returns both paths."""
     started = run["started"]
@@ -175,12 +184,10 @@ def write_results(environment, audit, oversold, reserve):
             "p99_ms": reserve.get_response_time_percentile(0.99),
         },
         "stock": [(round(at - started, 3), available) for at, available in run["stock"]],
-        # When each order was placed (at most one per unit): the curve to the millisecond.
-        "orders_placed_s": sorted(
-            round(at + ms / 1000 - started, 3)
-            for at, name, status, ms in run["requests"]
-            if name == "checkout" and status in (200, 201)
-        ),
+        # When each unit was reserved and each order placed (one unit each; at most one
+        # per unit): the curves to the millisecond.
+        "reserved_s": _answered(started, "reserve", (201,)),
+        "orders_placed_s": _answered(started, "checkout", (200, 201)),
         "seconds": per_second(run["requests"], started),
     }
     os.makedirs(RESULTS, exist_ok=True)
