@@ -241,6 +241,9 @@ class Shopper(HttpUser):
         self.headers = {"Authorization": f"Bearer {token}"}
         ready[0] += 1
         drop_open.wait()
+        # While it waited, the server may have closed its idle connection (keep-alive
+        # timeout): the first click would fail on it. A shopper's browser opens a new one.
+        self.client.close()
 
     @task
     def buy(self):

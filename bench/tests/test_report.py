@@ -1,0 +1,117 @@
+"""The reports: a results JSON becomes one HTML page whose charts are real PNGs."""
+
+import base64
+import io
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+from matplotlib.image import imread
+
+from bench import report
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BENCH_TITLES = [
+    "Redis level: reservations/s by clients",
+    "HTTP level: requests/s against /healthz",
+    "HTTP level: latency percentiles",
+    "The drop: units sold over time",
+    "Logins/s: the host's capacity and as shipped",
+    "Reservations before, during and after the login storm",
+]
+REHEARSAL_TITLES = ["Units sold over time", "Requests/s by status", "Latency percentiles per second"]
+
+
+class Page(HTMLParser):
+    """The chart titles (h2) and the images (decoded) of a report."""
+
+    def __init__(self):
+        super().__init__()
+        self.titles, self.images, self.alts, self._in_h2 = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self._in_h2 = tag == "h2"
+        if tag == "img":
+            prefix = "data:image/png;base64,"
+            assert attrs["src"].startswith(prefix), "the page must stand alone"
+            png = base64.b64decode(attrs["src"][len(prefix) :], validate=True)
+            self.images.append(imread(io.BytesIO(png), format="png"))
+            self.alts.append(attrs["alt"])
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.titles.append(data)
+            self._in_h2 = False
+
+
+def read_page(path):
+    page = Page()
+    page.feed(pathlib.Path(path).read_text())
+    return page
+
+
+def assert_drawn(page, titles):
+    assert page.titles == titles
+    assert page.alts == titles
+    for image in page.images:
+        height, width, channels = image.shape
+        assert height > 100 and width > 100 and channels in (3, 4)
+        # Something is drawn: not one flat colour.
+        assert image.min() < image.max()
+
+
+def copy(tmp_path, name):
+    return shutil.copy(FIXTURES / name, tmp_path / name)
+
+
+def test_a_bench_run_is_drawn_beside_its_json_with_a_chart_per_part(tmp_path):
+    path = report.write(copy(tmp_path, "bench-quick.json"))
+
+    assert path == str(tmp_path / "bench-quick.html")
+    assert_drawn(read_page(path), BENCH_TITLES)
+
+
+def test_an_older_bench_run_without_the_curves_is_still_drawn(tmp_path):
+    old = json.loads((FIXTURES / "bench-quick.json").read_text())
+    del old["drop"]["sold_over_time"]
+    for key in ("timeline", "reserve_before", "reserve_after"):
+        del old["logins"]["storm"][key]
+    del old["redis"]
+    source = tmp_path / "bench-old.json"
+    source.write_text(json.dumps(old))
+
+    assert_drawn(read_page(report.write(str(source))), BENCH_TITLES[1:])
+
+
+def test_a_rehearsal_is_drawn_as_units_sold_statuses_and_latency_over_time(tmp_path):
+    path = report.write(copy(tmp_path, "rehearsal-small.json"))
+
+    page = read_page(path)
+    assert_drawn(page, REHEARSAL_TITLES)
+    assert "Drop rehearsal against http://127.0.0.1" in pathlib.Path(path).read_text()
+
+
+def test_the_command_draws_an_old_json_and_can_write_the_charts_as_images(tmp_path):
+    source = copy(tmp_path, "rehearsal-small.json")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.report", source, "--images", str(tmp_path / "images")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert f"Report: {tmp_path / 'rehearsal-small.html'}" in done.stdout
+    images = sorted((tmp_path / "images").iterdir())
+    assert [p.name for p in images] == [
+        "latency-percentiles-per-second.png",
+        "requests-s-by-status.png",
+        "units-sold-over-time.png",
+    ]
+    assert all(imread(p).shape[0] > 100 for p in images)
