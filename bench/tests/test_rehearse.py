@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from bench.tests.test_report import REHEARSAL_TITLES, assert_drawn, read_page
+from bench.tests.pages import REHEARSAL_TITLES, assert_drawn, read_page
 from tests.support.ports import free_port
 from tests.support.processes import ROOT
 

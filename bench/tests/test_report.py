@@ -1,17 +1,15 @@
 """The reports: a results JSON becomes one HTML page whose charts are real PNGs."""
 
-import base64
-import io
 import json
 import pathlib
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 
 from matplotlib.image import imread
 
 from bench import report
+from bench.tests.pages import REHEARSAL_TITLES, assert_drawn, read_page
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -23,46 +21,6 @@ BENCH_TITLES = [
     "Logins/s: the host's capacity and as shipped",
     "Reservations before, during and after the login storm",
 ]
-REHEARSAL_TITLES = ["Units sold over time", "Requests/s by status", "Latency percentiles per second"]
-
-
-class Page(HTMLParser):
-    """The chart titles (h2) and the images (decoded) of a report."""
-
-    def __init__(self):
-        super().__init__()
-        self.titles, self.images, self.alts, self._in_h2 = [], [], [], False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self._in_h2 = tag == "h2"
-        if tag == "img":
-            prefix = "data:image/png;base64,"
-            assert attrs["src"].startswith(prefix), "the page must stand alone"
-            png = base64.b64decode(attrs["src"][len(prefix) :], validate=True)
-            self.images.append(imread(io.BytesIO(png), format="png"))
-            self.alts.append(attrs["alt"])
-
-    def handle_data(self, data):
-        if self._in_h2:
-            self.titles.append(data)
-            self._in_h2 = False
-
-
-def read_page(path):
-    page = Page()
-    page.feed(pathlib.Path(path).read_text())
-    return page
-
-
-def assert_drawn(page, titles):
-    assert page.titles == titles
-    assert page.alts == titles
-    for image in page.images:
-        height, width, channels = image.shape
-        assert height > 100 and width > 100 and channels in (3, 4)
-        # Something is drawn: not one flat colour.
-        assert image.min() < image.max()
 
 
 def copy(tmp_path, name):
@@ -89,7 +47,7 @@ def test_an_older_bench_run_without_the_curves_is_still_drawn(tmp_path):
 
 
 def test_a_rehearsal_is_drawn_as_units_sold_statuses_and_latency_over_time(tmp_path):
-    path = report.write(copy(tmp_path, "rehearsal-small.json"))
+    path = report.write(copy(tmp_path, "rehearsal.json"))
 
     page = read_page(path)
     assert_drawn(page, REHEARSAL_TITLES)
@@ -97,7 +55,7 @@ def test_a_rehearsal_is_drawn_as_units_sold_statuses_and_latency_over_time(tmp_p
 
 
 def test_the_command_draws_an_old_json_and_can_write_the_charts_as_images(tmp_path):
-    source = copy(tmp_path, "rehearsal-small.json")
+    source = copy(tmp_path, "rehearsal.json")
 
     done = subprocess.run(
         [sys.executable, "-m", "bench.report", source, "--images", str(tmp_path / "images")],
@@ -107,7 +65,7 @@ def test_the_command_draws_an_old_json_and_can_write_the_charts_as_images(tmp_pa
         check=True,
     )
 
-    assert f"Report: {tmp_path / 'rehearsal-small.html'}" in done.stdout
+    assert f"Report: {tmp_path / 'rehearsal.html'}" in done.stdout
     images = sorted((tmp_path / "images").iterdir())
     assert [p.name for p in images] == [
         "latency-percentiles-per-second.png",
