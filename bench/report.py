@@ -87,7 +87,9 @@ def redis_chart(rows):
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
     rate.set_ylim(bottom=0)
-    rate.legend(fontsize=8)
+    # p99 spans milliseconds to seconds; its low corner has room for the legend.
+    p99.set_yscale("log")
+    p99.legend(fontsize=8, loc="upper left")
     ratios = ", ".join(f"{row['clients']}: {row['ratio']:.2f}" for row in rows)
     return _chart(
         "Redis level: reservations/s by clients",
