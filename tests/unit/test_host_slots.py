@@ -60,9 +60,8 @@ def test_a_process_killed_holding_a_slot_frees_it(directory):
 
 def test_threads_of_one_process_each_need_their_own_slot(directory):
     slots = HostSlots("work", 2, directory)
-    with slots.held(), slots.held():
-        with pytest.raises(NoSlotFree), slots.held():
-            pass
+    with slots.held(), slots.held(), pytest.raises(NoSlotFree), slots.held():
+        pass
     with slots.held():
         pass
 
@@ -70,7 +69,7 @@ def test_threads_of_one_process_each_need_their_own_slot(directory):
 def test_a_slot_is_freed_when_the_work_raises(directory):
     slots = HostSlots("work", 1, directory)
     with pytest.raises(ZeroDivisionError), slots.held():
-        1 / 0
+        raise ZeroDivisionError
     with slots.held():
         pass
 
