@@ -23,6 +23,7 @@ from flashcart.auth.routes import blp as auth_routes
 from flashcart.checkout import report as sweeper_report
 from flashcart.cli import register_commands as register_cli_commands
 from flashcart.errors import register_error_handlers
+from flashcart.events.routes import blp as event_routes
 from flashcart.extensions import api, cors, jwt
 from flashcart.orders.routes import blp as order_routes
 from flashcart.products.routes import blp as product_routes
@@ -86,7 +87,14 @@ def register_extensions(app, db, redis_client):
 
 
 def register_blueprints(app):
-    for blueprint in (health.blp, auth_routes, product_routes, sale_routes, order_routes):
+    for blueprint in (
+        health.blp,
+        auth_routes,
+        product_routes,
+        sale_routes,
+        order_routes,
+        event_routes,
+    ):
         api.register_blueprint(blueprint)
     swagger_ui.init_app(app)
 

@@ -71,6 +71,11 @@ ORDERS = Counter(
     "Orders by the state they reached: placed, failed (hold expired), cancelled.",
     ["status"],
 )
+EVENTS_PUBLISHED = Counter(
+    "flashcart_events_published",
+    "Events published to the feed, by type (order.placed, sale.sold_out...).",
+    ["type"],
+)
 
 blp = Blueprint("metrics", __name__)
 STORE_ERRORS = (redis.exceptions.RedisError, pymongo.errors.PyMongoError)
@@ -87,6 +92,10 @@ def holds_returned(units, reason="expired"):
 
 def order(status):
     ORDERS.labels(status=status).inc()
+
+
+def event_published(event_type):
+    EVENTS_PUBLISHED.labels(type=event_type).inc()
 
 
 def init_app(app):

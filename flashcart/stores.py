@@ -32,6 +32,8 @@ _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]  # page_of's s
 # to one user, so the rule is the same either way.
 _ONE_ORDER_PER_RESERVATION = [("reservation_id", ASCENDING)]
 _ONE_ORDER_PER_RESERVATION_SHARDED = [("user_id", ASCENDING), ("reservation_id", ASCENDING)]
+# Events waiting in a document's outbox (flashcart/events/outbox.py).
+_UNPUBLISHED = [("outbox._id", ASCENDING)]
 
 
 def index_plan(orders_sharded=False):
@@ -51,6 +53,7 @@ def index_plan(orders_sharded=False):
             (_NEWEST_FIRST, {}),
             # The sweeper and the audit look for sales in progress every few seconds.
             ([("sale_status", ASCENDING)], {}),
+            (_UNPUBLISHED, {}),
         ],
         "orders": [
             (unique_order, {"unique": True}),
@@ -60,6 +63,14 @@ def index_plan(orders_sharded=False):
             (_NEWEST_FIRST, {}),
             ([("product_id", ASCENDING), ("status", ASCENDING)], {}),
             ([("status", ASCENDING), ("updated_at", ASCENDING)], {}),
+            # The sweeper's look for events a crash left unpublished (flashcart/events/).
+            (_UNPUBLISHED, {}),
+        ],
+        # The event feed: publishers take the next seq under this unique index, and
+        # consumers page by it (all events, or one type's).
+        "events": [
+            ([("seq", ASCENDING)], {"unique": True}),
+            ([("type", ASCENDING), ("seq", ASCENDING)], {}),
         ],
     }
 
@@ -133,10 +144,16 @@ def connect_mongo(uri, timeout_ms=2000):
 def orders_collection(db, write_concern):
     """`db.orders`, written with `write_concern` ("majority", a number of members, or
     "" for the URI's) when `db` is a real MongoDB database."""
-    if not write_concern or not isinstance(db, pymongo.database.Database):
-        return db.orders
+    return with_write_concern(db.orders, write_concern)
+
+
+def with_write_concern(collection, write_concern):
+    """`collection`, written with `write_concern` ("majority", a number of members,
+    or "" for the URI's) when it is a real MongoDB collection."""
+    if not write_concern or not isinstance(collection, pymongo.collection.Collection):
+        return collection
     w = int(write_concern) if write_concern.isdigit() else write_concern
-    return db.orders.with_options(write_concern=pymongo.WriteConcern(w=w))
+    return collection.with_options(write_concern=pymongo.WriteConcern(w=w))
 
 
 class _Connections:
@@ -262,6 +279,14 @@ class Stores:
     @property
     def redis(self):
         return self._connections().redis
+
+    def durable(self, name):
+        """The collection `name`, written like orders (MONGO_ORDERS_WRITE_CONCERN): for
+        records that must not be lost once answered, such as events."""
+        connections = self._connections()
+        return with_write_concern(
+            connections.db[name], connections.config["MONGO_ORDERS_WRITE_CONCERN"]
+        )
 
     def ping_redis(self, timeout):
         """PING Redis; raises a redis ConnectionError/TimeoutError after `timeout` s."""

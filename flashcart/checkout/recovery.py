@@ -1,7 +1,8 @@
 """Recovery: the sweeper and the audit.
 
 The sweeper returns expired holds, finishes checkouts and cancels that a crash left
-half-done, and closes ended sales once their last hold is settled. The audit
+half-done, closes ended sales once their last hold is settled, records sell-outs
+and publishes the events a crash left in an outbox. The audit
 compares MongoDB (the durable truth) with Redis and can rebuild Redis from it.
 Every step is an idempotent transaction, so several sweepers may run at once.
 After each pass the sweeper reports to /metrics (`report.py`): that it is alive, and
@@ -37,8 +38,13 @@ def sweep():
         _settle_confirmed_claims(engine, product_id)
         while returned := engine.release_expired(product_id):
             done["units_returned"] += returned
+        if product["sale_status"] == products.LIVE and sales.record_if_sold_out(product_id):
+            done["sold_out_recorded"] += 1
         if product["sale_status"] == products.ENDED and close_ended_sale(engine, product):
             done["sales_closed"] += 1
+    # Last, so the events of what this pass did are out too if their publish failed.
+    if published := orders.publish_left_over() + products.publish_left_over():
+        done["events_published"] += published
     return done
 
 

@@ -8,12 +8,25 @@ An event document in the `events` collection:
     created_at  when the change it describes happened (UTC)
     resource    {"type": "order" | "sale", "id": "<id>"}
     data        the resource as the API shows it
+
+What a reader sees is always every event up to some seq (see outbox.py): paging
+with `events_after(last seq seen)` misses none. Events are written by
+flashcart/events/outbox.py, together with the change they describe.
 """
 
 from flashcart.extensions import stores
 from flashcart.stores import as_utc
 
 COLLECTION = "events"
+
+# The catalogue (docs/events.md): what each type means and what `data` holds.
+ORDER_PLACED = "order.placed"
+ORDER_CANCELLED = "order.cancelled"
+SALE_STARTED = "sale.started"
+SALE_SOLD_OUT = "sale.sold_out"
+SALE_RESTOCKED = "sale.restocked"
+SALE_ENDED = "sale.ended"
+TYPES = (ORDER_PLACED, ORDER_CANCELLED, SALE_STARTED, SALE_SOLD_OUT, SALE_RESTOCKED, SALE_ENDED)
 
 
 def events_after(seq=0, limit=100, types=None):
@@ -35,3 +48,10 @@ def public(event):
         "data": event["data"],
         "cursor": str(event["seq"]),
     }
+
+
+def page(after=0, limit=100, types=None):
+    """The feed's answer: up to `limit` events after the cursor `after`, and the
+    cursor to ask with next (the last one's, or `after` again when none is new)."""
+    items = [public(event) for event in events_after(after, limit, types)]
+    return {"items": items, "next": items[-1]["cursor"] if items else str(after)}

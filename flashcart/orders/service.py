@@ -4,6 +4,10 @@ An order is written `pending` (one per reservation, enforced by a unique index),
 becomes `placed` or `failed`; a placed one becomes `cancelling`, then `cancelled`.
 Each move happens once, whoever else tries it at the same time. The checkout saga
 that pairs these moves with the holds in sales is in flashcart/checkout/saga.py.
+
+Becoming placed and becoming cancelled are events (order.placed, order.cancelled):
+each is written into the order's outbox by the same update that moves it, then
+published (flashcart/events/outbox.py).
 """
 
 import pymongo.errors
@@ -11,10 +15,18 @@ from pymongo import ReturnDocument
 
 from flashcart import metrics
 from flashcart.errors import Conflict, NotFound
+from flashcart.events import outbox
+from flashcart.events.feed import ORDER_CANCELLED, ORDER_PLACED
 from flashcart.extensions import stores
 from flashcart.orders.ledger import CANCELLED, CANCELLING, FAILED, PENDING, PLACED, placed_units
+from flashcart.orders.schemas import OrderOut
 from flashcart.products import service as products
 from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
+
+# The order as the API shows it, in JSON values: an event's `data`.
+_AS_SHOWN = OrderOut()
+# The moves that are events, and their types.
+_EVENTS = {PLACED: ORDER_PLACED, CANCELLED: ORDER_CANCELLED}
 
 
 class OrderNotFound(NotFound):
@@ -55,27 +67,38 @@ def public(doc):
     }
 
 
-def _set_status(order_id, status, expected, **fields):
-    return _orders().find_one_and_update(
-        {"_id": order_id, "status": {"$in": list(expected)}},
-        {"$set": {"status": status, "updated_at": utcnow(), **fields}},
-        return_document=ReturnDocument.AFTER,
-    )
-
-
 def _move(order, status, expected, **fields):
     """Move the order from one of `expected` to `status`.
 
     Returns (the order as it now stands, whether this call moved it): a concurrent
-    request may have moved it first. /metrics counts the orders that reach a final
-    state (placed, failed, cancelled).
+    request may have moved it first. A move that is an event writes it in the same
+    update, then publishes it. /metrics counts the orders that reach a final state
+    (placed, failed, cancelled).
     """
-    moved = _set_status(order["_id"], status, expected, **fields)
+    now = utcnow()
+    changes = {"status": status, "updated_at": now, **fields}
+    update = {"$set": changes}
+    if status in _EVENTS:
+        shown = _AS_SHOWN.dump(public({**order, **changes}))
+        event = outbox.pending(_EVENTS[status], "order", shown["id"], shown, change=status, at=now)
+        update["$push"] = {outbox.OUTBOX: event}
+    moved = _orders().find_one_and_update(
+        {"_id": order["_id"], "status": {"$in": list(expected)}},
+        update,
+        return_document=ReturnDocument.AFTER,
+    )
     if moved is None:
         return _orders().find_one({"_id": order["_id"]}), False
     if status != CANCELLING:
         metrics.order(status)
+    if status in _EVENTS:
+        outbox.publish_soon(_orders(), moved)
     return moved, True
+
+
+def publish_left_over():
+    """Publish the order events a crash left unpublished (the sweeper calls this)."""
+    return outbox.publish_left_over(_orders())
 
 
 def order_for(user_id, reservation_id):

@@ -1,14 +1,23 @@
-"""The catalogue: products in MongoDB, a read-through cache and view counts in Redis."""
+"""The catalogue: products in MongoDB, a read-through cache and view counts in Redis.
+
+A product's sale changes are events (sale.started, sale.ended, sale.restocked,
+sale.sold_out): each is written into the product's outbox by the update that makes
+the change, then published (flashcart/events/outbox.py).
+"""
 
 import json
 from datetime import datetime
 from decimal import Decimal
 
 from flask import current_app
+from pymongo import ReturnDocument
 
 from flashcart.errors import NotFound
+from flashcart.events import outbox
+from flashcart.events.feed import SALE_ENDED, SALE_RESTOCKED, SALE_SOLD_OUT, SALE_STARTED
 from flashcart.extensions import stores
 from flashcart.products import view_counts
+from flashcart.products.schemas import ProductOut
 from flashcart.products.view_counts import TRENDING_KEY
 from flashcart.sales.engine.errors import SaleEnded
 from flashcart.sales.engine.keys import product_prefix
@@ -16,6 +25,12 @@ from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
 # draft -> live -> ended (no new reservations) -> closed (figures written back).
 DRAFT, LIVE, ENDED, CLOSED = "draft", "live", "ended", "closed"
+
+
+# The product as the API shows it, in JSON values: a sale event's `data`.
+_AS_SHOWN = ProductOut()
+# Sale status moves that are events.
+_STATUS_EVENTS = {LIVE: SALE_STARTED, ENDED: SALE_ENDED}
 
 
 class ProductNotFound(NotFound):
@@ -169,32 +184,106 @@ def _forget_cached(product_id):
     stores.redis.delete(cache_key(product_id))
 
 
+def _change(product_id, allowed, changes, event=None):
+    """Apply `changes(doc)` (fields to set) to the product while its sale status is
+    one of `allowed`, with the event `event(doc after)` names, if any, in the same
+    update. Returns the updated document, or None if the status did not allow it.
+
+    A compare-and-set on what an event shows (status, stock): a concurrent change
+    makes it read again, so the event describes exactly the state it produced.
+    """
+    oid = object_id_or_none(product_id)
+    while True:
+        doc = _products().find_one({"_id": oid}) if oid else None
+        if doc is None or doc["sale_status"] not in allowed:
+            return None
+        now = utcnow()
+        fields = {**changes(doc), "updated_at": now}
+        after = {**doc, **fields}
+        update = {"$set": fields}
+        named = event(after) if event else None
+        if named:
+            event_type, change = named
+            shown = _AS_SHOWN.dump(public(after))
+            entry = outbox.pending(event_type, "sale", product_id, shown, change=change, at=now)
+            update["$push"] = {outbox.OUTBOX: entry}
+        changed = _products().find_one_and_update(
+            {"_id": oid, "sale_status": doc["sale_status"], "stock": doc["stock"]},
+            update,
+            return_document=ReturnDocument.AFTER,
+        )
+        if changed is not None:
+            _forget_cached(product_id)
+            if named:
+                outbox.publish_soon(_products(), changed)
+            return changed
+
+
 def set_sale_status(product_id, status, expected):
-    """Move the product's sale status from one of `expected` to `status`.
+    """Move the product's sale status from one of `expected` to `status` (starting
+    and ending a sale are events).
 
     Returns the updated document, or None if it was not in an expected state.
     """
-    doc = _products().find_one_and_update(
-        {"_id": object_id_or_none(product_id), "sale_status": {"$in": list(expected)}},
-        {"$set": {"sale_status": status, "updated_at": utcnow()}},
-        return_document=True,
+    changed = _change(
+        product_id,
+        expected,
+        lambda doc: {"sale_status": status},
+        lambda after: (_STATUS_EVENTS[status], status) if status in _STATUS_EVENTS else None,
     )
     _forget_cached(product_id)
-    return doc
+    return changed
 
 
 def add_stock(product_id, quantity, allowed):
-    """Add units to the drop's total while the sale is in one of `allowed` states."""
+    """Add units to the drop's total while the sale is in one of `allowed` states
+    (a live sale's restock is an event, named by the stock it reached)."""
     find(product_id)
-    doc = _products().find_one_and_update(
-        {"_id": object_id_or_none(product_id), "sale_status": {"$in": list(allowed)}},
-        {"$inc": {"stock": quantity}, "$set": {"updated_at": utcnow()}},
-        return_document=True,
+    doc = _change(
+        product_id,
+        allowed,
+        lambda doc: {"stock": doc["stock"] + quantity},
+        lambda after: (
+            (SALE_RESTOCKED, f"stock-{after['stock']}") if after["sale_status"] == LIVE else None
+        ),
     )
     if doc is None:
         raise SaleEnded("The sale has ended; its stock can no longer change.")
-    _forget_cached(product_id)
     return doc
+
+
+def record_sold_out(product_id, stock):
+    """Record that the live sale of `stock` units sold out: the event sale.sold_out,
+    once per stock level (a restock starts a new round). Returns whether this call
+    recorded it."""
+    oid = object_id_or_none(product_id)
+    doc = _products().find_one({"_id": oid, "sale_status": LIVE, "stock": stock})
+    if doc is None or doc.get("sold_out_stock") == stock:
+        return False
+    now = utcnow()
+    shown = _AS_SHOWN.dump(public(doc))
+    entry = outbox.pending(
+        SALE_SOLD_OUT, "sale", product_id, shown, change=f"stock-{stock}", at=now
+    )
+    changed = _products().find_one_and_update(
+        {"_id": oid, "sale_status": LIVE, "stock": stock, "sold_out_stock": {"$ne": stock}},
+        {"$set": {"sold_out_stock": stock}, "$push": {outbox.OUTBOX: entry}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if changed is None:
+        return False
+    outbox.publish_soon(_products(), changed)
+    return True
+
+
+def sold_out_recorded(product):
+    """Whether the product's sale, at its current stock, was recorded as sold out."""
+    return product.get("sold_out_stock") == product["stock"]
+
+
+def publish_left_over():
+    """Publish the sale events a crash left unpublished (the sweeper calls this)."""
+    return outbox.publish_left_over(_products())
 
 
 def window_over(product):

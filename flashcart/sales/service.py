@@ -2,22 +2,37 @@
 
 What was sold comes from the orders ledger (read-only); checkout and cancel, which
 change both a hold and an order, are in flashcart/checkout/saga.py.
+
+A sale selling out happens in Redis, so its event (sale.sold_out) is recorded when
+someone looks: the first reservation refused as sold out in each worker, and the
+sweeper's every pass (`record_if_sold_out`), once per stock level.
 """
 
+import logging
 from datetime import UTC, datetime
 
+import pymongo.errors
+import redis.exceptions
 from flask import current_app
 
 from flashcart import metrics
 from flashcart.errors import Conflict, DomainError
 from flashcart.extensions import stores
+from flashcart.local_cache import LocalCache
 from flashcart.orders import ledger
 from flashcart.products import service as products
-from flashcart.sales.engine.errors import SaleEnded, SaleNotStarted
+from flashcart.sales.engine.errors import SaleEnded, SaleNotStarted, SoldOut
 from flashcart.sales.engine.hints import EngineHints
 from flashcart.sales.engine.inventory import Inventory
 from flashcart.sales.engine.records import SalePlan
 from flashcart.stores import as_utc, object_id_or_none
+
+log = logging.getLogger(__name__)
+
+# A worker that refuses a reservation as sold out checks whether the sell-out is
+# recorded at most once a second per product: the refusals of a sold-out drop come
+# by the thousand, and the sweeper checks every pass anyway.
+SOLD_OUT_CHECK_SECONDS = 1.0
 
 
 class SaleAlreadyStarted(Conflict):
@@ -40,6 +55,7 @@ def init_app(app):
     """The sale engine's per-worker hints, and what sales measures: live stock, holds
     and units sold, read when Prometheus scrapes /metrics."""
     app.extensions["flashcart.engine_hints"] = EngineHints()
+    app.extensions["flashcart.sold_out_checked"] = LocalCache(max_age=SOLD_OUT_CHECK_SECONDS)
     for name, documentation, figure in (
         (
             "flashcart_stock_available",
@@ -179,6 +195,10 @@ def reserve(product_id, user_id, quantity=1):
     """Hold `quantity` units for the user until the deadline."""
     try:
         reservation = _reserve(product_id, user_id, quantity)
+    except SoldOut as error:
+        metrics.reservation(error.code)
+        _check_sold_out(product_id)
+        raise
     except DomainError as error:
         metrics.reservation(error.code)
         raise
@@ -187,6 +207,42 @@ def reserve(product_id, user_id, quantity=1):
         raise
     metrics.reservation("ok")
     return reservation
+
+
+def _check_sold_out(product_id):
+    """After a sold-out refusal: record the sell-out, if no one has (not every time)."""
+    checked = current_app.extensions["flashcart.sold_out_checked"]
+    if checked.get(product_id) is not None:
+        return
+    checked.put(product_id, True)
+    try:
+        record_if_sold_out(product_id)
+    except (pymongo.errors.PyMongoError, redis.exceptions.RedisError) as error:
+        # The refusal stands; the sweeper records the sell-out on its next pass.
+        log.warning("sales: sold-out check for %s failed: %s", product_id, error)
+
+
+def record_if_sold_out(product_id):
+    """Record the event sale.sold_out if every unit of the live sale is held or
+    sold and that is not yet recorded for its stock level. Returns whether this call
+    recorded it.
+
+    MongoDB's stock is read before Redis: a restock writes MongoDB first, so one
+    whose units are not yet in Redis shows as held + sold below the stock, not as a
+    sell-out. Redis is read available, sold, then holds, so a unit moving between
+    them is counted at most once; no move makes a false sell-out.
+    """
+    product = products.find(product_id)
+    if product["sale_status"] != products.LIVE or products.sold_out_recorded(product):
+        return False
+    snapshot = inventory().snapshot(product_id)
+    if (
+        snapshot.status != products.LIVE
+        or snapshot.available > 0
+        or snapshot.held + snapshot.sold < product["stock"]
+    ):
+        return False
+    return products.record_sold_out(product_id, product["stock"])
 
 
 def refuse_if_sold_out(product_id):
