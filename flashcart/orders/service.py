@@ -67,6 +67,18 @@ def public(doc):
     }
 
 
+def _set_status(order_id, status, expected, event=None, **fields):
+    """One conditional update: the new status and fields, and the event, if any."""
+    update = {"$set": {"status": status, **fields}}
+    if event is not None:
+        update["$push"] = {outbox.OUTBOX: event}
+    return _orders().find_one_and_update(
+        {"_id": order_id, "status": {"$in": list(expected)}},
+        update,
+        return_document=ReturnDocument.AFTER,
+    )
+
+
 def _move(order, status, expected, **fields):
     """Move the order from one of `expected` to `status`.
 
@@ -75,23 +87,19 @@ def _move(order, status, expected, **fields):
     update, then publishes it. /metrics counts the orders that reach a final state
     (placed, failed, cancelled).
     """
-    now = utcnow()
-    changes = {"status": status, "updated_at": now, **fields}
-    update = {"$set": changes}
+    changes = {"updated_at": utcnow(), **fields}
+    event = None
     if status in _EVENTS:
-        shown = _AS_SHOWN.dump(public({**order, **changes}))
-        event = outbox.pending(_EVENTS[status], "order", shown["id"], shown, change=status, at=now)
-        update["$push"] = {outbox.OUTBOX: event}
-    moved = _orders().find_one_and_update(
-        {"_id": order["_id"], "status": {"$in": list(expected)}},
-        update,
-        return_document=ReturnDocument.AFTER,
-    )
+        shown = _AS_SHOWN.dump(public({**order, "status": status, **changes}))
+        event = outbox.pending(
+            _EVENTS[status], "order", shown["id"], shown, change=status, at=changes["updated_at"]
+        )
+    moved = _set_status(order["_id"], status, expected, event=event, **changes)
     if moved is None:
         return _orders().find_one({"_id": order["_id"]}), False
     if status != CANCELLING:
         metrics.order(status)
-    if status in _EVENTS:
+    if event is not None:
         outbox.publish_soon(_orders(), moved)
     return moved, True
 
