@@ -16,7 +16,7 @@ import redis.exceptions
 from flask import current_app
 
 from flashcart import metrics
-from flashcart.errors import Conflict, DomainError
+from flashcart.errors import Busy, Conflict, DomainError
 from flashcart.extensions import stores
 from flashcart.local_cache import LocalCache
 from flashcart.orders import ledger
@@ -228,20 +228,17 @@ def record_if_sold_out(product_id):
     recorded it.
 
     MongoDB's stock is read before Redis: a restock writes MongoDB first, so one
-    whose units are not yet in Redis shows as held + sold below the stock, not as a
-    sell-out. Redis is read available, sold, then holds, so a unit moving between
-    them is counted at most once; no move makes a false sell-out.
+    whose units are not yet in Redis shows as fewer units held or sold than the
+    stock, not as a sell-out.
     """
     product = products.find(product_id)
     if product["sale_status"] != products.LIVE or products.sold_out_recorded(product):
         return False
-    snapshot = inventory().snapshot(product_id)
-    if (
-        snapshot.status != products.LIVE
-        or snapshot.available > 0
-        or snapshot.held + snapshot.sold < product["stock"]
-    ):
-        return False
+    try:
+        if not inventory().all_taken(product_id, product["stock"]):
+            return False
+    except Busy:
+        return False  # stock still moving: the next look (or sweep) decides
     return products.record_sold_out(product_id, product["stock"])
 
 

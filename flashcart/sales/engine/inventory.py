@@ -11,7 +11,14 @@ from flashcart.sales.engine.errors import (
     ReservationNotFound,
     SoldOut,
 )
-from flashcart.sales.engine.keys import CLOSED, Keys, new_reservation_id, product_of, stripe_keys
+from flashcart.sales.engine.keys import (
+    CLOSED,
+    LIVE,
+    Keys,
+    new_reservation_id,
+    product_of,
+    stripe_keys,
+)
 from flashcart.sales.engine.records import (
     META,
     Hold,
@@ -102,6 +109,30 @@ class Inventory(SaleLifecycle):
         if max_age:
             self.hints.stock_reads.put(product_id, answer)
         return answer
+
+    def all_taken(self, product_id, total):
+        """Whether the live sale has no unit available and `total` held or sold: a
+        sell-out of `total` units. One consistent look: every key a unit moves
+        through is WATCHed, and a change while it reads makes it read again."""
+        keys = Keys(product_id)
+
+        def body(pipe):
+            pipe.watch(keys.sale, keys.sold, keys.deadlines)
+            status, stripes = pipe.hmget(keys.sale, "status", "stripes")
+            if status != LIVE or stripes is None:
+                pipe.unwatch()
+                return False
+            stripes = keys.stripes(int(stripes))
+            pipe.watch(*stripes)
+            available = sum(ints(pipe.mget(stripes)))
+            sold = int(pipe.get(keys.sold) or 0)
+            held = sum(hold.quantity for hold in self._holds(pipe, product_id))
+            # EXEC fails (WatchError: read again) if any of it changed meanwhile.
+            pipe.multi()
+            pipe.exists(keys.sale)
+            return available == 0 and held + sold >= total
+
+        return self._transaction(body, product_id)
 
     def refuse_if_sold_out(self, product_id, quantity=1):
         """The sold-out fast path: raise SoldOut, without a transaction, while this
