@@ -107,7 +107,8 @@ def seed_demo():
 @with_appcontext
 @click.option("--every", type=click.FloatRange(min=0.1), help="Loop, one pass every SECONDS.")
 def sweep(every):
-    """Return expired holds, finish interrupted checkouts/cancels, close ended sales."""
+    """Return expired holds, finish interrupted checkouts/cancels, close ended sales,
+    record sell-outs and publish events a crash left unpublished."""
     while True:
         try:
             done = recovery.sweep()

@@ -110,7 +110,7 @@ def _insert_once(event):
             # publisher of the same outbox), or another event took that seq first.
             if events.find_one({"_id": event["_id"]}, {"_id": 1}) is not None:
                 return 0
-            time.sleep(random.uniform(0, SEQ_BACKOFF_SECONDS * min(attempt + 1, 10)))  # noqa: S311
+            time.sleep(random.uniform(0, SEQ_BACKOFF_SECONDS * min(attempt + 1, 10)))
             continue
         metrics.event_published(event["type"])
         return 1

@@ -71,6 +71,10 @@ def test_every_paged_list_and_sweeper_query_has_an_index(mongo_db):
     assert [("reservation_id", 1)] in keys["orders"]  # checkout, one order per hold
     assert [("product_id", 1), ("status", 1)] in keys["orders"]  # audit, in-flight checks
     assert [("status", 1), ("updated_at", 1)] in keys["orders"]  # the sweeper's stale orders
+    assert [("outbox._id", 1)] in keys["orders"]  # the sweeper's unpublished events
+    assert [("outbox._id", 1)] in keys["products"]
+    assert [("seq", 1)] in keys["events"]  # the feed's order, and the next seq
+    assert [("type", 1), ("seq", 1)] in keys["events"]  # the feed of some types
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +126,11 @@ def test_every_order_write_sends_the_orders_write_concern_to_the_server(
     with pymongo.MongoClient(standin.url) as mongo:
         received = mongo.admin.command("standInCommands", 1, db=database)["commands"]
     writes = [c for c in received if c["command"] in WRITES]
-    order_writes = [c["writeConcern"] for c in writes if c["collection"] == "orders"]
-    other_writes = [c["writeConcern"] for c in writes if c["collection"] != "orders"]
+    # Orders and their events (docs/events.md) are written alike.
+    durable = ("orders", "events")
+    order_writes = [c["writeConcern"] for c in writes if c["collection"] in durable]
+    other_writes = [c["writeConcern"] for c in writes if c["collection"] not in durable]
     assert len(order_writes) >= 2  # the order is written, then placed (and cancelled)
+    assert any(c["collection"] == "events" for c in writes)
     assert order_writes == [sent] * len(order_writes)
     assert other_writes and other_writes == [None] * len(other_writes)
