@@ -334,8 +334,11 @@ def truth(app, product_id):
             "by_status": collections.Counter(o["status"] for o in orders),
             "per_reservation": collections.Counter(o["reservation_id"] for o in orders),
             "status_of": {o["reservation_id"]: o["status"] for o in orders},
+            "status_by_id": {str(o["_id"]): o["status"] for o in orders},
             "owned": owned,
             "redis_units": engine.user_units(product_id),
+            "events": list(db.events.find().sort("seq", 1)),
+            "unpublished": db.orders.count_documents({"outbox._id": {"$gt": ""}}),
         }
 
 
@@ -539,3 +542,19 @@ def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
     # What clients were told holds too: an expired hold never sells, a 2xx checkout stays.
     assert not rec.late_checkouts_accepted, rec.late_checkouts_accepted
     assert not figures["confirmed_but_not_sold"], figures["confirmed_but_not_sold"]
+    # Every change is one event in the feed, even those a killed worker left unpublished.
+    events = state["events"]
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert state["unpublished"] == 0
+    of_orders = collections.Counter(
+        (event["type"], event["resource"]["id"])
+        for event in events
+        if event["resource"]["type"] == "order"
+    )
+    expected = collections.Counter()
+    for order_id, status in state["status_by_id"].items():
+        if status in ("placed", "cancelled"):
+            expected["order.placed", order_id] += 1
+        if status == "cancelled":
+            expected["order.cancelled", order_id] += 1
+    assert of_orders == expected
