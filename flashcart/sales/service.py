@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # recorded at most once a second per product: the refusals of a sold-out drop come
 # by the thousand, and the sweeper checks every pass anyway.
 SOLD_OUT_CHECK_SECONDS = 1.0
+# The check reads the sale in one look, again if a unit moved meanwhile: while
+# checkouts still move units it gives up soon (a refusal waits on it) and looks later.
+SOLD_OUT_CHECK_ATTEMPTS = 4
 
 
 class SaleAlreadyStarted(Conflict):
@@ -88,13 +91,14 @@ def engine_hints(app=None):
     return (app or current_app).extensions["flashcart.engine_hints"]
 
 
-def inventory():
-    """The engine, built from the app's config, for this request or command."""
+def inventory(max_attempts=None):
+    """The engine, built from the app's config, for this request or command
+    (`max_attempts` for a transaction that may give up sooner)."""
     config = current_app.config
     return _MeteredInventory(
         stores.redis,
         hold_seconds=config["HOLD_SECONDS"],
-        max_attempts=config["RESERVE_MAX_ATTEMPTS"],
+        max_attempts=max_attempts or config["RESERVE_MAX_ATTEMPTS"],
         stripes=config["STOCK_STRIPES"],
         on_retry=metrics.WATCH_RETRIES.inc,
         placed_orders=ledger.reservations_sold,
@@ -235,7 +239,8 @@ def record_if_sold_out(product_id):
     if product["sale_status"] != products.LIVE or products.sold_out_recorded(product):
         return False
     try:
-        if not inventory().all_taken(product_id, product["stock"]):
+        engine = inventory(max_attempts=SOLD_OUT_CHECK_ATTEMPTS)
+        if not engine.all_taken(product_id, product["stock"]):
             return False
     except Busy:
         return False  # stock still moving: the next look (or sweep) decides

@@ -124,13 +124,15 @@ class Inventory(SaleLifecycle):
                 return False
             stripes = keys.stripes(int(stripes))
             pipe.watch(*stripes)
-            available = sum(ints(pipe.mget(stripes)))
+            if sum(ints(pipe.mget(stripes))):
+                pipe.unwatch()
+                return False  # units on sale: no need to read the holds
             sold = int(pipe.get(keys.sold) or 0)
             held = sum(hold.quantity for hold in self._holds(pipe, product_id))
             # EXEC fails (WatchError: read again) if any of it changed meanwhile.
             pipe.multi()
             pipe.exists(keys.sale)
-            return available == 0 and held + sold >= total
+            return held + sold >= total
 
         return self._transaction(body, product_id)
 
