@@ -21,6 +21,7 @@ RATELIMIT_SIGNUP_PER_IP / RATELIMIT_LOGIN_PER_IP there (README "Configuration").
 import collections
 import json
 import os
+import random
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ RESULTS = os.environ.get("REHEARSAL_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results"
 )
 STOCK_POLL_S = float(os.environ.get("STOCK_POLL_S", "0.1"))
+ADMISSION_ATTEMPTS, BACKOFF_CAP_S = 12, 30
 OUTCOMES = collections.Counter()
 _lock = threading.Lock()
 drop = {}
@@ -230,13 +232,13 @@ class Shopper(HttpUser):
     def on_start(self):
         email = f"rehearsal-{uuid.uuid4().hex}@example.com"
         password = uuid.uuid4().hex
-        self.client.post(
+        self._until_admitted(
             "/api/v1/auth/signup",
-            json={"email": email, "password": password, "name": "Rehearsal"},
+            {"email": email, "password": password, "name": "Rehearsal"},
             name="signup",
         )
-        token = self.client.post(
-            "/api/v1/auth/login", json={"email": email, "password": password}, name="login"
+        token = self._until_admitted(
+            "/api/v1/auth/login", {"email": email, "password": password}, name="login"
         ).json()["access_token"]
         self.headers = {"Authorization": f"Bearer {token}"}
         ready[0] += 1
@@ -244,6 +246,22 @@ class Shopper(HttpUser):
         # While it waited, the server may have closed its idle connection (keep-alive
         # timeout): the first click would fail on it. A shopper's browser opens a new one.
         self.client.close()
+
+    def _until_admitted(self, path, body, name):
+        """POST until the server admits it: a refusal (429, or 503 while the host's
+        password checks are all busy) is retried after Retry-After, doubled at each
+        refusal in a row and with jitter, as docs/security.md asks of storefronts."""
+        for attempt in range(ADMISSION_ATTEMPTS):
+            with self.client.post(path, json=body, name=name, catch_response=True) as response:
+                if response.status_code not in (429, 503):
+                    return response
+                response.success()  # a refusal with Retry-After is the server working
+                count(f"{name} refused {response.status_code}")
+            wait = float(response.headers.get("Retry-After") or 1) * 2 ** min(attempt, 5)
+            gevent.sleep(min(BACKOFF_CAP_S, wait) * (1 + random.random()))
+        count(f"{name} gave up")
+        ready[0] += 1  # the drop does not wait for a shopper who left
+        raise StopUser()
 
     @task
     def buy(self):

@@ -42,10 +42,11 @@ def test_the_login_storm_runs_with_the_shipped_admission():
     assert set(STORM_ENV) <= ALLOWED | {"RATELIMIT_LOGIN_PER_IP"}
     assert STORM_ENV["RATELIMIT_LOGIN_PER_IP"] == LOAD_GENERATOR_CEILING
     assert "RATELIMIT_PASSWORD_CHECKS_PER_HOST" not in STORM_ENV
+    assert "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST" not in STORM_ENV
 
 
-def test_only_the_capacity_table_raises_the_per_host_admission():
+def test_only_the_capacity_table_lifts_the_per_host_admission_and_bound():
     raised = {key for key in CAPACITY_ENV if CAPACITY_ENV[key] != STORM_ENV.get(key)}
 
-    assert raised == {"RATELIMIT_PASSWORD_CHECKS_PER_HOST"}
+    assert raised == {"RATELIMIT_PASSWORD_CHECKS_PER_HOST", "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"}
     assert CAPACITY_ENV["RATELIMIT_PASSWORD_CHECKS_PER_HOST"] == LOAD_GENERATOR_CEILING

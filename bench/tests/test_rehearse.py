@@ -65,7 +65,7 @@ def test_make_rehearse_writes_the_run_as_json_and_a_report_with_its_curves(tmp_p
             cwd=ROOT,
             env=env
             | {
-                "DURATION": "5s",
+                "DURATION": "15s",
                 "DROP_UNITS": str(UNITS),
                 "ADMIN_EMAIL": "admin@flashcart.local",
                 "ADMIN_PASSWORD": "flashcart-demo-admin",
@@ -97,7 +97,11 @@ def test_make_rehearse_writes_the_run_as_json_and_a_report_with_its_curves(tmp_p
     for row in run["seconds"]:
         for status, n in row["statuses"].items():
             sent[(row["name"], status)] = sent.get((row["name"], status), 0) + n
-    assert sent == {
+    # A password check refused while the host's slots were busy is tried again.
+    refused = {
+        key: n for key, n in sent.items() if key[0] in ("signup", "login") and key[1] == "503"
+    }
+    assert {key: n for key, n in sent.items() if key not in refused} == {
         ("signup", "201"): SHOPPERS,
         ("login", "200"): SHOPPERS,
         ("reserve", "201"): UNITS,
