@@ -166,6 +166,9 @@ class Config:
     PASSWORD_CHECKS_IN_FLIGHT_PER_HOST = _int(
         "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", max(1, _usable_cores() // 2)
     )
+    # Where the slots' lock files live: every API process of the host must name the
+    # same one (default: flashcart-<uid> in the system's temporary directory).
+    PASSWORD_CHECK_SLOTS_DIR = _env("PASSWORD_CHECK_SLOTS_DIR")
     RATELIMIT_RESERVE_PER_USER = _limit("RATELIMIT_RESERVE_PER_USER", "30 per minute")
 
     API_TITLE = "FlashCart API"

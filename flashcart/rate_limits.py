@@ -58,7 +58,9 @@ def init_app(app):
     slots = config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"]
     if slots < 1:
         raise ValueError(f"PASSWORD_CHECKS_IN_FLIGHT_PER_HOST must be 1 or more, not {slots}")
-    app.extensions["flashcart.password_check_slots"] = HostSlots("password-checks", slots)
+    app.extensions["flashcart.password_check_slots"] = HostSlots(
+        "password-checks", slots, config["PASSWORD_CHECK_SLOTS_DIR"]
+    )
     # Probes and scrapes must never be refused.
     for blueprint in (health.blp, metrics.blp):
         limiter.exempt(blueprint)
