@@ -171,6 +171,32 @@ class Config:
     PASSWORD_CHECK_SLOTS_DIR = _env("PASSWORD_CHECK_SLOTS_DIR")
     RATELIMIT_RESERVE_PER_USER = _limit("RATELIMIT_RESERVE_PER_USER", "30 per minute")
 
+    # Webhooks (docs/webhooks.md). Endpoints must be https unless WEBHOOKS_ALLOW_HTTP;
+    # loopback, private and link-local destinations are refused unless
+    # WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS (tests, a local walkthrough); metadata
+    # addresses always. Production refuses both.
+    WEBHOOKS_ALLOW_HTTP = _flag("WEBHOOKS_ALLOW_HTTP", "false")
+    WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS = _flag("WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "false")
+    # Each connect and each read of a delivery; the whole answer within twice that.
+    WEBHOOKS_TIMEOUT_SECONDS = _float("WEBHOOKS_TIMEOUT_SECONDS", 5.0)
+    # Bytes of a receiver's answer read at most (the rest is dropped).
+    WEBHOOKS_MAX_RESPONSE_BYTES = _int("WEBHOOKS_MAX_RESPONSE_BYTES", 64 * 1024)
+    # Attempts before a delivery is marked failed (then it waits for a replay); the
+    # waits between them double from the base up to the max, the upper half random.
+    WEBHOOKS_MAX_ATTEMPTS = _int("WEBHOOKS_MAX_ATTEMPTS", 12)
+    WEBHOOKS_RETRY_BASE_SECONDS = _float("WEBHOOKS_RETRY_BASE_SECONDS", 10.0)
+    WEBHOOKS_RETRY_MAX_SECONDS = _float("WEBHOOKS_RETRY_MAX_SECONDS", 3600.0)
+    # How long a deliverer holds an endpoint; one killed mid-visit holds it this long.
+    WEBHOOKS_LEASE_SECONDS = _int("WEBHOOKS_LEASE_SECONDS", 60)
+    # Events fanned out per page, and deliveries read per visit.
+    WEBHOOKS_BATCH_SIZE = _int("WEBHOOKS_BATCH_SIZE", 100)
+    # Endpoints one deliverer works on at once (one thread each).
+    WEBHOOKS_DELIVERY_THREADS = _int("WEBHOOKS_DELIVERY_THREADS", 4)
+    # After a rotation the old secret signs too (a second v1) for this long.
+    WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS = _int(
+        "WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600
+    )
+
     API_TITLE = "FlashCart API"
     API_VERSION = "1.0.0"
     OPENAPI_VERSION = "3.0.3"
@@ -190,6 +216,7 @@ class Config:
 
 class DevelopmentConfig(Config):
     DEBUG = False
+    WEBHOOKS_ALLOW_HTTP = _flag("WEBHOOKS_ALLOW_HTTP", "true")
     LOG_FORMAT = _env("LOG_FORMAT", "text")
 
 
@@ -217,6 +244,9 @@ class TestingConfig(Config):
     # Views go to Redis each time; tests of the workers' own counts turn this on.
     VIEW_FLUSH_SECONDS = 0
     IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+    # Tests deliver over http; those that reach a receiver on 127.0.0.1 allow it.
+    WEBHOOKS_ALLOW_HTTP = True
+    WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS = False
 
 
 class ProductionConfig(Config):
@@ -240,6 +270,13 @@ class ProductionConfig(Config):
                 f"JWT_SECRET_KEY must be set to a random secret of at least "
                 f"{MIN_SECRET_LENGTH} characters (e.g. `python -c 'import secrets; "
                 f"print(secrets.token_urlsafe(48))'`)"
+            )
+        if cls.WEBHOOKS_ALLOW_HTTP:
+            problems.append("WEBHOOKS_ALLOW_HTTP is on: production sends webhooks over https only")
+        if cls.WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS:
+            problems.append(
+                "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS is on: production never sends webhooks "
+                "to loopback or private addresses"
             )
         if problems:
             raise UnsafeConfigError("refusing to start in production: " + "; ".join(problems))

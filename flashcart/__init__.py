@@ -29,6 +29,8 @@ from flashcart.orders.routes import blp as order_routes
 from flashcart.products.routes import blp as product_routes
 from flashcart.sales import service as sale_service
 from flashcart.sales.routes import blp as sale_routes
+from flashcart.webhooks import service as webhook_service
+from flashcart.webhooks.routes import blp as webhook_routes
 
 
 def create_app(config=None, *, db=None, redis_client=None):
@@ -94,6 +96,7 @@ def register_blueprints(app):
         sale_routes,
         order_routes,
         event_routes,
+        webhook_routes,
     ):
         api.register_blueprint(blueprint)
     swagger_ui.init_app(app)
@@ -104,3 +107,4 @@ def register_measures(app):
     sale_service.init_app(app)
     health.init_app(app)
     sweeper_report.init_app(app)
+    webhook_service.init_app(app)

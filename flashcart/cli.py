@@ -1,10 +1,12 @@
-"""Operator commands: init, create-admin, normalise-emails, seed-demo, sweep, audit."""
+"""Operator commands: init, create-admin, normalise-emails, seed-demo, sweep, audit,
+deliver, replay-webhooks."""
 
 import json
 import logging
 import time
 
 import click
+import prometheus_client
 import pymongo.errors
 from flask import Flask, current_app
 from flask.cli import with_appcontext
@@ -16,6 +18,8 @@ from flashcart.checkout import recovery
 from flashcart.extensions import stores
 from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
 from flashcart.stores import IndexSetupError
+from flashcart.webhooks import deliverer
+from flashcart.webhooks import service as webhooks
 
 log = logging.getLogger("flashcart.cli")
 
@@ -125,6 +129,51 @@ def sweep(every):
         time.sleep(every)
 
 
+@click.command("deliver")
+@with_appcontext
+@click.option("--every", type=click.FloatRange(min=0.05), help="Loop, one pass every SECONDS.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1, max=64),
+    help="Endpoints worked on at once (default WEBHOOKS_DELIVERY_THREADS).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    help="Serve this process's delivery counters for Prometheus on PORT.",
+)
+def deliver(every, threads, metrics_port):
+    """Send webhooks: each active endpoint's new and due events. Safe to run several."""
+    if metrics_port:
+        prometheus_client.start_http_server(metrics_port)
+    while True:
+        try:
+            done = deliverer.run_pass(threads=threads)
+            click.echo(
+                "deliver: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
+            )
+        except pymongo.errors.PyMongoError as error:
+            if not every:
+                raise click.ClickException(f"MongoDB is unavailable: {error}") from error
+            log.error("deliver failed, retrying: %s", error)
+        if not every:
+            return
+        time.sleep(every)
+
+
+@click.command("replay-webhooks")
+@with_appcontext
+@click.argument("endpoint_id")
+@click.option("--event", "event_id", help="Only this event's delivery (whatever its state).")
+def replay_webhooks(endpoint_id, event_id):
+    """Queue an endpoint's failed deliveries (or one event's) to be sent again."""
+    try:
+        replayed = webhooks.replay(endpoint_id, event_id=event_id)["replayed"]
+    except (webhooks.EndpointNotFound, webhooks.DeliveryNotFound) as error:
+        raise click.ClickException(error.detail) from error
+    click.echo(f"{replayed} deliveries queued again")
+
+
 AUDIT_COLUMNS = [
     "product_id",
     "sale_status",
@@ -167,5 +216,14 @@ def audit(repair, as_json):
 
 
 def register_commands(app: Flask):
-    for command in (init, create_admin, normalise_emails, seed_demo, sweep, audit):
+    for command in (
+        init,
+        create_admin,
+        normalise_emails,
+        seed_demo,
+        sweep,
+        audit,
+        deliver,
+        replay_webhooks,
+    ):
         app.cli.add_command(command)

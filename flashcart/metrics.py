@@ -77,6 +77,13 @@ EVENTS_PUBLISHED = Counter(
     ["type"],
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "flashcart_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retried (failed, tried again "
+    "later), failed (out of attempts, waits for a replay). Counted by `flask deliver`.",
+    ["outcome"],
+)
+
 blp = Blueprint("metrics", __name__)
 STORE_ERRORS = (redis.exceptions.RedisError, pymongo.errors.PyMongoError)
 
@@ -96,6 +103,10 @@ def order(status):
 
 def event_published(event_type):
     EVENTS_PUBLISHED.labels(type=event_type).inc()
+
+
+def webhook_delivery(outcome):
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
 
 
 def init_app(app):

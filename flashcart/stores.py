@@ -72,6 +72,17 @@ def index_plan(orders_sharded=False):
             ([("seq", ASCENDING)], {"unique": True}),
             ([("type", ASCENDING), ("seq", ASCENDING)], {}),
         ],
+        # The deliverer leases the least recently visited active endpoint.
+        "webhook_endpoints": [([("active", ASCENDING), ("visited_at", ASCENDING)], {})],
+        "webhook_deliveries": [
+            # One delivery per endpoint and event: a repeated fan-out adds nothing.
+            ([("endpoint_id", ASCENDING), ("event_id", ASCENDING)], {"unique": True}),
+            # An endpoint's pending deliveries in event order; its log, newest first.
+            ([("endpoint_id", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)], {}),
+            ([("endpoint_id", ASCENDING), ("seq", DESCENDING)], {}),
+            # The backlog gauge: the oldest event still pending.
+            ([("status", ASCENDING), ("event_created_at", ASCENDING)], {}),
+        ],
     }
 
 
