@@ -1,0 +1,346 @@
+"""Webhook endpoints through the API, and deliveries by the deliverer in this process
+(tests/system/test_webhook_delivery.py runs `flask deliver` as real processes)."""
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from flashcart.stores import utcnow
+from flashcart.webhooks import deliverer, destinations
+from tests.support.events import publish_event, publish_events
+from tests.support.webhook_receiver import WebhookReceiver
+
+BASE = "/api/v1/webhooks"
+
+
+@pytest.fixture
+def app_config(app_config):
+    # The receiver listens on 127.0.0.1; retries come quickly.
+    app_config.update(
+        WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=True,
+        WEBHOOKS_RETRY_BASE_SECONDS=0.01,
+        WEBHOOKS_RETRY_MAX_SECONDS=0.02,
+        WEBHOOKS_MAX_ATTEMPTS=3,
+        WEBHOOKS_TIMEOUT_SECONDS=2,
+    )
+    return app_config
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def register(client, admin_headers):
+    def register(url, types=("order.placed", "order.cancelled")):
+        response = client.post(BASE, json={"url": url, "types": list(types)}, headers=admin_headers)
+        assert response.status_code == 201, response.json
+        return response.json
+
+    return register
+
+
+def deliver(app):
+    with app.app_context():
+        return deliverer.run_pass(threads=1)
+
+
+def test_an_admin_registers_an_endpoint_and_sees_its_secret_once(
+    client, admin_headers, register, receiver
+):
+    created = register(receiver.url)
+    assert created["secret"].startswith("whsec_") and len(created["secret"]) > 40
+    assert created["url"] == receiver.url and created["active"] is True
+
+    listed = client.get(BASE, headers=admin_headers)
+    one = client.get(f"{BASE}/{created['id']}", headers=admin_headers)
+    assert [e["id"] for e in listed.json["items"]] == [created["id"]]
+    assert created["secret"] not in listed.get_data(as_text=True)
+    assert "secret" not in one.json and created["secret"] not in one.get_data(as_text=True)
+
+
+def test_only_an_admin_may_manage_webhooks(client, user_headers, admin_headers, register, receiver):
+    endpoint = register(receiver.url)
+    calls = [
+        ("post", BASE, {"url": receiver.url, "types": ["order.placed"]}),
+        ("get", BASE, None),
+        ("get", f"{BASE}/{endpoint['id']}", None),
+        ("delete", f"{BASE}/{endpoint['id']}", None),
+        ("post", f"{BASE}/{endpoint['id']}/rotate-secret", None),
+        ("get", f"{BASE}/{endpoint['id']}/deliveries", None),
+        ("post", f"{BASE}/{endpoint['id']}/replay", {}),
+    ]
+    for method, path, body in calls:
+        anonymous = getattr(client, method)(path, json=body)
+        user = getattr(client, method)(path, json=body, headers=user_headers)
+        assert anonymous.status_code == 401, (method, path)
+        assert (user.status_code, user.json["code"]) == (403, "admin_only"), (method, path)
+    # Nothing changed: the endpoint and its secret are as they were.
+    assert client.get(f"{BASE}/{endpoint['id']}", headers=admin_headers).status_code == 200
+
+
+def test_registration_refuses_unknown_event_types_and_bad_urls(client, admin_headers):
+    bad = [
+        {"url": "https://example.com/h", "types": ["order.shipped"]},
+        {"url": "https://example.com/h", "types": []},
+        {"url": "ftp://example.com/h", "types": ["order.placed"]},
+        {"url": "https://user:pw@example.com/h", "types": ["order.placed"]},
+    ]
+    for body in bad:
+        response = client.post(BASE, json=body, headers=admin_headers)
+        assert response.status_code == 422, body
+    assert client.get(BASE, headers=admin_headers).json["items"] == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/h",
+        "http://10.1.2.3/h",
+        "http://192.168.0.1/h",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8000/h",
+        "http://[::ffff:127.0.0.1]/h",
+        "http://localhost:8000/h",
+        "http://0.0.0.0/h",
+    ],
+)
+def test_registration_refuses_private_and_metadata_destinations(app, client, admin_headers, url):
+    app.config["WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS"] = False
+    response = client.post(
+        BASE, json={"url": url, "types": ["order.placed"]}, headers=admin_headers
+    )
+    assert (response.status_code, response.json["code"]) == (422, "destination_refused"), url
+    assert "url" in response.json["errors"]
+    assert client.get(BASE, headers=admin_headers).json["items"] == []
+
+
+def test_metadata_addresses_are_refused_even_where_private_ones_are_allowed(client, admin_headers):
+    url = "http://169.254.169.254/latest/meta-data/"
+    response = client.post(
+        BASE, json={"url": url, "types": ["order.placed"]}, headers=admin_headers
+    )
+    assert (response.status_code, response.json["code"]) == (422, "destination_refused")
+
+
+def test_events_reach_the_endpoint_signed_once_each_and_in_order(app, mongo_db, register, receiver):
+    endpoint = register(receiver.url, types=["order.placed", "sale.started"])
+    events = publish_events(mongo_db, 5, resources=["a" * 24, "b" * 24])
+    publish_event(mongo_db, "order.cancelled", "a" * 24)  # not subscribed
+
+    assert deliver(app) == {"delivered": 5}
+    assert deliver(app) == {}  # nothing left: nothing sent twice
+    assert receiver.delivered_ids() == [e["_id"] for e in events]
+    first = receiver.delivered()[0]
+    assert first.event == {
+        "id": events[0]["_id"],
+        "type": "order.placed",
+        "created_at": first.event["created_at"],
+        "resource": {"type": "order", "id": "a" * 24},
+        "data": {"id": "a" * 24, "n": 0},
+        "cursor": str(events[0]["seq"]),
+    }
+    from flashcart.webhooks import signatures
+
+    timestamp = first.headers["FlashCart-Signature"].split(",")[0].removeprefix("t=")
+    expected = signatures.signature(endpoint["secret"], int(timestamp), first.body)
+    assert first.headers["FlashCart-Signature"] == f"t={timestamp},v1={expected}"
+    assert first.headers["FlashCart-Event-Type"] == "order.placed"
+
+
+def test_events_from_before_an_endpoint_existed_are_not_sent(app, mongo_db, register, receiver):
+    publish_events(mongo_db, 3, resources=["c" * 24])
+    register(receiver.url)
+    later = publish_event(mongo_db, "order.placed", "c" * 24)
+    deliver(app)
+    assert receiver.delivered_ids() == [later["_id"]]
+
+
+def test_a_resource_waits_while_an_earlier_event_about_it_is_retried(
+    app, client, admin_headers, mongo_db, register, receiver
+):
+    app.config["WEBHOOKS_RETRY_BASE_SECONDS"] = app.config["WEBHOOKS_RETRY_MAX_SECONDS"] = 60
+    endpoint = register(receiver.url)
+    receiver.status = 503
+    first = publish_event(mongo_db, "order.placed", "d" * 24)
+    second = publish_event(mongo_db, "order.cancelled", "d" * 24)
+    other = publish_event(mongo_db, "order.placed", "e" * 24)
+
+    assert deliver(app) == {"retried": 1}  # the visit stops at the first failure
+    receiver.status = 200
+    # The first waits for its retry: the order's cancel waits behind it, the other
+    # order's event goes.
+    assert deliver(app) == {"delivered": 1}
+    assert receiver.delivered_ids() == [other["_id"]]
+
+    # Due now: the order's two events go, in order.
+    replay = client.post(
+        f"{BASE}/{endpoint['id']}/replay", json={"event_id": first["_id"]}, headers=admin_headers
+    )
+    assert replay.json == {"replayed": 1}
+    assert deliver(app) == {"delivered": 2}
+    assert receiver.delivered_ids() == [other["_id"], first["_id"], second["_id"]]
+
+
+def test_a_delivery_out_of_attempts_is_failed_logged_and_replayed(
+    app, client, admin_headers, mongo_db, register, receiver
+):
+    endpoint = register(receiver.url)
+    receiver.status = 500
+    event = publish_event(mongo_db, "order.placed", "f" * 24)
+    with app.app_context():
+        for _ in range(100):
+            deliverer.run_pass(threads=1)
+            if len(receiver.received) >= 3:
+                break
+    log = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json
+    (delivery,) = log["items"]
+    assert (delivery["event_id"], delivery["status"], delivery["attempts"]) == (
+        event["_id"],
+        "failed",
+        3,
+    )
+    assert [a["status_code"] for a in delivery["log"]] == [500, 500, 500]
+    assert all(a["error"] == "answered 500" for a in delivery["log"])
+    assert len(receiver.received) == 3
+    assert deliver(app) == {}  # failed: no more attempts
+
+    receiver.status = 200
+    replay = client.post(f"{BASE}/{endpoint['id']}/replay", json={}, headers=admin_headers)
+    assert (replay.status_code, replay.json) == (202, {"replayed": 1})
+    assert deliver(app) == {"delivered": 1}
+    assert receiver.delivered_ids() == [event["_id"]]
+    again = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json
+    assert again["items"][0]["status"] == "delivered"
+
+    # One event again, although it was delivered; an unknown one is a 404.
+    one = client.post(
+        f"{BASE}/{endpoint['id']}/replay", json={"event_id": event["_id"]}, headers=admin_headers
+    )
+    assert (one.status_code, one.json) == (202, {"replayed": 1})
+    assert deliver(app) == {"delivered": 1}
+    assert receiver.delivered_ids() == [event["_id"], event["_id"]]
+    missing = client.post(
+        f"{BASE}/{endpoint['id']}/replay", json={"event_id": "evt_nope"}, headers=admin_headers
+    )
+    assert (missing.status_code, missing.json["code"]) == (404, "delivery_not_found")
+
+
+def test_the_cli_replays_failed_deliveries(app, runner, mongo_db, register, receiver):
+    endpoint = register(receiver.url)
+    receiver.status = 500
+    publish_event(mongo_db, "order.placed", "1" * 24)
+    with app.app_context():
+        while len(receiver.received) < 3:
+            deliverer.run_pass(threads=1)
+    receiver.status = 200
+    result = runner.invoke(args=["replay-webhooks", endpoint["id"]])
+    assert result.exit_code == 0, result.output
+    assert "1 deliveries queued again" in result.output
+    assert deliver(app) == {"delivered": 1}
+    unknown = runner.invoke(args=["replay-webhooks", "0" * 24])
+    assert unknown.exit_code == 1 and "No such webhook endpoint" in unknown.output
+
+
+def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(
+    app, client, admin_headers, mongo_db, register, receiver
+):
+    from flashcart.webhooks import signatures
+
+    endpoint = register(receiver.url)
+    rotated = client.post(f"{BASE}/{endpoint['id']}/rotate-secret", headers=admin_headers)
+    assert rotated.status_code == 200
+    assert rotated.json["secret"] != endpoint["secret"]
+    publish_event(mongo_db, "order.placed", "2" * 24)
+    deliver(app)
+    (request,) = receiver.delivered()
+    fields = [part.split("=", 1) for part in request.headers["FlashCart-Signature"].split(",")]
+    timestamp = int(fields[0][1])
+    assert [value for key, value in fields if key == "v1"] == [
+        signatures.signature(rotated.json["secret"], timestamp, request.body),
+        signatures.signature(endpoint["secret"], timestamp, request.body),
+    ]
+
+
+def test_a_deleted_endpoint_gets_nothing_more(
+    app, client, admin_headers, mongo_db, register, receiver
+):
+    endpoint = register(receiver.url)
+    assert client.delete(f"{BASE}/{endpoint['id']}", headers=admin_headers).status_code == 204
+    assert client.get(f"{BASE}/{endpoint['id']}", headers=admin_headers).status_code == 404
+    assert client.get(BASE, headers=admin_headers).json["items"] == []
+    publish_event(mongo_db, "order.placed", "3" * 24)
+    assert deliver(app) == {}
+    assert receiver.received == []
+    stored = mongo_db.webhook_endpoints.find_one()
+    assert "secret" not in stored
+
+
+def test_the_destination_is_checked_again_at_delivery(
+    app, mongo_db, register, receiver, monkeypatch
+):
+    """A name that resolved to a public address at registration and to loopback now."""
+    app.config["WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS"] = False
+    port = receiver.url.split(":")[2].split("/")[0]
+    answers = {"hooks.example": ["93.184.215.14"]}
+    monkeypatch.setattr(destinations, "resolve", lambda host, port: answers[host])
+    register(f"http://hooks.example:{port}/hooks")
+    answers["hooks.example"] = ["127.0.0.1"]
+    publish_event(mongo_db, "order.placed", "4" * 24)
+
+    assert deliver(app) == {"retried": 1}
+    assert receiver.received == []
+    (delivery,) = mongo_db.webhook_deliveries.find()
+    assert "resolves to 127.0.0.1" in delivery["log"][0]["error"]
+
+
+def test_the_secret_is_never_logged(
+    app, client, admin_headers, mongo_db, register, receiver, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    endpoint = register(receiver.url)
+    client.get(BASE, headers=admin_headers)
+    rotated = client.post(f"{BASE}/{endpoint['id']}/rotate-secret", headers=admin_headers).json
+    receiver.status = 500
+    publish_event(mongo_db, "order.placed", "5" * 24)
+    deliver(app)
+    receiver.status = 200
+    for _ in range(20):
+        deliver(app)
+    assert receiver.delivered()
+    assert "webhook retried" in caplog.text and "webhook delivered" in caplog.text
+    for secret in (endpoint["secret"], rotated["secret"]):
+        assert secret not in caplog.text
+
+
+def test_the_backlog_gauge_is_the_age_of_the_oldest_undelivered_event(
+    app, client, mongo_db, register, receiver
+):
+    def gauge():
+        text = client.get("/metrics").get_data(as_text=True)
+        (line,) = [
+            line
+            for line in text.splitlines()
+            if line.startswith("flashcart_events_undelivered_oldest_age_seconds{")
+        ]
+        return float(line.rsplit(" ", 1)[1])
+
+    assert gauge() == 0
+    register(receiver.url)
+    assert gauge() == 0
+    # An endpoint registered two minutes ago, and an event published 90 s ago.
+    two_minutes_ago = utcnow() - timedelta(minutes=2)
+    mongo_db.webhook_endpoints.update_many({}, {"$set": {"since": two_minutes_ago}})
+    publish_event(mongo_db, "order.placed", "6" * 24, created_at=utcnow() + timedelta(seconds=-90))
+    assert 89 < gauge() < 120  # not even fanned out yet
+    receiver.status = 503
+    deliver(app)
+    assert 89 < gauge() < 120  # pending, retrying
+    receiver.status = 200
+    with app.app_context():
+        while not receiver.delivered():
+            deliverer.run_pass(threads=1)
+    assert gauge() == 0

@@ -1,0 +1,73 @@
+"""A webhook receiver for tests: a small threaded HTTP server on 127.0.0.1 that records
+every request (time, headers, body) and answers what the test says (`status`), after
+an optional `delay`."""
+
+import http.server
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Received:
+    at: float  # time.time() on arrival
+    headers: dict
+    body: bytes
+    status: int  # what the receiver answered
+
+    @property
+    def event(self):
+        return json.loads(self.body)
+
+    @property
+    def event_id(self):
+        return self.headers.get("FlashCart-Event-Id")
+
+
+class WebhookReceiver:
+    def __init__(self, status=200, delay=0.0):
+        self.status = status
+        self.delay = delay
+        self.received = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = receiver.status
+                with receiver._lock:
+                    receiver.received.append(
+                        Received(time.time(), dict(self.headers.items()), body, status)
+                    )
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def delivered(self):
+        """The requests answered 2xx."""
+        with self._lock:
+            return [r for r in self.received if 200 <= r.status < 300]
+
+    def delivered_ids(self):
+        return [r.event_id for r in self.delivered()]
