@@ -64,24 +64,25 @@ def refusal(address, *, allow_private):
 
 def check(url, *, allow_http, allow_private, resolver=None):
     """The Destination for `url`, or DestinationRefused saying why not."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError as error:  # "http://[", a port out of range...
+        raise DestinationRefused(f"The URL is not valid: {error}.") from None
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme not in schemes:
         raise DestinationRefused(f"The URL must use {' or '.join(schemes)}.")
     if parts.username or parts.password:
         raise DestinationRefused("The URL must not carry a user name or password.")
-    if not parts.hostname:
+    if not hostname:
         raise DestinationRefused("The URL has no host.")
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise DestinationRefused("The URL's port is not valid.") from None
-    addresses = (resolver or resolve)(parts.hostname, port)
+    port = port or DEFAULT_PORTS[parts.scheme]
+    addresses = (resolver or resolve)(hostname, port)
     if not addresses:
-        raise DestinationRefused(f"{parts.hostname} does not resolve.")
+        raise DestinationRefused(f"{hostname} does not resolve.")
     for address in addresses:
         why = refusal(address, allow_private=allow_private)
         if why:
-            raise DestinationRefused(f"{parts.hostname} resolves to {address}: {why}.")
+            raise DestinationRefused(f"{hostname} resolves to {address}: {why}.")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Destination(parts.scheme, parts.hostname, port, target, tuple(addresses))
+    return Destination(parts.scheme, hostname, port, target, tuple(addresses))

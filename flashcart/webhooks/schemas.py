@@ -4,6 +4,7 @@ from flashcart.schemas import PageQuery, Text, page_schema
 from flashcart.webhooks.records import DELIVERED, FAILED, PENDING
 from flashcart.webhooks.service import EVENT_TYPES
 
+URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*\Z"
 EVENT_ID = r"^evt_[A-Za-z0-9_-]{1,64}\Z"
 STATUSES = [PENDING, DELIVERED, FAILED]
 
@@ -11,7 +12,10 @@ STATUSES = [PENDING, DELIVERED, FAILED]
 class EndpointIn(Schema):
     url = Text(
         required=True,
-        validate=validate.Length(min=1, max=2048),
+        validate=[
+            validate.Length(min=1, max=2048),
+            validate.Regexp(URL_PATTERN, error="Must be an http(s) URL."),
+        ],
         metadata={
             "description": "Where to POST the events: https (http only where the "
             "deployment allows it); never a loopback, private or metadata address.",

@@ -17,6 +17,7 @@ and lone surrogates, deep nesting, bodies that are not sent as JSON, and all of 
 chunked as well as with a Content-Length.
 """
 
+import ipaddress
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from flashcart.auth import passwords
 from flashcart.auth import service as accounts
 from flashcart.idempotency import KEY_PATTERN
 from flashcart.orders.schemas import RESERVATION_ID
+from flashcart.webhooks import destinations
 from tests.support.app import PASSWORD, app_settings
 from tests.support.http import assert_problem, post
 from tests.support.snapshots import redis_state
@@ -98,6 +100,24 @@ def seed(client, admin_headers):
         "/api/v1/orders", json={"reservation_id": reservation()}, headers=admin_headers
     )
     return {"product_id": product["id"], "order_id": order.json["id"], "reservation": reservation}
+
+
+# A public address (example.com's) for every generated webhook host name: the fuzz
+# never asks real DNS (slow, and not the suite's to depend on), and what it registers
+# is never sent to.
+PUBLIC_ADDRESS = "93.184.215.14"
+
+
+def _resolve_offline(host, port):
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return [PUBLIC_ADDRESS]
+
+
+@pytest.fixture(autouse=True)
+def offline_dns(monkeypatch):
+    monkeypatch.setattr(destinations, "resolve", _resolve_offline)
 
 
 @pytest.fixture
@@ -171,8 +191,23 @@ def _password_refused(case):
     return bool(passwords.weaknesses(body["password"], email))
 
 
+def _destination_refused(case):
+    # A webhook URL's host must resolve to public addresses only (docs/webhooks.md):
+    # a rule of DNS, which the document can only state in words.
+    body = case.body if case.path == "/api/v1/webhooks" else None
+    if not (isinstance(body, dict) and isinstance(body.get("url"), str)):
+        return False
+    try:
+        destinations.check(body["url"], allow_http=True, allow_private=False)
+    except destinations.DestinationRefused:
+        return True
+    return False
+
+
 def _excluded_checks(case):
-    refused = _window_out_of_order(case.body) or _password_refused(case)
+    refused = (
+        _window_out_of_order(case.body) or _password_refused(case) or _destination_refused(case)
+    )
     return [positive_data_acceptance] if refused else []
 
 

@@ -347,3 +347,13 @@ def test_compose_prepares_mongodb_before_the_api_and_gives_every_app_service_its
     assert services["api"]["depends_on"]["init"] == {"condition": "service_completed_successfully"}
     for name in app_services:
         assert {"MONGO_URI", "REDIS_URL", "JWT_SECRET_KEY"} <= set(services[name]["environment"])
+
+
+def test_compose_runs_the_webhook_deliverer_in_a_loop_with_its_metrics_port():
+    deliverer = compose()["services"]["deliverer"]
+    command = deliverer["command"]
+
+    assert command[:4] == ["flask", "--app", "wsgi", "deliver"]
+    assert command[command.index("--every") + 1] == "1"
+    assert command[command.index("--metrics-port") + 1] in deliverer["expose"]
+    assert deliverer["restart"] == "unless-stopped"
