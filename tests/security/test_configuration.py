@@ -43,6 +43,8 @@ def production(**settings):
         ({"JWT_SECRET_KEY": None}, "JWT_SECRET_KEY"),
         ({"MONGO_URI": config.MEMORY_URI}, "MONGO_URI"),
         ({"REDIS_URL": config.MEMORY_URI}, "REDIS_URL"),
+        ({"WEBHOOKS_ALLOW_HTTP": True}, "WEBHOOKS_ALLOW_HTTP"),
+        ({"WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": True}, "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS"),
     ],
 )
 def test_production_refuses_to_start_unsafe(settings, named):
