@@ -77,8 +77,18 @@ def index_plan(orders_sharded=False):
         "webhook_deliveries": [
             # One delivery per endpoint and event: a repeated fan-out adds nothing.
             ([("endpoint_id", ASCENDING), ("event_id", ASCENDING)], {"unique": True}),
-            # An endpoint's pending deliveries in event order; its log, newest first.
+            # An endpoint's pending deliveries in event order, and those about one
+            # resource (is an earlier one waiting?); its log, newest first.
             ([("endpoint_id", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)], {}),
+            (
+                [
+                    ("endpoint_id", ASCENDING),
+                    ("resource", ASCENDING),
+                    ("status", ASCENDING),
+                    ("seq", ASCENDING),
+                ],
+                {},
+            ),
             ([("endpoint_id", ASCENDING), ("seq", DESCENDING)], {}),
             # The backlog gauge: the oldest event still pending.
             ([("status", ASCENDING), ("event_created_at", ASCENDING)], {}),

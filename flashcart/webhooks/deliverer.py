@@ -9,8 +9,8 @@ holds one thread, not the others' deliveries). A visit:
 1. fans out: the feed's events past the endpoint's cursor become deliveries (one per
    endpoint and event, unique), then the cursor moves on; a crash in between only
    repeats inserts that are already there;
-2. sends the due deliveries, oldest event first, skipping a resource while an earlier
-   delivery for it is waiting for a retry. A delivery is marked only after its
+2. sends the due deliveries, oldest event first, passing over a resource while an
+   earlier delivery about it is waiting for a retry. A delivery is marked only after its
    request has ended, so a deliverer killed mid-request sends it again once the
    lease has expired: at least once, and receivers deduplicate on the event id.
 
@@ -159,25 +159,38 @@ def _record(delivery, outcome, settings):
 
 
 def deliver_due(endpoint, settings, done):
-    """Send the endpoint's due deliveries in order until one fails or the lease is
-    too short for another request."""
-    now = utcnow()
+    """Send the endpoint's due deliveries, oldest event first, until one fails or the
+    lease is too short for another request. A resource with an earlier delivery still
+    waiting for its retry is passed over (and left out of the next pages, so the
+    others behind it are not held up)."""
     lease_until = as_utc(endpoint["lease_until"])
     # A request may take two timeouts (connect, then the answer) and a little more.
     needed = timedelta(seconds=2 * settings["WEBHOOKS_TIMEOUT_SECONDS"] + 1)
-    waiting = set()  # resources with an earlier delivery still waiting for a retry
-    for delivery in records.pending_for(endpoint["_id"], settings["WEBHOOKS_BATCH_SIZE"]):
-        if delivery["resource"] in waiting:
-            continue
-        if as_utc(delivery["next_attempt_at"]) > now:
-            waiting.add(delivery["resource"])
-            continue
-        if utcnow() + needed > lease_until:
+    waiting, checked, after_seq = set(), set(), -1
+    while True:
+        page = records.due_for(
+            endpoint["_id"],
+            after_seq=after_seq,
+            skip_resources=waiting,
+            limit=settings["WEBHOOKS_BATCH_SIZE"],
+        )
+        if not page:
             return
-        result = _record(delivery, send(endpoint, delivery, settings), settings)
-        done.add(result)
-        if result != "delivered":
-            return
+        for delivery in page:
+            after_seq, resource = delivery["seq"], delivery["resource"]
+            if resource in waiting:
+                continue
+            if resource not in checked:
+                checked.add(resource)
+                if records.earlier_pending(endpoint["_id"], resource, after_seq):
+                    waiting.add(resource)
+                    continue
+            if utcnow() + needed > lease_until:
+                return
+            result = _record(delivery, send(endpoint, delivery, settings), settings)
+            done.add(result)
+            if result != "delivered":
+                return
 
 
 def visit(endpoint, settings, done):

@@ -121,14 +121,29 @@ def insert_deliveries(documents):
             raise
 
 
-def pending_for(endpoint_id, limit):
-    """An endpoint's pending deliveries, oldest event first."""
-    return list(
-        deliveries()
-        .find({"endpoint_id": endpoint_id, "status": PENDING})
-        .sort("seq", ASCENDING)
-        .limit(limit)
-    )
+def due_for(endpoint_id, *, after_seq, skip_resources, limit):
+    """An endpoint's deliveries due now, oldest event first: those past `after_seq`
+    and about none of `skip_resources`."""
+    query = {
+        "endpoint_id": endpoint_id,
+        "status": PENDING,
+        "seq": {"$gt": after_seq},
+        "next_attempt_at": {"$lte": utcnow()},
+    }
+    if skip_resources:
+        query["resource"] = {"$nin": list(skip_resources)}
+    return list(deliveries().find(query, sort=[("seq", ASCENDING)], limit=limit))
+
+
+def earlier_pending(endpoint_id, resource, seq):
+    """Whether an earlier event about `resource` is still pending for the endpoint."""
+    query = {
+        "endpoint_id": endpoint_id,
+        "resource": resource,
+        "status": PENDING,
+        "seq": {"$lt": seq},
+    }
+    return deliveries().count_documents(query, limit=1) > 0
 
 
 def record_attempt(delivery_id, entry, changes, *, attempted=True):
