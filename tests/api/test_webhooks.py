@@ -10,6 +10,7 @@ import pytest
 from flashcart.stores import utcnow
 from flashcart.webhooks import deliverer, destinations
 from tests.support.events import publish_event, publish_events
+from tests.support.processes import wait_for
 from tests.support.webhook_receiver import WebhookReceiver
 
 BASE = "/api/v1/webhooks"
@@ -299,6 +300,48 @@ def test_a_deleted_endpoint_gets_nothing_more(
     assert receiver.received == []
     stored = mongo_db.webhook_endpoints.find_one()
     assert "secret" not in stored
+
+
+def test_a_redirect_is_not_followed(app, client, admin_headers, mongo_db, register):
+    with WebhookReceiver() as target:
+        with WebhookReceiver(status=307, headers={"Location": target.url}) as redirecting:
+            endpoint = register(redirecting.url)
+            publish_event(mongo_db, "order.placed", "a1" * 12)
+            assert deliver(app) == {"retried": 1}
+        assert len(redirecting.received) == 1 and target.received == []
+    (delivery,) = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json[
+        "items"
+    ]
+    assert delivery["log"][0]["status_code"] == 307
+    assert delivery["log"][0]["error"] == "redirects are not followed"
+
+
+def test_a_huge_answer_is_read_only_up_to_the_limit(app, client, admin_headers, mongo_db, register):
+    app.config["WEBHOOKS_MAX_RESPONSE_BYTES"] = 1024
+    with WebhookReceiver(answer=b"x" * 20_000_000) as receiver:
+        endpoint = register(receiver.url)
+        publish_event(mongo_db, "order.placed", "a2" * 12)
+        assert deliver(app) == {"delivered": 1}
+        wait_for(lambda: receiver.cut_off == 1, "the deliverer hanging up", timeout=10)
+    (delivery,) = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json[
+        "items"
+    ]
+    assert delivery["log"][0]["response"] == "x" * 200
+
+
+def test_a_receiver_that_does_not_answer_times_out(app, client, admin_headers, mongo_db, register):
+    app.config["WEBHOOKS_TIMEOUT_SECONDS"] = 0.5
+    with WebhookReceiver(delay=3) as receiver:
+        endpoint = register(receiver.url)
+        publish_event(mongo_db, "order.placed", "a3" * 12)
+        started = time.monotonic()
+        assert deliver(app) == {"retried": 1}
+        assert time.monotonic() - started < 2
+    (delivery,) = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json[
+        "items"
+    ]
+    assert delivery["log"][0]["status_code"] is None
+    assert "timed out" in delivery["log"][0]["error"].lower()
 
 
 def test_the_destination_is_checked_again_at_delivery(

@@ -1,6 +1,6 @@
 """A webhook receiver for tests: a small threaded HTTP server on 127.0.0.1 that records
-every request (time, headers, body) and answers what the test says (`status`), after
-an optional `delay`."""
+every request (time, headers, body) and answers what the test says (`status`, extra
+`headers`, an `answer` body), after an optional `delay`."""
 
 import http.server
 import json
@@ -26,9 +26,12 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, status=200, delay=0.0):
+    def __init__(self, status=200, delay=0.0, headers=None, answer=b"ok"):
         self.status = status
         self.delay = delay
+        self.headers = headers or {}
+        self.answer = answer
+        self.cut_off = 0  # answers the client hung up on before reading them whole
         self.received = []
         self._lock = threading.Lock()
         receiver = self
@@ -44,9 +47,14 @@ class WebhookReceiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 self.send_response(status)
-                self.send_header("Content-Length", "2")
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(receiver.answer)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.wfile.write(receiver.answer)
+                except OSError:  # the client hung up before reading it all
+                    receiver.cut_off += 1
 
             def log_message(self, *args):
                 pass

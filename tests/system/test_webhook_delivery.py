@@ -225,6 +225,18 @@ def test_two_deliverers_at_once_send_each_event_once(operator, deliverers):
     assert all(counts) and sum(counts) == 2 * len(events), counts
 
 
+def test_a_receiver_that_hangs_does_not_hold_up_the_others(operator, deliverers):
+    with receiving(delay=10) as hanging, receiving() as healthy:
+        register(operator, hanging.url)
+        register(operator, healthy.url)
+        events = publish(operator, 10, [f"{n:024x}" for n in range(10)])
+        deliverers.start(WEBHOOKS_TIMEOUT_SECONDS="3", WEBHOOKS_LEASE_SECONDS="10")
+        wait_for(all_delivered(healthy, events), "every event delivered", timeout=30)
+        # All sent to the healthy one while the first request to the other hung.
+        wait_for(lambda: hanging.received, "the hanging receiver asked", timeout=10)
+        assert max(r.at for r in healthy.delivered()) < hanging.received[0].at + 3
+
+
 def test_the_deliverer_refuses_a_private_destination_it_is_not_allowed(operator, deliverers):
     with receiving() as receiver:
         endpoint = register(operator, receiver.url)  # allowed where it was registered
