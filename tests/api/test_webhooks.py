@@ -1,7 +1,9 @@
 """Webhook endpoints through the API, and deliveries by the deliverer in this process
 (tests/system/test_webhook_delivery.py runs `flask deliver` as real processes)."""
 
+import collections
 import logging
+import re
 import time
 from datetime import timedelta
 
@@ -48,6 +50,13 @@ def register(client, admin_headers):
 def deliver(app):
     with app.app_context():
         return deliverer.run_pass(threads=1)
+
+
+def counted(client):
+    """The webhook delivery counters at /metrics: {outcome: value}."""
+    text = client.get("/metrics").get_data(as_text=True)
+    found = re.findall(r'flashcart_webhook_deliveries_total\{outcome="(\w+)"\} ([0-9.]+)', text)
+    return collections.Counter({outcome: float(value) for outcome, value in found})
 
 
 def deliver_until(app, done, timeout=10):
@@ -220,7 +229,9 @@ def test_a_delivery_out_of_attempts_is_failed_logged_and_replayed(
     endpoint = register(receiver.url)
     receiver.status = 500
     event = publish_event(mongo_db, "order.placed", "f" * 24)
+    before = counted(client)
     deliver_until(app, lambda: len(receiver.received) >= 3)
+    assert counted(client) - before == {"retried": 2, "failed": 1}
     log = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json
     (delivery,) = log["items"]
     assert (delivery["event_id"], delivery["status"], delivery["attempts"]) == (
@@ -237,6 +248,7 @@ def test_a_delivery_out_of_attempts_is_failed_logged_and_replayed(
     replay = client.post(f"{BASE}/{endpoint['id']}/replay", json={}, headers=admin_headers)
     assert (replay.status_code, replay.json) == (202, {"replayed": 1})
     assert deliver(app) == {"delivered": 1}
+    assert counted(client) - before == {"retried": 2, "failed": 1, "delivered": 1}
     assert receiver.delivered_ids() == [event["_id"]]
     again = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json
     assert again["items"][0]["status"] == "delivered"
@@ -375,6 +387,7 @@ def test_the_secret_is_never_logged(
     receiver.status = 200
     deliver_until(app, lambda: receiver.delivered())
     assert "webhook retried" in caplog.text and "webhook delivered" in caplog.text
+    assert endpoint["url"] not in caplog.text  # a URL may carry a token of its own
     for secret in (endpoint["secret"], rotated["secret"]):
         assert secret not in caplog.text
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -18,6 +19,7 @@ from flashcart.webhooks import service
 from tests.support import chaos_app
 from tests.support.events import publish_event, publish_events
 from tests.support.mongo import fresh_mongo_uri
+from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -55,7 +57,7 @@ class Deliverers:
         self.mongo_uri, self.tmp_path = mongo_uri, tmp_path
         self.processes = []
 
-    def start(self, every="0.05", **settings):
+    def start(self, every="0.05", *options, **settings):
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
         env.update(
             FLASHCART_ENV="development",
@@ -67,7 +69,7 @@ class Deliverers:
         env.update(FAST | settings)
         log = open(self.tmp_path / f"deliver-{len(self.processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [FLASK, "--app", "wsgi", "deliver", "--every", every],
+            [FLASK, "--app", "wsgi", "deliver", "--every", every, *options],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -139,8 +141,14 @@ def test_every_event_arrives_signed_in_order_per_resource_and_the_docs_verify_it
         endpoint = register(operator, receiver.url)
         resources = [f"{n:024x}" for n in range(4)]
         events = publish(operator, 20, resources)
-        deliverers.start()
+        port = free_port()
+        deliverers.start("0.05", "--metrics-port", str(port))
         wait_for(all_delivered(receiver, events), "every event delivered", timeout=30)
+        counters = wait_for(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode(),
+            "the deliverer's metrics",
+        )
+    assert 'flashcart_webhook_deliveries_total{outcome="delivered"} 20.0' in counters
 
     verify = docs_verify()
     received = receiver.delivered()
