@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from flashcart.webhooks import service as webhooks
 from tests.support.http import assert_problem, post
 from tests.support.snapshots import redis_state
 
@@ -258,12 +259,20 @@ def test_json_and_plus_json_bodies_are_read(client, world, sale_state, transfer,
 
 
 def test_every_api_operation_refuses_a_query_parameter_it_does_not_document(
-    client, world, user, admin_headers, mongo_db, redis_client
+    app, client, world, user, admin_headers, mongo_db, redis_client
 ):
     order = client.post(
         "/api/v1/orders", json={"reservation_id": world["rid"]}, headers=world["headers"]["user"]
     )
-    ids = {"product_id": world["pid"], "order_id": order.json["id"], "user_id": user["id"]}
+    with app.app_context():
+        app.config["WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS"] = True
+        endpoint = webhooks.create_endpoint(url="http://127.0.0.1:9/in", types=["order.placed"])
+    ids = {
+        "product_id": world["pid"],
+        "order_id": order.json["id"],
+        "user_id": user["id"],
+        "endpoint_id": endpoint["id"],
+    }
     spec = client.get("/openapi.json").json
     operations = [
         (method, path)

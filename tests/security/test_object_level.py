@@ -7,6 +7,8 @@ test below until it is classified here and attacked.
 
 import pytest
 
+from flashcart.webhooks import service as webhooks
+
 from .helpers import assert_problem
 
 ORDERS = "/api/v1/orders"
@@ -20,6 +22,11 @@ ID_ROUTES = {
     ("POST", "/api/v1/sales/end/<product_id>"): "admin",
     ("POST", "/api/v1/sales/restock/<product_id>"): "admin",
     ("GET", "/api/v1/sales/audit/<product_id>"): "admin",
+    ("GET", "/api/v1/webhooks/<endpoint_id>"): "admin",
+    ("DELETE", "/api/v1/webhooks/<endpoint_id>"): "admin",
+    ("POST", "/api/v1/webhooks/<endpoint_id>/rotate-secret"): "admin",
+    ("GET", "/api/v1/webhooks/<endpoint_id>/deliveries"): "admin",
+    ("POST", "/api/v1/webhooks/<endpoint_id>/replay"): "admin",
     # Products are public; a reservation is always the caller's own.
     ("GET", "/api/v1/products/<product_id>"): "anyone",
     ("GET", "/api/v1/sales/stock/<product_id>"): "anyone",
@@ -138,16 +145,27 @@ def test_an_idempotency_key_of_the_victim_replays_nothing_for_the_attacker(
     assert order.json["id"] not in checkout.get_data(as_text=True)
 
 
-def test_admin_routes_with_an_id_refuse_a_user(client, victim, attacker, user, mongo_db):
+def test_admin_routes_with_an_id_refuse_a_user(app, client, victim, attacker, user, mongo_db):
     product_id = victim["product"]["id"]
-    before = list(mongo_db.products.find()), list(mongo_db.users.find())
+    with app.app_context():
+        app.config["WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS"] = True
+        endpoint = webhooks.create_endpoint(url="http://127.0.0.1:9/in", types=["order.placed"])
+    collections = ("products", "users", "webhook_endpoints", "webhook_deliveries")
+    before = [list(mongo_db[name].find()) for name in collections]
 
     for (method, rule), who in ID_ROUTES.items():
         if who != "admin":
             continue
-        path = rule.replace("<product_id>", product_id).replace("<user_id>", user["id"])
+        path = (
+            rule.replace("<product_id>", product_id)
+            .replace("<user_id>", user["id"])
+            .replace("<endpoint_id>", endpoint["id"])
+        )
         body = {"role": "admin"} if "role" in rule else {"quantity": 5}
+        if "replay" in rule:
+            body = {}
         response = client.open(path, method=method, json=body, headers=attacker)
         assert_problem(response, 403, "admin_only")
+        assert endpoint["secret"] not in response.get_data(as_text=True)
 
-    assert (list(mongo_db.products.find()), list(mongo_db.users.find())) == before
+    assert [list(mongo_db[name].find()) for name in collections] == before
