@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 EVENT_ID_HEADER = "FlashCart-Event-Id"
 EVENT_TYPE_HEADER = "FlashCart-Event-Type"
 ATTEMPT_HEADER = "FlashCart-Delivery-Attempt"
-# Pages of events one visit fans out at most (an endpoint registered long after the
-# first event walks past the older ones, a few pages a visit).
+# Pages of events one visit fans out at most (a deliverer that was down catches up
+# over a few visits, sending as it goes).
 FANOUT_PAGES = 10
 
 
@@ -91,15 +91,13 @@ def _delivery(endpoint, event, now):
 
 def fan_out(endpoint, batch):
     """Turn the events past the endpoint's cursor into its deliveries."""
-    cursor, since = endpoint["cursor"], as_utc(endpoint["since"])
+    cursor = endpoint["cursor"]
     for _ in range(FANOUT_PAGES):
         events = feed.events_after(cursor, batch, endpoint["types"])
         if not events:
             return
         now = utcnow()
-        records.insert_deliveries(
-            [_delivery(endpoint, e, now) for e in events if as_utc(e["created_at"]) >= since]
-        )
+        records.insert_deliveries([_delivery(endpoint, event, now) for event in events])
         cursor = events[-1]["seq"]
         records.advance_cursor(endpoint["_id"], cursor)
         if len(events) < batch:

@@ -2,8 +2,8 @@
 
 `webhook_endpoints`: _id, url, types, description, secret (and previous_secret with
 previous_secret_until while a rotated-out secret is honoured), active, created_at,
-updated_at, deleted_at; `cursor`, the last event seq fanned out to it, and `since`:
-events published before the endpoint existed are not sent; `lease_owner` and
+updated_at, deleted_at; `cursor`, the last event seq fanned out to it (at first
+the feed's newest: events published before the endpoint existed are not sent); `lease_owner` and
 `lease_until`: the deliverer working on it (one at a time), `visited_at`.
 
 `webhook_deliveries`: one per (endpoint, event), unique, so fanning out twice is

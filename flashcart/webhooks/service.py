@@ -25,9 +25,6 @@ EVENT_TYPES = (
     "sale.restocked",
 )
 BACKLOG_GAUGE = "flashcart_events_undelivered_oldest_age_seconds"
-# Events past an endpoint's cursor the backlog gauge reads, looking for the first
-# one the endpoint wants (older ones it skips: they predate it).
-BACKLOG_LOOKAHEAD = 100
 
 
 class EndpointNotFound(NotFound):
@@ -81,6 +78,26 @@ def check_destination(url):
         raise DestinationRefused(str(error), errors={"url": [str(error)]}) from None
 
 
+def feed_head():
+    """The seq of the newest event in the feed (0 when it is empty).
+
+    Found through `feed.events_after` alone, whose seq index answers each probe: up
+    in powers of two past the newest, then halving the gap (about 2 log2(seq) probes).
+    """
+    if not feed.events_after(0, 1):
+        return 0
+    known, beyond = 0, 1
+    while feed.events_after(beyond, 1):
+        known, beyond = beyond, beyond * 2
+    while beyond - known > 1:  # an event past `known`, none past `beyond`
+        middle = (known + beyond) // 2
+        if feed.events_after(middle, 1):
+            known = middle
+        else:
+            beyond = middle
+    return beyond
+
+
 def create_endpoint(*, url, types, description=""):
     """Register an endpoint for events of `types` published from now on. The answer
     carries the signing secret, this once."""
@@ -96,9 +113,8 @@ def create_endpoint(*, url, types, description=""):
         "created_at": now,
         "updated_at": now,
         "deleted_at": None,
-        # Only events published from now on; the fan-out skips older ones.
-        "cursor": 0,
-        "since": now,
+        # Only events published from now on.
+        "cursor": feed_head(),
         "lease_owner": None,
         "lease_until": records.NEVER,
         "visited_at": records.NEVER,
@@ -208,11 +224,8 @@ def undelivered_oldest_age_seconds():
     if pending:
         oldest.append(as_utc(pending["event_created_at"]))
     for endpoint in active:
-        since = as_utc(endpoint["since"])
-        for event in feed.events_after(endpoint["cursor"], BACKLOG_LOOKAHEAD, endpoint["types"]):
-            if as_utc(event["created_at"]) >= since:
-                oldest.append(as_utc(event["created_at"]))
-                break
+        for event in feed.events_after(endpoint["cursor"], 1, endpoint["types"]):
+            oldest.append(as_utc(event["created_at"]))
     if not oldest:
         return 0.0
     return max(0.0, (utcnow() - min(oldest)).total_seconds())

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from flashcart.stores import utcnow
-from flashcart.webhooks import deliverer, destinations
+from flashcart.webhooks import deliverer, destinations, service
 from tests.support.events import publish_event, publish_events
 from tests.support.processes import wait_for
 from tests.support.webhook_receiver import WebhookReceiver
@@ -178,6 +178,14 @@ def test_events_from_before_an_endpoint_existed_are_not_sent(app, mongo_db, regi
     later = publish_event(mongo_db, "order.placed", "c" * 24)
     deliver(app)
     assert receiver.delivered_ids() == [later["_id"]]
+
+
+@pytest.mark.parametrize("seqs", [[], [1], [2], [1, 2, 3], [5, 6, 64], [3, 17, 1000], [4096]])
+def test_a_new_endpoint_starts_at_the_newest_event_whatever_the_gaps(app, mongo_db, seqs):
+    for seq in seqs:
+        publish_event(mongo_db, "order.placed", "a4" * 12, seq=seq)
+    with app.app_context():
+        assert service.feed_head() == max(seqs, default=0)
 
 
 def test_a_resource_waits_while_an_earlier_event_about_it_is_retried(
@@ -407,9 +415,7 @@ def test_the_backlog_gauge_is_the_age_of_the_oldest_undelivered_event(
     assert gauge() == 0
     register(receiver.url)
     assert gauge() == 0
-    # An endpoint registered two minutes ago, and an event published 90 s ago.
-    two_minutes_ago = utcnow() - timedelta(minutes=2)
-    mongo_db.webhook_endpoints.update_many({}, {"$set": {"since": two_minutes_ago}})
+    # An event about a change 90 s ago, published now.
     publish_event(mongo_db, "order.placed", "6" * 24, created_at=utcnow() + timedelta(seconds=-90))
     assert 89 < gauge() < 120  # not even fanned out yet
     receiver.status = 503

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from flashcart.events.feed import COLLECTION
 
 
-def publish_event(db, event_type, resource_id, *, data=None, created_at=None):
-    """Insert one event (`db`: the app's MongoDB database) with the next seq; returns it.
+def publish_event(db, event_type, resource_id, *, data=None, created_at=None, seq=None):
+    """Insert one event (`db`: the app's MongoDB database) with the next seq (or `seq`:
+    the feed allows gaps); returns it.
 
     The resource type is the event type's prefix ("order.placed" -> "order").
     """
@@ -17,7 +18,7 @@ def publish_event(db, event_type, resource_id, *, data=None, created_at=None):
     created_at = created_at or datetime.now(UTC)
     event = {
         "_id": f"evt_{os.urandom(12).hex()}",
-        "seq": (last[0]["seq"] if last else 0) + 1,
+        "seq": seq or (last[0]["seq"] if last else 0) + 1,
         "type": event_type,
         "created_at": created_at.replace(microsecond=created_at.microsecond // 1000 * 1000),
         "resource": {"type": event_type.split(".", 1)[0], "id": resource_id},
