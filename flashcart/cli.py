@@ -144,6 +144,9 @@ def sweep(every):
 )
 def deliver(every, threads, metrics_port):
     """Send webhooks: each active endpoint's new and due events. Safe to run several."""
+    problem = deliverer.settings_problem(current_app.config)
+    if problem:
+        raise click.ClickException(problem)
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)
     while True:

@@ -156,14 +156,30 @@ def _record(delivery, outcome, settings):
     return result
 
 
+def request_budget(settings):
+    """The longest a request may take: connect, then the answer (each within the
+    timeout, the answer read within twice it), and a little more."""
+    return timedelta(seconds=2 * settings["WEBHOOKS_TIMEOUT_SECONDS"] + 1)
+
+
+def settings_problem(settings):
+    """Why these settings would deliver nothing, or None."""
+    budget = request_budget(settings).total_seconds()
+    if settings["WEBHOOKS_LEASE_SECONDS"] <= budget:
+        return (
+            f"WEBHOOKS_LEASE_SECONDS ({settings['WEBHOOKS_LEASE_SECONDS']}) must exceed "
+            f"2 x WEBHOOKS_TIMEOUT_SECONDS + 1 ({budget:g}): no request would fit in a lease"
+        )
+    return None
+
+
 def deliver_due(endpoint, settings, done):
     """Send the endpoint's due deliveries, oldest event first, until one fails or the
     lease is too short for another request. A resource with an earlier delivery still
     waiting for its retry is passed over (and left out of the next pages, so the
     others behind it are not held up)."""
     lease_until = as_utc(endpoint["lease_until"])
-    # A request may take two timeouts (connect, then the answer) and a little more.
-    needed = timedelta(seconds=2 * settings["WEBHOOKS_TIMEOUT_SECONDS"] + 1)
+    needed = request_budget(settings)
     waiting, checked, after_seq = set(), set(), -1
     while True:
         page = records.due_for(

@@ -274,6 +274,24 @@ def test_a_delivery_out_of_attempts_is_failed_logged_and_replayed(
     assert (missing.status_code, missing.json["code"]) == (404, "delivery_not_found")
 
 
+def test_deliver_runs_one_pass_and_says_what_it_did(app, runner, mongo_db, register, receiver):
+    assert runner.invoke(args=["deliver"]).output == "deliver: idle\n"
+    register(receiver.url)
+    publish_events(mongo_db, 2)
+    result = runner.invoke(args=["deliver", "--threads", "2"])
+    assert (result.exit_code, result.output) == (0, "deliver: delivered=2\n")
+    assert len(receiver.delivered()) == 2
+
+
+def test_deliver_refuses_a_lease_too_short_for_one_request(app, runner):
+    app.config.update(WEBHOOKS_LEASE_SECONDS=5, WEBHOOKS_TIMEOUT_SECONDS=2)
+    result = runner.invoke(args=["deliver"])
+    assert result.exit_code == 1
+    assert "WEBHOOKS_LEASE_SECONDS (5) must exceed 2 x WEBHOOKS_TIMEOUT_SECONDS + 1 (5)" in (
+        result.output
+    )
+
+
 def test_the_cli_replays_failed_deliveries(app, runner, mongo_db, register, receiver):
     endpoint = register(receiver.url)
     receiver.status = 500
