@@ -124,6 +124,10 @@ def all_delivered(receiver, events):
     return lambda: wanted <= set(receiver.delivered_ids())
 
 
+def scrape(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+
+
 def docs_verify():
     """The `verify` function of docs/webhooks.md, as a reader would copy it."""
     with open(os.path.join(ROOT, "docs", "webhooks.md")) as page:
@@ -144,11 +148,12 @@ def test_every_event_arrives_signed_in_order_per_resource_and_the_docs_verify_it
         port = free_port()
         deliverers.start("0.05", "--metrics-port", str(port))
         wait_for(all_delivered(receiver, events), "every event delivered", timeout=30)
+        # The receiver has the last request before the deliverer has counted it.
+        delivered = 'flashcart_webhook_deliveries_total{outcome="delivered"} 20.0'
         counters = wait_for(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode(),
-            "the deliverer's metrics",
+            lambda: delivered in scrape(port) and scrape(port), "the deliverer's counters"
         )
-    assert 'flashcart_webhook_deliveries_total{outcome="delivered"} 20.0' in counters
+    assert 'outcome="retried"' not in counters and 'outcome="failed"' not in counters
 
     verify = docs_verify()
     received = receiver.delivered()
@@ -223,6 +228,11 @@ def test_two_deliverers_at_once_send_each_event_once(operator, deliverers):
             time.sleep(0.2)
         for receiver in (one, two):
             wait_for(all_delivered(receiver, events), "every event delivered", timeout=60)
+        # Each request is logged once its outcome is stored, just after it arrived.
+        wait_for(
+            lambda: deliverers.logs().count("webhook delivered") >= 2 * len(events),
+            "every delivery logged",
+        )
         time.sleep(0.5)  # time for a duplicate to show up
 
     for receiver in (one, two):
