@@ -53,12 +53,14 @@ def refusal(address, *, allow_private):
         ip = ip.ipv4_mapped
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+    if ip.is_unspecified or ip.is_multicast:
         return "not a unicast address"
     if ip.is_link_local:
         return "a link-local address"
-    if not allow_private and not ip.is_global:
-        return "a loopback, private or otherwise non-public address"
+    if ip.is_loopback or ip.is_private:
+        return None if allow_private else "a loopback or private address"
+    if not ip.is_global:
+        return "not a public address"
     return None
 
 

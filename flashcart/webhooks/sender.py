@@ -17,6 +17,8 @@ from flashcart.webhooks import destinations
 
 log = logging.getLogger(__name__)
 USER_AGENT = "FlashCart-Webhooks/1"
+# Failures to connect at all, after which the next checked address is tried.
+UNREACHABLE = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
 EXCERPT_CHARS = 200
 
 
@@ -81,14 +83,41 @@ def post(url, body, headers, *, settings):
         "Content-Type": "application/json",
         **headers,
     }
+    error = None
+    # The checked addresses in the resolver's order: the next one only if this one
+    # could not be reached at all, and within one timeout of the start (so a request
+    # keeps within the deliverer's budget of two).
+    for address in destination.addresses:
+        if error is not None and time.monotonic() - started > timeout_seconds:
+            break
+        try:
+            status, excerpt = _exchange(destination, address, body, request_headers, settings)
+        except UNREACHABLE as unreachable:
+            error = unreachable
+            continue
+        except (urllib3.exceptions.HTTPError, OSError) as failure:
+            error = failure
+            break
+        if 300 <= status < 400:  # the Location is not followed
+            return outcome(status, "redirects are not followed", excerpt)
+        if not 200 <= status < 300:
+            return outcome(status, f"answered {status}", excerpt)
+        return outcome(status, None, excerpt)
+    return outcome(error=f"{type(error).__name__}: {error}"[:EXCERPT_CHARS])
+
+
+def _exchange(destination, address, body, headers, settings):
+    """POST to one address; (status, the answer's first bytes)."""
+    started = time.monotonic()
+    timeout_seconds = settings["WEBHOOKS_TIMEOUT_SECONDS"]
     timeout = urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds)
-    pool = _pool(destination, destination.addresses[0], timeout)
+    pool = _pool(destination, address, timeout)
     try:
         response = pool.urlopen(
             "POST",
             destination.target,
             body=body,
-            headers=request_headers,
+            headers=headers,
             redirect=False,
             retries=False,
             assert_same_host=False,
@@ -101,13 +130,6 @@ def post(url, body, headers, *, settings):
             )
         finally:
             response.close()
-        error = None
-        if 300 <= response.status < 400:
-            error = "redirects are not followed"
-        elif not 200 <= response.status < 300:
-            error = f"answered {response.status}"
-        return outcome(response.status, error, excerpt)
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        return outcome(error=f"{type(error).__name__}: {error}"[:EXCERPT_CHARS])
+        return response.status, excerpt
     finally:
         pool.close()

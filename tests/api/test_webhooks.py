@@ -340,6 +340,20 @@ def test_a_deleted_endpoint_gets_nothing_more(
     assert "secret" not in stored
 
 
+def test_the_request_goes_to_a_checked_address_under_the_endpoints_name(
+    app, mongo_db, register, receiver, monkeypatch
+):
+    """The first address refuses the connection: the next one checked is tried."""
+    port = receiver.url.split(":")[2].split("/")[0]
+    monkeypatch.setattr(destinations, "resolve", lambda host, port: ["127.0.0.2", "127.0.0.1"])
+    register(f"http://hooks.example:{port}/hooks")
+    event = publish_event(mongo_db, "order.placed", "a5" * 12)
+    assert deliver(app) == {"delivered": 1}
+    (request,) = receiver.received
+    assert request.event_id == event["_id"]
+    assert request.headers["Host"] == f"hooks.example:{port}"
+
+
 def test_a_redirect_is_not_followed(app, client, admin_headers, mongo_db, register):
     with WebhookReceiver() as target:
         with WebhookReceiver(status=307, headers={"Location": target.url}) as redirecting:

@@ -51,6 +51,7 @@ def test_allowing_private_destinations_admits_loopback_but_never_metadata_or_lin
         "127.0.0.1",
     )
     check("http://10.1.2.3/h", allow_http=True, allow_private=True)
+    check("http://[::1]:9/h", allow_http=True, allow_private=True)
     for url in ("http://169.254.169.254/", "http://[fd00:ec2::254]/", "http://169.254.1.1/"):
         with pytest.raises(DestinationRefused):
             check(url, allow_http=True, allow_private=True)
