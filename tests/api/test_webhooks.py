@@ -4,6 +4,8 @@
 import collections
 import logging
 import re
+import shutil
+import subprocess
 import time
 from datetime import timedelta
 
@@ -456,3 +458,49 @@ def test_the_backlog_gauge_is_the_age_of_the_oldest_undelivered_event(
     receiver.status = 200
     deliver_until(app, receiver.delivered)
     assert gauge() == 0
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for hooks.example: (certificate file, key file)."""
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl binary to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=hooks.example"]
+        + ["-addext", "subjectAltName=DNS:hooks.example"],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize(
+    ("name", "trusted", "outcome"),
+    [
+        ("hooks.example", True, None),
+        ("hooks.example", False, "CERTIFICATE_VERIFY_FAILED"),
+        ("other.example", True, "doesn't match 'hooks.example'"),
+    ],
+)
+def test_https_checks_the_certificate_against_the_name_while_connecting_to_the_address(
+    app, client, admin_headers, mongo_db, register, certificate, monkeypatch, name, trusted, outcome
+):
+    app.config["WEBHOOKS_ALLOW_HTTP"] = False
+    if trusted:  # OpenSSL's default trust store, which the sender uses
+        monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    monkeypatch.setattr(destinations, "resolve", lambda host, port: ["127.0.0.1"])
+    with WebhookReceiver(tls=certificate) as receiver:
+        endpoint = register(f"https://{name}:{receiver.port}/hooks")
+        publish_event(mongo_db, "order.placed", "a6" * 12)
+        deliver(app)
+    (delivery,) = client.get(f"{BASE}/{endpoint['id']}/deliveries", headers=admin_headers).json[
+        "items"
+    ]
+    if outcome is None:
+        assert delivery["status"] == "delivered"
+        assert receiver.received[0].headers["Host"] == f"{name}:{receiver.port}"
+    else:
+        assert delivery["status"] == "pending" and receiver.received == []
+        assert outcome in delivery["log"][0]["error"]

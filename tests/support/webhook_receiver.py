@@ -1,9 +1,10 @@
 """A webhook receiver for tests: a small threaded HTTP server on 127.0.0.1 that records
 every request (time, headers, body) and answers what the test says (`status`, extra
-`headers`, an `answer` body), after an optional `delay`."""
+`headers`, an `answer` body), after an optional `delay`; over https with `tls`."""
 
 import http.server
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, status=200, delay=0.0, headers=None, answer=b"ok"):
+    def __init__(self, status=200, delay=0.0, headers=None, answer=b"ok", tls=None):
         self.status = status
         self.delay = delay
         self.headers = headers or {}
@@ -61,7 +62,14 @@ class WebhookReceiver:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        scheme = "http"
+        if tls:  # (certificate file, key file): serve https
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.port = self.server.server_address[1]
+        self.url = f"{scheme}://127.0.0.1:{self.port}/hooks"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
