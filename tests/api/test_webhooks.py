@@ -398,22 +398,25 @@ def test_a_receiver_that_does_not_answer_times_out(app, client, admin_headers, m
     assert "timed out" in delivery["log"][0]["error"].lower()
 
 
+@pytest.mark.parametrize(
+    "now", [["127.0.0.1"], ["10.0.0.5"], ["169.254.169.254"], ["::1"], ["93.184.215.14", "::1"]]
+)
 def test_the_destination_is_checked_again_at_delivery(
-    app, mongo_db, register, receiver, monkeypatch
+    app, mongo_db, register, receiver, monkeypatch, now
 ):
-    """A name that resolved to a public address at registration and to loopback now."""
+    """A name that resolved to a public address at registration and elsewhere now."""
     app.config["WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS"] = False
     port = receiver.url.split(":")[2].split("/")[0]
     answers = {"hooks.example": ["93.184.215.14"]}
     monkeypatch.setattr(destinations, "resolve", lambda host, port: answers[host])
     register(f"http://hooks.example:{port}/hooks")
-    answers["hooks.example"] = ["127.0.0.1"]
+    answers["hooks.example"] = now
     publish_event(mongo_db, "order.placed", "4" * 24)
 
     assert deliver(app) == {"retried": 1}
     assert receiver.received == []
     (delivery,) = mongo_db.webhook_deliveries.find()
-    assert "resolves to 127.0.0.1" in delivery["log"][0]["error"]
+    assert f"resolves to {now[-1]}" in delivery["log"][0]["error"]
 
 
 def test_the_secret_is_never_logged(
