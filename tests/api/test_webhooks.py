@@ -219,7 +219,9 @@ def test_a_resource_waits_while_an_earlier_event_about_it_is_retried(
 def test_events_stuck_behind_a_retry_do_not_hold_up_other_resources(
     app, mongo_db, register, receiver
 ):
-    app.config.update(WEBHOOKS_BATCH_SIZE=2, WEBHOOKS_RETRY_BASE_SECONDS=60)
+    app.config.update(
+        WEBHOOKS_BATCH_SIZE=2, WEBHOOKS_RETRY_BASE_SECONDS=60, WEBHOOKS_RETRY_MAX_SECONDS=60
+    )
     register(receiver.url)
     receiver.status = 503
     stuck = publish_events(mongo_db, 5, resources=["7" * 24])
