@@ -16,14 +16,7 @@ from flashcart.events import feed
 from flashcart.stores import as_utc, object_id_or_none, utcnow
 from flashcart.webhooks import destinations, records, signatures
 
-EVENT_TYPES = (
-    "order.placed",
-    "order.cancelled",
-    "sale.started",
-    "sale.sold_out",
-    "sale.ended",
-    "sale.restocked",
-)
+EVENT_TYPES = feed.TYPES
 BACKLOG_GAUGE = "flashcart_events_undelivered_oldest_age_seconds"
 
 

@@ -31,9 +31,6 @@ RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 JOB = "flashcart"  # the rules select the API's targets by it
 
-# Series the alerts name before this branch of the app serves them: the webhook
-# deliverer's gauge (seconds the oldest event not yet delivered has waited; 0 when none).
-PENDING_SERIES = {"flashcart_events_undelivered_oldest_age_seconds"}
 # Series Prometheus itself adds to every target.
 PROMETHEUS_SERIES = {"up"}
 

@@ -20,7 +20,6 @@ from tests.support.prometheus import (
     DASHBOARDS,
     DEPLOY,
     NOT_INSTALLED,
-    PENDING_SERIES,
     PROMETHEUS_SERIES,
     PROMTOOL,
     RULE_TESTS,
@@ -114,7 +113,7 @@ def test_every_alert_names_only_series_the_app_serves(app_series):
     for rule in alert_rules():
         names = metric_names(rule["expr"])
         assert names, rule["alert"]
-        unknown = names - app_series - PROMETHEUS_SERIES - PENDING_SERIES
+        unknown = names - app_series - PROMETHEUS_SERIES
         assert unknown == set(), f"{rule['alert']} names series the app does not serve"
 
 
@@ -167,7 +166,7 @@ def test_there_is_a_drop_dashboard_with_the_panels_a_drop_needs():
 def test_every_dashboard_query_names_only_series_the_app_serves(app_series):
     for path in DASHBOARDS:
         for title, expr in dashboard_exprs(path):
-            unknown = metric_names(expr) - app_series - PROMETHEUS_SERIES - PENDING_SERIES
+            unknown = metric_names(expr) - app_series - PROMETHEUS_SERIES
             assert metric_names(expr), f"{path.name}: {title}: {expr}"
             assert unknown == set(), f"{path.name}: {title}: {expr}"
 
