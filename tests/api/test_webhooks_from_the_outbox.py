@@ -1,8 +1,7 @@
 """Webhooks fed by the real event outbox: a drop's events reach an endpoint, signed.
 
-It runs once flashcart.events.outbox (the producer, built beside this branch) is in
-the tree; tests/api/test_webhooks.py covers the deliverer with events written by
-tests/support/events.py."""
+tests/api/test_webhooks.py covers the deliverer with events written by
+tests/support/events.py; here the drop itself writes them."""
 
 import json
 
@@ -10,8 +9,6 @@ import pytest
 
 from flashcart.webhooks import deliverer, signatures
 from tests.support.webhook_receiver import WebhookReceiver
-
-pytest.importorskip("flashcart.events.outbox", reason="the event outbox is not in this tree")
 
 
 @pytest.fixture
