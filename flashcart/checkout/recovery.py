@@ -1,23 +1,28 @@
 """Recovery: the sweeper and the audit.
 
-The sweeper returns expired holds, finishes checkouts and cancels that a crash left
-half-done, closes ended sales once their last hold is settled, records sell-outs
-and publishes the events a crash left in an outbox. The audit
-compares MongoDB (the durable truth) with Redis and can rebuild Redis from it.
-Every step is an idempotent transaction, so several sweepers may run at once.
-After each pass the sweeper reports to /metrics (`report.py`): that it is alive, and
-now and then what an audit finds.
+The sweeper rebuilds from MongoDB a live sale Redis lost, returns expired holds,
+finishes checkouts and cancels that a crash left half-done, closes ended sales once
+their last hold is settled, records sell-outs and publishes the events a crash left
+in an outbox. The audit compares MongoDB (the durable truth) with Redis and can
+rebuild Redis from it. Every step is an idempotent transaction, so several sweepers
+may run at once. After each pass the sweeper reports to /metrics (`report.py`): that
+it is alive, and now and then what an audit finds, after rebuilding a sale the
+audit found out of step twice in a row.
 """
 
+import logging
 from collections import Counter
 
 from flask import current_app
 
 from flashcart.checkout import report, saga
+from flashcart.errors import Busy, Conflict
 from flashcart.orders import ledger
 from flashcart.orders import service as orders
 from flashcart.products import service as products
 from flashcart.sales import service as sales
+
+log = logging.getLogger(__name__)
 
 
 def sweep():
@@ -25,6 +30,8 @@ def sweep():
     engine = sales.inventory()
     grace = current_app.config["SWEEP_GRACE_SECONDS"]
     done = Counter()
+    # First: while Redis lacks a live sale, every reservation for it is refused.
+    done.update(restore_lost_sales(engine))
     for order in ledger.stale(ledger.PENDING, grace):
         done[f"checkouts_{saga.recover_pending(engine, order)}"] += 1
     for order in ledger.stale(ledger.CANCELLING, grace):
@@ -48,11 +55,61 @@ def sweep():
     return done
 
 
+def restore_lost_sales(engine):
+    """Rebuild from MongoDB each live or ended sale Redis does not have (it restarted
+    empty, or lost the keys). Returns counts: `sales_rebuilt`, `rebuilds_failed`.
+
+    A sale MongoDB calls live or ended is only ever missing from Redis when Redis
+    lost it, or for the moment between a start's two writes, where the rebuild and
+    the start write the same thing. The rebuild reads MongoDB inside its WATCH and
+    writes only while Redis still lacks the sale and MongoDB still has it live or
+    ended, so a sale closed and dropped meanwhile stays dropped.
+    """
+    done = Counter()
+    for product in products.products_in_sale():
+        product_id = str(product["_id"])
+        if engine.has_sale(product_id):
+            continue
+        try:
+            if sales.rebuild_sale(product_id, engine, only_if_missing=True) is not None:
+                log.warning("sweeper: rebuilt sale %s, which Redis had lost", product_id)
+                done["sales_rebuilt"] += 1
+        except (Busy, Conflict) as error:  # the next pass tries again
+            log.error("sweeper: could not rebuild sale %s: %s", product_id, error.detail)
+            done["rebuilds_failed"] += 1
+    return done
+
+
 def report_pass():
-    """Tell /metrics the sweeper finished a pass; audit first when it is due."""
+    """Tell /metrics the sweeper finished a pass; audit first when it is due, and
+    rebuild a sale found out of step twice in a row (`repair_drift`)."""
     if report.audit_due():
-        report.record_audit(audit_twice())
+        report.record_audit(repair_drift(audit_twice()))
     report.record_pass()
+
+
+def repair_drift(rows):
+    """Rebuild from MongoDB each live or ended sale of `rows` (`audit_twice`'s) found
+    out of step; the rows, those rebuilt audited again and marked `repaired`.
+
+    Safe even for a finding that was a change in flight: the rebuild reads MongoDB
+    and Redis inside one WATCH and starts over if either side's change lands (a
+    restock's units are counted once, see `Inventory.restock`)."""
+    repaired = []
+    for row in rows:
+        if row["ok"] or row["sale_status"] not in (products.LIVE, products.ENDED):
+            repaired.append(row)
+            continue
+        product_id = row["product_id"]
+        log.warning("sweeper: sale %s out of step twice in a row, rebuilding: %s", product_id, row)
+        try:
+            sales.rebuild_sale(product_id)
+        except (Busy, Conflict) as error:  # reported as found; the next audit tries again
+            log.error("sweeper: could not rebuild sale %s: %s", product_id, error.detail)
+            repaired.append(row)
+            continue
+        repaired.append({**audit_product(products.find(product_id)), "repaired": True})
+    return repaired
 
 
 def audit_twice():
@@ -128,6 +185,9 @@ def audit_product(product, engine=None):
         "held": held,
         "holds_sold": sum(hold.quantity for hold in holds if hold.id in sold_holds),
         "available": snapshot.available,
+        # The stock level Redis's units count: below `total` while a restock is on
+        # its way (or died between MongoDB and Redis).
+        "redis_total": engine.counted_total(product_id) if in_redis else None,
         "expected_available": expected_available,
         "drift": snapshot.available - expected_available,
         "oversold": max(0, plan.sold - plan.total),
@@ -144,6 +204,7 @@ def audit_product(product, engine=None):
         and row["limit_counts_off"] == 0
         and row["holds_sold"] == 0
         and (row["redis_sold"] == row["sold"] or not in_redis)
+        and (row["redis_total"] == row["total"] or not in_redis)
         and in_redis == expected_in_redis
     )
     return row
@@ -158,12 +219,7 @@ def audit(repair=False, product_id=None):
     for product in targets:
         row = audit_product(product, engine)
         if repair and not row["ok"] and product["sale_status"] in (products.LIVE, products.ENDED):
-            engine.rebuild(
-                row["product_id"],
-                # Read again inside the WATCH: an admin may end or restock meanwhile.
-                lambda p=row["product_id"]: sales.plan_for(products.find(p), engine),
-                already_sold=lambda ids, p=row["product_id"]: ledger.reservations_sold(p, ids),
-            )
-            row = {**audit_product(product, engine), "repaired": True}
+            sales.rebuild_sale(row["product_id"], engine)
+            row = {**audit_product(products.find(row["product_id"]), engine), "repaired": True}
         rows.append(row)
     return rows

@@ -45,7 +45,7 @@ def start_sale(product_id):
 
 @blp.route("/stock/<product_id>", methods=["GET"])
 @blp.response(200, StockOut)
-@problems(ProductNotFound, SaleNotStarted)
+@problems(ProductNotFound, SaleNotStarted, SaleEnded, service.SaleRecovering)
 def stock(product_id):
     """Live stock of a product on sale."""
     return service.stock(product_id)
@@ -84,6 +84,7 @@ def sold_out_first(view):
     InsufficientStock,
     LimitExceeded,
     Busy,
+    service.SaleRecovering,
 )
 def reserve(data, product_id):
     """Reserve units atomically; check out before `expires_at`."""

@@ -58,6 +58,13 @@ class AuditOut(Schema):
         }
     )
     available = fields.Integer(metadata={"description": "Available units in Redis."})
+    redis_total = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "The stock level Redis's units count (null when Redis has no "
+            "sale); below `total` while a restock is on its way to Redis."
+        },
+    )
     expected_available = fields.Integer(
         metadata={
             "description": "total - sold - held; 0 for a sale that should not be in Redis "

@@ -16,7 +16,7 @@ import redis.exceptions
 from flask import current_app
 
 from flashcart import metrics
-from flashcart.errors import Busy, Conflict, DomainError
+from flashcart.errors import Busy, Conflict, DomainError, ServiceUnavailable
 from flashcart.extensions import stores
 from flashcart.local_cache import LocalCache
 from flashcart.orders import ledger
@@ -42,6 +42,12 @@ class SaleAlreadyStarted(Conflict):
     """The sale for this product has already started."""
 
     code = "sale_already_started"
+
+
+class SaleRecovering(ServiceUnavailable):
+    """The sale is live, but its live stock is being rebuilt (the store lost it); retry shortly."""
+
+    retry_after = 1
 
 
 class _MeteredInventory(Inventory):
@@ -169,11 +175,40 @@ def restock(product_id, quantity):
     """Add units to a live sale: MongoDB's stock first (the truth), then Redis."""
     product = products.add_stock(product_id, quantity, allowed=[products.DRAFT, products.LIVE])
     engine = inventory()
-    if product["sale_status"] == products.LIVE and not engine.restock(product_id, quantity):
-        # Redis has no sale (lost?): rebuild it from MongoDB, which already counts the units.
-        engine.open_sale(product_id, lambda: plan_for(products.find(product_id), engine))
+    total = product["stock"]
+    if (
+        product["sale_status"] == products.LIVE
+        and not engine.restock(product_id, quantity, total)
+        # Redis has no sale (lost?): rebuild it from MongoDB, which counts the units.
+        and rebuild_sale(product_id, engine, only_if_missing=True) is None
+    ):
+        # Another rebuild put it back first, perhaps from a read before this restock:
+        # bring it up to the total (a no-op once counted).
+        engine.restock(product_id, quantity, total)
     _, available = engine.available(product_id)
     return {"product_id": product_id, "stock": product["stock"], "available": available}
+
+
+def rebuild_sale(product_id, engine=None, only_if_missing=False):
+    """Rewrite a live or ended sale's Redis state from MongoDB (`Inventory.rebuild`,
+    whose WATCH makes it start over when a change races it). Returns the snapshot
+    written, or None when the sale is not live or ended (or, `only_if_missing`,
+    when Redis has it)."""
+    engine = engine or inventory()
+
+    def plan_now():
+        # Read inside the WATCH: an admin may end or restock, the sweeper close.
+        product = products.find(product_id)
+        if product["sale_status"] not in (products.LIVE, products.ENDED):
+            return None
+        return plan_for(product, engine)
+
+    return engine.rebuild(
+        product_id,
+        plan_now,
+        already_sold=lambda ids: ledger.reservations_sold(product_id, ids),
+        only_if_missing=only_if_missing,
+    )
 
 
 def stock(product_id):
@@ -188,10 +223,16 @@ def stock(product_id):
 
 
 def _explain_missing_sale(product_id):
-    """Redis has no sale for the product: say why, from MongoDB (off the hot path)."""
-    product = products.find(product_id)
-    if product["sale_status"] in (products.ENDED, products.CLOSED):
+    """Redis has no sale for the product: say why, from MongoDB (off the hot path).
+
+    A live sale missing from Redis was lost (a restart without persistence): the
+    sweeper rebuilds it within a pass, so the shopper is told to retry, not that
+    the sale has not started."""
+    status = products.sale_status_now(products.find(product_id))
+    if status in (products.ENDED, products.CLOSED):
         raise SaleEnded()
+    if status == products.LIVE:
+        raise SaleRecovering()
     raise SaleNotStarted()
 
 

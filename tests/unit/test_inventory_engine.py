@@ -109,11 +109,29 @@ def test_restock_spreads_the_new_units_and_clears_a_sell_out(redis_client):
     with pytest.raises(SoldOut):
         engine.reserve(product_id, "ben")
 
-    assert engine.restock(product_id, 6)
+    assert engine.restock(product_id, 6, total=7)
 
     stripes = [int(redis_client.get(k)) for k in Keys(product_id).stripes(4)]
     assert sum(stripes) == 6 and max(stripes) - min(stripes) <= 1
     assert engine.reserve(product_id, "ben").quantity == 1
+
+
+def test_restock_adds_only_the_units_redis_does_not_count_yet(redis_client):
+    engine = Inventory(redis_client, stripes=4)
+    product_id = open_sale(engine, 10)
+
+    # Two restocks of MongoDB (10 -> 13 -> 18) reach Redis in the other order.
+    assert engine.restock(product_id, 5, total=18)
+    assert engine.restock(product_id, 3, total=13)
+    assert engine.snapshot(product_id).available == 18
+    # A rebuild that read MongoDB after a restock counts its units already.
+    engine.rebuild(product_id, lambda: SalePlan("live", 3, 20, {}))
+    assert engine.restock(product_id, 2, total=20)
+    assert engine.snapshot(product_id).available == 20
+    assert engine.counted_total(product_id) == 20
+    # No sale in Redis: nothing is written.
+    assert not engine.restock("f" * 24, 2, total=4)
+    assert not engine.has_sale("f" * 24)
 
 
 def test_exhausted_retries_are_busy_not_a_hang(redis_client, monkeypatch):

@@ -6,7 +6,8 @@ retry (a product decision: no Lua). All keys of one product share the hash tag
 
 Keys of product P (prefix `fc:{p:P}:`):
   sale        hash: status (live|ended|closed), limit, stripes, opens_at, closes_at,
-              restocks (a counter a restock bumps, so a racing rebuild starts over)
+              total (MongoDB's stock level the units count: a restock adds only what
+              it lacks, so a rebuild racing it counts no unit twice)
   stock:<i>   available units, striped over `stripes` keys: concurrent reservations
               WATCH one stripe each, so they rarely collide on the same key
   user:<u>    units user u holds or bought (the per-user limit); `buyers` lists them

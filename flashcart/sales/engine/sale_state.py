@@ -28,7 +28,14 @@ class SaleLifecycle(Transactions):
         return self._units_may_be_back(self._transaction(body, product_id), product_id)
 
     def _write_sale(self, pipe, keys, plan, available, old_buyers, held_by_user=None):
-        meta = {"status": plan.status, "limit": plan.limit, "stripes": self.stripes}
+        # `total`: the stock level these units count, so a restock racing a rebuild
+        # adds only what the rebuild did not count (see `restock`).
+        meta = {
+            "status": plan.status,
+            "limit": plan.limit,
+            "stripes": self.stripes,
+            "total": plan.total,
+        }
         if plan.opens_at is not None:
             meta["opens_at"] = repr(plan.opens_at)
         if plan.closes_at is not None:
@@ -50,13 +57,23 @@ class SaleLifecycle(Transactions):
             pipe.sadd(keys.buyers, *units)
         pipe.set(keys.sold, plan.sold)
 
-    def rebuild(self, product_id, make_plan, already_sold=lambda reservation_ids: ()):
+    def rebuild(
+        self,
+        product_id,
+        make_plan,
+        already_sold=lambda reservation_ids: (),
+        only_if_missing=False,
+    ):
         """Rewrite the sale's Redis state from the durable truth in `plan`.
 
         Live holds are kept (their units stay held); everything else is derived:
         available = total - sold - held. `make_plan()` is called after the WATCH,
-        so a checkout or cancel racing the repair makes it start over. Returns the
-        snapshot written. Used by `flask audit --repair`, e.g. after Redis lost data.
+        so a reservation, checkout, cancel or restock racing the rebuild makes it
+        start over; it returns None when the sale should not be in Redis (closed
+        meanwhile): then nothing is written. With `only_if_missing`, a sale Redis
+        has is left alone (another sweeper, a restock or a start put it back).
+        Returns the snapshot written, or None. Used by the sweeper when Redis lost a
+        sale or drifted, by a restock that finds no sale, and by `flask audit --repair`.
 
         `already_sold(reservation_ids)` names holds whose orders were placed: their
         claim was lost (a Redis failover to a replica that had not received it), so
@@ -68,7 +85,13 @@ class SaleLifecycle(Transactions):
             pipe.watch(
                 keys.sale, keys.sold, keys.deadlines, keys.claimed, keys.restored, keys.buyers
             )
+            if only_if_missing and pipe.exists(keys.sale):
+                pipe.unwatch()
+                return None
             plan = make_plan()
+            if plan is None:
+                pipe.unwatch()
+                return None
             holds = self._holds(pipe, product_id)
             sold_holds = set(already_sold([hold.id for hold in holds]))
             held_by_user = {}
@@ -107,22 +130,35 @@ class SaleLifecycle(Transactions):
 
         return self._units_may_be_back(self._transaction(body, product_id), product_id)
 
-    def restock(self, product_id, quantity):
-        """Add units to a sale in Redis. Returns False if the sale is not in Redis."""
+    def restock(self, product_id, quantity, total):
+        """Count a restock of `quantity` units in Redis: bring the sale's units up to
+        `total`, MongoDB's stock after the restock. Returns False if the sale is not
+        in Redis.
+
+        MongoDB's stock is written first, so a rebuild may read it before this runs:
+        its `total` then counts these units already, and nothing is added. A later
+        restock's step may have counted them too. Restocks and rebuilds in any
+        order count each unit once.
+        """
         keys = Keys(product_id)
 
         def body(pipe):
             pipe.watch(keys.sale)
-            stripes = pipe.hget(keys.sale, "stripes")
+            stripes, counted = pipe.hmget(keys.sale, "stripes", "total")
             if stripes is None:
                 return False
+            # A sale written before the hash kept its total counts up to the restock.
+            counted = total - quantity if counted is None else int(counted)
+            if counted >= total:
+                pipe.unwatch()
+                return True
             pipe.multi()
             count = int(stripes)
-            for key, units in zip(keys.stripes(count), split(quantity, count), strict=True):
+            for key, units in zip(keys.stripes(count), split(total - counted, count), strict=True):
                 if units:
                     pipe.incrby(key, units)
-            # Touch the sale hash: a rebuild racing this restock then starts over.
-            pipe.hincrby(keys.sale, "restocks", 1)
+            # A change to the sale hash: a rebuild racing this restock starts over.
+            pipe.hset(keys.sale, "total", total)
             return True
 
         return self._units_may_be_back(self._transaction(body, product_id), product_id)
@@ -163,6 +199,16 @@ class SaleLifecycle(Transactions):
         self.hints.sale_changed(product_id)
 
     # -- what an audit reads ----------------------------------------------------
+
+    def has_sale(self, product_id):
+        """Whether Redis has the sale (its hash); a restart without persistence loses it."""
+        return bool(self.redis.exists(Keys(product_id).sale))
+
+    def counted_total(self, product_id):
+        """The stock level the sale's units in Redis count (MongoDB's stock when they
+        were last written), or None."""
+        total = self.redis.hget(Keys(product_id).sale, "total")
+        return None if total is None else int(total)
 
     def holds(self, product_id):
         """Every hold of the product, live or expired but not yet returned."""
