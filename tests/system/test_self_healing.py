@@ -16,6 +16,7 @@ from flashcart.checkout import recovery
 from flashcart.products import service as product_service
 from flashcart.sales import service as sale_service
 from flashcart.sales.engine.keys import Keys
+from tests.support.http import assert_problem
 from tests.support.threads import run_threads
 
 pytestmark = pytest.mark.skipif(
@@ -36,6 +37,10 @@ def lose_the_sale(redis_client, pid):
     redis_client.delete(*redis_client.keys(Keys(pid).prefix + "*"))
 
 
+def event_types(mongo_db):
+    return [event["type"] for event in mongo_db.events.find().sort("seq", 1)]
+
+
 def counted(app, pid):
     """(MongoDB's stock, available + held + sold in Redis)."""
     with app.app_context():
@@ -44,10 +49,12 @@ def counted(app, pid):
     return stock, snapshot.available + snapshot.held + snapshot.sold
 
 
-def test_a_restock_racing_a_repair_counts_its_units_once(app, make_product, redis_client):
+def test_a_restock_racing_a_repair_counts_its_units_once(app, make_product, redis_client, mongo_db):
     """A restock writes MongoDB's stock, then Redis's; a repair reads MongoDB between
     the two (its plan already counts the units) and the restock must not add them again.
-    Every other round Redis has lost the sale first, so the restock finds none."""
+    Each round a restock races the operator's repair and two sweepers (one rebuilding
+    a lost sale, one repairing what its audit finds); every other round Redis has lost
+    the sale first, so the restock finds none."""
     initial = 20
     pid = make_product(live=True, stock=initial, per_user_limit=5)["id"]
     with app.app_context():
@@ -61,18 +68,21 @@ def test_a_restock_racing_a_repair_counts_its_units_once(app, make_product, redi
         if round_ % 2:
             lose_the_sale(redis_client, pid)
         quantity = rng.randint(1, 3)
-        pauses = [rng.uniform(0, 0.004) for _ in range(2)]
+        pauses = [rng.uniform(0, 0.004) for _ in range(4)]
 
         def act(index, quantity=quantity, pauses=pauses):
             with app.app_context():
+                time.sleep(pauses[index])
                 if index == 0:
-                    time.sleep(pauses[0])
                     sale_service.restock(pid, quantity)
+                elif index == 1:
+                    recovery.audit(repair=True, product_id=pid)  # the operator's repair
+                elif index == 2:
+                    recovery.sweep()  # rebuilds a lost sale
                 else:
-                    time.sleep(pauses[1])
-                    recovery.audit(repair=True, product_id=pid)
+                    recovery.repair_drift(recovery.audit_twice())  # the sweeper's audit
 
-        run_threads(2, act)
+        run_threads(len(pauses), act)
         restocked += quantity
         stock, in_redis = counted(app, pid)
         assert stock == initial + restocked
@@ -83,3 +93,155 @@ def test_a_restock_racing_a_repair_counts_its_units_once(app, make_product, redi
                 recovery.audit(repair=True, product_id=pid)
 
     assert not doubled, f"(round, restocked, units counted twice) in {ROUNDS} rounds: {doubled}"
+    # Repairs change Redis only: the feed has the start and each restock, once.
+    assert event_types(mongo_db) == ["sale.started"] + ["sale.restocked"] * ROUNDS
+
+
+# -- the sweeper puts a lost sale back ---------------------------------------------------
+
+
+def reserve(client, pid, headers, quantity=1):
+    return client.post(f"/api/v1/sales/reserve/{pid}", json={"quantity": quantity}, headers=headers)
+
+
+def checkout(client, rid, headers):
+    return client.post("/api/v1/orders", json={"reservation_id": rid}, headers=headers)
+
+
+def flush_everything(redis_client, pid):
+    redis_client.flushdb()
+
+
+@pytest.mark.parametrize("lose", [lose_the_sale, flush_everything], ids=["keys", "flushdb"])
+def test_flask_sweep_rebuilds_a_sale_redis_lost_and_it_serves_again(
+    lose, app, client, runner, make_product, make_user, headers_for, mongo_db, redis_client
+):
+    pid = make_product(live=True, stock=10, per_user_limit=3)["id"]
+    first, second, latecomer = (headers_for(make_user()) for _ in range(3))
+    assert checkout(client, reserve(client, pid, first, 3).json["id"], first).status_code == 201
+    assert checkout(client, reserve(client, pid, second, 2).json["id"], second).status_code == 201
+    events_before = event_types(mongo_db)
+    lose(redis_client, pid)
+
+    # Until the sweeper runs, shoppers are told to retry, not that the sale has not started.
+    refused = reserve(client, pid, latecomer)
+    assert_problem(refused, 503, "service_unavailable")
+    assert refused.headers["Retry-After"] == "1"
+    assert_problem(client.get(f"/api/v1/sales/stock/{pid}"), 503, "service_unavailable")
+
+    swept = runner.invoke(args=["sweep"])
+
+    assert swept.exit_code == 0, swept.output
+    assert "sales_rebuilt=1" in swept.output
+    assert client.get(f"/api/v1/sales/stock/{pid}").json == {
+        "product_id": pid,
+        "status": "live",
+        "available": 5,
+    }
+    # The limit still counts what each bought before the loss; no unit sells twice.
+    assert_problem(reserve(client, pid, first), 409, "limit_exceeded")
+    assert reserve(client, pid, latecomer, 3).status_code == 201
+    assert reserve(client, pid, second, 1).status_code == 201
+    assert_problem(reserve(client, pid, headers_for(make_user()), 2), 409, "insufficient_stock")
+    with app.app_context():
+        [row] = recovery.audit(product_id=pid)
+    assert row["ok"] and (row["total"], row["sold"], row["held"], row["available"]) == (10, 5, 4, 1)
+    # A second sweeper finds nothing to rebuild; the repair made no event.
+    assert "sales_rebuilt" not in runner.invoke(args=["sweep"]).output
+    assert event_types(mongo_db) == events_before
+
+
+def test_a_restock_of_a_sale_redis_lost_rebuilds_it_keeping_the_holds(
+    app, client, make_product, user_headers, admin_headers, redis_client, sale_state
+):
+    pid = make_product(live=True, stock=10, per_user_limit=3)["id"]
+    assert reserve(client, pid, user_headers, 2).status_code == 201
+    redis_client.delete(Keys(pid).sale)  # the sale hash lost, the hold kept
+
+    restocked = client.post(
+        f"/api/v1/sales/restock/{pid}", json={"quantity": 4}, headers=admin_headers
+    )
+
+    assert restocked.status_code == 200
+    assert restocked.json == {"product_id": pid, "stock": 14, "available": 12}
+    state = sale_state(pid)
+    assert (state["status"], state["available"], state["held"], state["sold"]) == (
+        "live",
+        12,
+        2,
+        0,
+    )
+
+
+def test_the_sweeper_leaves_a_closed_sale_dropped(
+    app, client, make_product, user_headers, admin_headers, redis_client
+):
+    pid = make_product(live=True, stock=3)["id"]
+    checkout(client, reserve(client, pid, user_headers).json["id"], user_headers)
+    assert client.post(f"/api/v1/sales/end/{pid}", headers=admin_headers).status_code == 200
+    with app.app_context():
+        assert recovery.sweep()["sales_closed"] == 1
+
+        again = recovery.sweep()
+        # Even when asked directly: the plan, read inside the WATCH, says closed.
+        rebuilt = sale_service.rebuild_sale(pid)
+
+    assert "sales_rebuilt" not in again and rebuilt is None
+    assert not redis_client.exists(Keys(pid).sale)
+    assert_problem(reserve(client, pid, user_headers), 409, "sale_ended")
+
+
+# -- the sweeper's audit repairs what it finds twice -------------------------------------
+
+
+def test_the_sweepers_audit_rebuilds_a_restock_that_died_before_redis(
+    app, client, runner, make_product, admin_headers, mongo_db, sale_state
+):
+    pid = make_product(live=True, stock=10)["id"]
+    with app.app_context():  # the restock's first write, then its process died
+        product_service.add_stock(pid, 5, allowed=["live"])
+    assert sale_state(pid)["available"] == 10
+
+    swept = runner.invoke(args=["sweep"])  # its first pass audits
+
+    assert swept.exit_code == 0, swept.output
+    assert sale_state(pid)["available"] == 15
+    with app.app_context():
+        [row] = recovery.audit(product_id=pid)
+    assert row["ok"] and row["redis_total"] == row["total"] == 15
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'flashcart_audit_ok{{product_id="{pid}"}} 1.0' in metrics
+    assert event_types(mongo_db) == ["sale.started", "sale.restocked"]
+
+
+def test_the_sweepers_audit_rebuilds_only_what_it_finds_twice(
+    app, make_product, monkeypatch, redis_client
+):
+    pid = make_product(live=True, stock=10)["id"]
+    real_audit_product, looks = recovery.audit_product, []
+
+    def seen_out_of_step_once(product, engine=None):
+        # A checkout between the audit's reads: drift on the first look only.
+        row = real_audit_product(product, engine)
+        looks.append(row["product_id"])
+        return {**row, "ok": False, "drift": -1} if len(looks) == 1 else row
+
+    rebuilt = []
+    real_rebuild = sale_service.rebuild_sale
+    monkeypatch.setattr(recovery, "audit_product", seen_out_of_step_once)
+    monkeypatch.setattr(
+        sale_service, "rebuild_sale", lambda *a, **k: rebuilt.append(a) or real_rebuild(*a, **k)
+    )
+    with app.app_context():
+        rows = recovery.repair_drift(recovery.audit_twice())
+
+    assert looks == [pid, pid] and rebuilt == []
+    assert [row["ok"] for row in rows] == [True]
+
+    # Out of step on both looks: rebuilt, and the row says so.
+    redis_client.incrby(Keys(pid).stripe(0), 2)
+    with app.app_context():
+        rows = recovery.repair_drift(recovery.audit_twice())
+
+    assert rebuilt == [(pid,)]
+    assert [(row["ok"], row["drift"], row.get("repaired")) for row in rows] == [(True, 0, True)]
