@@ -111,8 +111,9 @@ def seed_demo():
 @with_appcontext
 @click.option("--every", type=click.FloatRange(min=0.1), help="Loop, one pass every SECONDS.")
 def sweep(every):
-    """Return expired holds, finish interrupted checkouts/cancels, close ended sales,
-    record sell-outs and publish events a crash left unpublished."""
+    """Rebuild live sales Redis lost, return expired holds, finish interrupted
+    checkouts/cancels, close ended sales, record sell-outs and publish events a crash
+    left unpublished."""
     while True:
         try:
             done = recovery.sweep()
@@ -124,6 +125,12 @@ def sweep(every):
             if not every:
                 raise click.ClickException(f"a store is unavailable: {error}") from error
             log.error("sweep failed, retrying: %s", error)
+        except Exception:
+            if not every:
+                raise
+            # A loop outlives a failed pass (a transaction kept busy, a bug in one
+            # step): the next pass tries every step again.
+            log.exception("sweep failed, retrying")
         if not every:
             return
         time.sleep(every)

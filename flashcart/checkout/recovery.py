@@ -92,22 +92,25 @@ def repair_drift(rows):
     """Rebuild from MongoDB each live or ended sale of `rows` (`audit_twice`'s) found
     out of step; the rows, those rebuilt audited again and marked `repaired`.
 
-    Safe even for a finding that was a change in flight: the rebuild reads MongoDB
-    and Redis inside one WATCH and starts over if either side's change lands (a
-    restock's units are counted once, see `Inventory.restock`)."""
+    The audit's reads are not one look, so a checkout or cancel between them can be
+    found twice. The rebuild looks again in one consistent look (its WATCH covers
+    every key a unit moves through, and it starts over if a change lands) and writes
+    only if Redis differs from what MongoDB says it should hold."""
     repaired = []
     for row in rows:
         if row["ok"] or row["sale_status"] not in (products.LIVE, products.ENDED):
             repaired.append(row)
             continue
         product_id = row["product_id"]
-        log.warning("sweeper: sale %s out of step twice in a row, rebuilding: %s", product_id, row)
         try:
-            sales.rebuild_sale(product_id)
+            rebuilt = sales.rebuild_sale(product_id, only_if_drifted=True)
         except (Busy, Conflict) as error:  # reported as found; the next audit tries again
             log.error("sweeper: could not rebuild sale %s: %s", product_id, error.detail)
+            rebuilt = None
+        if rebuilt is None:
             repaired.append(row)
             continue
+        log.warning("sweeper: rebuilt sale %s, out of step twice in a row: %s", product_id, row)
         repaired.append({**audit_product(products.find(product_id)), "repaired": True})
     return repaired
 

@@ -189,11 +189,11 @@ def restock(product_id, quantity):
     return {"product_id": product_id, "stock": product["stock"], "available": available}
 
 
-def rebuild_sale(product_id, engine=None, only_if_missing=False):
+def rebuild_sale(product_id, engine=None, only_if_missing=False, only_if_drifted=False):
     """Rewrite a live or ended sale's Redis state from MongoDB (`Inventory.rebuild`,
     whose WATCH makes it start over when a change races it). Returns the snapshot
     written, or None when the sale is not live or ended (or, `only_if_missing`,
-    when Redis has it)."""
+    when Redis has it; `only_if_drifted`, when Redis already agrees)."""
     engine = engine or inventory()
 
     def plan_now():
@@ -208,6 +208,7 @@ def rebuild_sale(product_id, engine=None, only_if_missing=False):
         plan_now,
         already_sold=lambda ids: ledger.reservations_sold(product_id, ids),
         only_if_missing=only_if_missing,
+        only_if_drifted=only_if_drifted,
     )
 
 

@@ -214,34 +214,49 @@ def test_the_sweepers_audit_rebuilds_a_restock_that_died_before_redis(
     assert event_types(mongo_db) == ["sale.started", "sale.restocked"]
 
 
-def test_the_sweepers_audit_rebuilds_only_what_it_finds_twice(
-    app, make_product, monkeypatch, redis_client
+def test_the_sweepers_audit_rebuilds_only_what_it_finds_twice_and_one_look_confirms(
+    app, make_product, monkeypatch, redis_client, client, user_headers
 ):
     pid = make_product(live=True, stock=10)["id"]
+    assert reserve(client, pid, user_headers).status_code == 201
     real_audit_product, looks = recovery.audit_product, []
+    seen_out_of_step = {1}  # which looks see drift that is not there
 
-    def seen_out_of_step_once(product, engine=None):
-        # A checkout between the audit's reads: drift on the first look only.
+    def audit_product(product, engine=None):
+        # A checkout between the audit's reads shows as drift.
         row = real_audit_product(product, engine)
         looks.append(row["product_id"])
-        return {**row, "ok": False, "drift": -1} if len(looks) == 1 else row
+        return {**row, "ok": False, "drift": -1} if len(looks) in seen_out_of_step else row
 
     rebuilt = []
     real_rebuild = sale_service.rebuild_sale
-    monkeypatch.setattr(recovery, "audit_product", seen_out_of_step_once)
-    monkeypatch.setattr(
-        sale_service, "rebuild_sale", lambda *a, **k: rebuilt.append(a) or real_rebuild(*a, **k)
-    )
+
+    def rebuild_sale(*args, **kwargs):
+        rebuilt.append(real_rebuild(*args, **kwargs))
+        return rebuilt[-1]
+
+    monkeypatch.setattr(recovery, "audit_product", audit_product)
+    monkeypatch.setattr(sale_service, "rebuild_sale", rebuild_sale)
+
+    # Seen once: the second look finds it in step, nothing is rebuilt.
     with app.app_context():
         rows = recovery.repair_drift(recovery.audit_twice())
-
     assert looks == [pid, pid] and rebuilt == []
     assert [row["ok"] for row in rows] == [True]
 
-    # Out of step on both looks: rebuilt, and the row says so.
+    # Seen twice: the rebuild's one consistent look finds Redis in step, and writes nothing.
+    seen_out_of_step = {3, 4}
+    before = redis_client.dump(Keys(pid).sale)
+    with app.app_context():
+        rows = recovery.repair_drift(recovery.audit_twice())
+    assert rebuilt == [None]
+    assert [(row["ok"], row.get("repaired")) for row in rows] == [(False, None)]
+    assert redis_client.dump(Keys(pid).sale) == before
+
+    # Really out of step, twice: rebuilt, and the row says so.
+    seen_out_of_step = set()
     redis_client.incrby(Keys(pid).stripe(0), 2)
     with app.app_context():
         rows = recovery.repair_drift(recovery.audit_twice())
-
-    assert rebuilt == [(pid,)]
+    assert rebuilt[1] is not None and rebuilt[1].available == 9
     assert [(row["ok"], row["drift"], row.get("repaired")) for row in rows] == [(True, 0, True)]

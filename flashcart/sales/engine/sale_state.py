@@ -1,9 +1,11 @@
 """A sale's lifecycle in Redis: open, rebuild, end, restock, close and drop, and
 the reads an audit makes of it."""
 
+from collections import Counter
+
 from flashcart.errors import Conflict
 from flashcart.sales.engine.keys import CLOSED, ENDED, MAX_STRIPES, Keys
-from flashcart.sales.engine.records import SaleSnapshot, hold_from, split
+from flashcart.sales.engine.records import SaleSnapshot, hold_from, ints, split
 from flashcart.sales.engine.transactions import Transactions
 
 
@@ -63,6 +65,7 @@ class SaleLifecycle(Transactions):
         make_plan,
         already_sold=lambda reservation_ids: (),
         only_if_missing=False,
+        only_if_drifted=False,
     ):
         """Rewrite the sale's Redis state from the durable truth in `plan`.
 
@@ -71,7 +74,10 @@ class SaleLifecycle(Transactions):
         so a reservation, checkout, cancel or restock racing the rebuild makes it
         start over; it returns None when the sale should not be in Redis (closed
         meanwhile): then nothing is written. With `only_if_missing`, a sale Redis
-        has is left alone (another sweeper, a restock or a start put it back).
+        has is left alone (another sweeper, a restock or a start put it back). With
+        `only_if_drifted`, a sale whose Redis state already is what the rebuild would
+        write is left alone: this look is consistent (every key a unit moves through
+        is watched), so a checkout or cancel in flight is never taken for drift.
         Returns the snapshot written, or None. Used by the sweeper when Redis lost a
         sale or drifted, by a restock that finds no sale, and by `flask audit --repair`.
 
@@ -107,6 +113,11 @@ class SaleLifecycle(Transactions):
                     "release holds before repairing."
                 )
             old_buyers = pipe.smembers(keys.buyers)
+            if only_if_drifted and not sold_holds:
+                units = dict(Counter(plan.sold_by_user) + Counter(held_by_user))
+                if self._already(pipe, keys, plan, available, units, old_buyers):
+                    pipe.unwatch()
+                    return None
             pipe.multi()
             if sold_holds:
                 pipe.delete(*(keys.hold(reservation_id) for reservation_id in sold_holds))
@@ -115,6 +126,23 @@ class SaleLifecycle(Transactions):
             return SaleSnapshot(plan.status, available, held, plan.sold, plan.limit)
 
         return self._units_may_be_back(self._transaction(body, product_id), product_id)
+
+    def _already(self, pipe, keys, plan, available, units, buyers):
+        """Whether the sale in Redis already is what a rebuild from `plan` writes
+        (read under the rebuild's WATCH). A sale closing is left to the sweeper."""
+        status, limit, stripes, total = pipe.hmget(keys.sale, "status", "limit", "stripes", "total")
+        if stripes is None:
+            return False
+        if status == CLOSED:
+            return True
+        buyers = sorted(buyers)
+        counts = ints(pipe.mget([keys.user(u) for u in buyers])) if buyers else []
+        return (
+            (status, limit, total) == (plan.status, str(plan.limit), str(plan.total))
+            and sum(ints(pipe.mget(keys.stripes(int(stripes))))) == available
+            and int(pipe.get(keys.sold) or 0) == plan.sold
+            and {u: n for u, n in zip(buyers, counts, strict=True) if n} == units
+        )
 
     def end_sale(self, product_id):
         """No new reservations; live holds may still check out until their deadline."""
