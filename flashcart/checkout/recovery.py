@@ -110,7 +110,10 @@ def repair_drift(rows):
         if rebuilt is None:
             repaired.append(row)
             continue
-        log.warning("sweeper: rebuilt sale %s, out of step twice in a row: %s", product_id, row)
+        if row["in_redis"]:
+            log.warning("sweeper: rebuilt sale %s, out of step twice in a row: %s", product_id, row)
+        else:  # lost since this pass began
+            log.warning("sweeper: rebuilt sale %s, which Redis had lost", product_id)
         repaired.append({**audit_product(products.find(product_id)), "repaired": True})
     return repaired
 

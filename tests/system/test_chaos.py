@@ -552,7 +552,8 @@ def summarise(rec, sweeper, faults, settled, state):
         f"replaced by {kill['replacement']}, requests cut: {figures['cut_by_kill']}, "
         f"workers before/after {kill['workers']}, gunicorn log: {kill['master_saw']}",
         f"sweeper process during load {dict(figures['sweeper_done'])}, failed passes "
-        f"{sweeper.failures()}, drift repairs {len(figures['sweeper_repaired_drift'])}; "
+        f"{sweeper.failures()}, lost sale rebuilt {len(figures['sweeper_rebuilt'])}, drift "
+        f"repairs {len(figures['sweeper_repaired_drift'])}; "
         f"final sweeps {[dict(s) for s in settled['sweeps']]}",
         f"orders by status {dict(state['by_status'])}; total {state['total']} = available "
         f"{snap.available} + held {snap.held} + sold {state['sold']} "
@@ -588,9 +589,9 @@ def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
     kill = faults["kill"]
     assert faults["redis_pids"][0] != faults["redis_pids"][1]
     assert figures["felt_restart"], "no request noticed the Redis restart"
-    # With no operator, the sweeper rebuilt the lost sale and it served again soon.
-    assert figures["sweeper_done"]["sales_rebuilt"] >= 1, figures["sweeper_done"]
-    assert figures["sweeper_rebuilt"], "the sweeper did not log the rebuild"
+    # With no operator, the sweeper rebuilt the lost sale (at the start of a pass, or
+    # at its audit if Redis restarted during the pass) and it served again soon.
+    assert figures["sweeper_rebuilt"], "the sweeper did not log rebuilding the lost sale"
     times = figures["recovery_times"]
     assert times["rebuilt"] < RECOVERY_LIMIT, times
     assert times["served"] is not None and times["served"] < RECOVERY_LIMIT, times
