@@ -11,6 +11,7 @@ import shutil
 import time
 
 import pytest
+from bson import ObjectId
 
 from flashcart.checkout import recovery
 from flashcart.products import service as product_service
@@ -260,3 +261,27 @@ def test_the_sweepers_audit_rebuilds_only_what_it_finds_twice_and_one_look_confi
         rows = recovery.repair_drift(recovery.audit_twice())
     assert rebuilt[1] is not None and rebuilt[1].available == 9
     assert [(row["ok"], row["drift"], row.get("repaired")) for row in rows] == [(True, 0, True)]
+
+
+def test_a_checkout_whose_claim_redis_lost_is_counted_by_the_next_audit(
+    app, client, make_product, user_headers, mongo_db, redis_client, sale_state
+):
+    """The one window a rebuild cannot see: the claim reached Redis, Redis lost it,
+    and the order became placed only after the sale was rebuilt. Its units are then
+    on sale again until the sweeper's next audit finds that twice and rebuilds."""
+    pid = make_product(live=True, stock=10, per_user_limit=3)["id"]
+    rid = reserve(client, pid, user_headers, 2).json["id"]
+    order = checkout(client, rid, user_headers).json
+    # As if the order were still pending, its claim made in the Redis that was lost.
+    mongo_db.orders.update_one({"_id": ObjectId(order["id"])}, {"$set": {"status": "pending"}})
+    lose_the_sale(redis_client, pid)
+    with app.app_context():
+        assert recovery.restore_lost_sales(sale_service.inventory())["sales_rebuilt"] == 1
+    assert sale_state(pid)["available"] == 10
+    mongo_db.orders.update_one({"_id": ObjectId(order["id"])}, {"$set": {"status": "placed"}})
+
+    with app.app_context():
+        [row] = recovery.repair_drift(recovery.audit_twice())
+
+    assert (row["ok"], row["repaired"], row["sold"], row["available"]) == (True, True, 2, 8)
+    assert sale_state(pid)["users"] == {order["user_id"]: 2}
