@@ -65,6 +65,11 @@ class Config:
     # Fail fast when a dependency is down or slow instead of hanging the request.
     MONGO_TIMEOUT_MS = _int("MONGO_TIMEOUT_MS", 2000)
     REDIS_TIMEOUT_SECONDS = _float("REDIS_TIMEOUT_SECONDS", 2.0)
+    # Replicas that must have a reservation (Redis WAIT) before it is answered 201;
+    # 0 = the primary's word. Too few within REDIS_ACK_TIMEOUT_MS: the hold is
+    # released and the answer is 503 (docs/operations.md "What survives what").
+    REDIS_ACK_REPLICAS = _int("REDIS_ACK_REPLICAS", 0)
+    REDIS_ACK_TIMEOUT_MS = _int("REDIS_ACK_TIMEOUT_MS", 250)
     # Orders are the durable truth: acknowledged once a majority of the replica set
     # has them, so a MongoDB failover cannot roll a placed order back ("" = the URI's).
     MONGO_ORDERS_WRITE_CONCERN = os.environ.get("MONGO_ORDERS_WRITE_CONCERN", "majority")

@@ -181,6 +181,22 @@ class Transaction(CoreCommands):
     def reset(self):
         self.pipe.reset()
 
+    def wait_for_replicas(self, mark, num_replicas, timeout_ms):
+        """After EXEC: how many replicas of the slot's primary have the transaction
+        within `timeout_ms` (WAIT, at most `num_replicas`).
+
+        WAIT counts the writes of the connection it is sent on, and redis-py gave the
+        transaction's connection back at EXEC; so one connection to the primary of
+        `mark`'s slot writes `mark` (a short-lived key of that slot) and sends WAIT.
+        The replication stream keeps its order: a replica that has the mark has the
+        transaction before it. A slot that moved since answers MOVED: an error.
+        """
+        node = self.pipe.get_redis_connection(self.pipe.get_node_from_key(mark))
+        with node.pipeline(transaction=False) as pipe:
+            pipe.set(mark, 1, ex=60)
+            pipe.wait(num_replicas, timeout_ms)
+            return pipe.execute()[-1]
+
     def _rerouted(self, command, call, *args, **kwargs):
         node = self._node_of(command)
         try:

@@ -6,12 +6,12 @@ answering. Packing with hiredis (redis-py's own C packer) and reading raw replie
 halved a reservation's client CPU (docs/performance.md). Callers get raw replies:
 strings (the clients decode responses), integers, lists and None.
 
-`watch_and_read` and `exec_packed` are the one place the app uses redis-py's
-pipeline internals (`pipe.connection`, `pipe.watching`), for the reservation's two
-round trips; tests/unit/test_redis_wire.py pins the redis-py behaviour they rely on. They
-are kept because they pay: `make bench-cpu` put the engine at 91 µs of client CPU per
-reservation with them and 209 µs through redis-py's own watch/multi/execute (app
-reserve 1430 against 1658 µs), on the same busy box.
+`watch_and_read` and `exec_packed` (with its twin `exec_and_wait`) are the one place
+the app uses redis-py's pipeline internals (`pipe.connection`, `pipe.watching`), for
+the reservation's two round trips; tests/unit/test_redis_wire.py pins the redis-py
+behaviour they rely on. They are kept because they pay: `make bench-cpu` put the
+engine at 91 µs of client CPU per reservation with them and 209 µs through redis-py's
+own watch/multi/execute (app reserve 1430 against 1658 µs), on the same busy box.
 """
 
 import redis
@@ -98,6 +98,34 @@ def exec_packed(pipe, commands):
         results = round_trip(pipe.connection, [("MULTI",), *commands, ("EXEC",)])[-1]
     finally:
         pipe.watching = False
+    return _committed(results)
+
+
+def exec_and_wait(pipe, commands, replicas, timeout_ms, mark):
+    """`exec_packed`, then WAIT: returns how many replicas had the transaction within
+    `timeout_ms` (at most `replicas`: WAIT returns as soon as that many have it).
+
+    WAIT counts the replicas that have every write sent so far on the connection it
+    is sent on, so it follows EXEC on the watching connection, in the same round trip
+    (after a failed EXEC it waits for nothing new, and WatchError is raised as ever).
+    A Redis Cluster transaction hands its connection back at EXEC: its
+    `wait_for_replicas` writes `mark` (a key of the same slot) and sends WAIT on one
+    connection to the slot's primary instead.
+    """
+    if not isinstance(pipe, redis.client.Pipeline):
+        exec_packed(pipe, commands)
+        return pipe.wait_for_replicas(mark, replicas, timeout_ms)
+    wait = ("WAIT", replicas, timeout_ms)
+    try:
+        *_, results, acked = round_trip(pipe.connection, [("MULTI",), *commands, ("EXEC",), wait])
+    finally:
+        pipe.watching = False
+    _committed(results)
+    return acked
+
+
+def _committed(results):
+    """EXEC's replies, or the error: WatchError if a watched key changed."""
     if results is None:
         raise redis.WatchError("a watched key changed")
     for result in results:

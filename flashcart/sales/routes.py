@@ -14,6 +14,7 @@ from flashcart.sales import service
 from flashcart.sales.engine.errors import (
     InsufficientStock,
     LimitExceeded,
+    NotReplicated,
     SaleEnded,
     SaleNotOpen,
     SaleNotStarted,
@@ -85,6 +86,7 @@ def sold_out_first(view):
     LimitExceeded,
     Busy,
     service.SaleRecovering,
+    NotReplicated,
 )
 def reserve(data, product_id):
     """Reserve units atomically; check out before `expires_at`."""

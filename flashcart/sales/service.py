@@ -109,6 +109,8 @@ def inventory(max_attempts=None):
         on_retry=metrics.WATCH_RETRIES.inc,
         placed_orders=ledger.reservations_sold,
         hints=engine_hints(),
+        ack_replicas=config["REDIS_ACK_REPLICAS"],
+        ack_timeout_ms=config["REDIS_ACK_TIMEOUT_MS"],
     )
 
 

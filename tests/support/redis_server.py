@@ -13,10 +13,12 @@ from tests.support.ports import free_port
 class RedisServer:
     """A throwaway redis-server process on a free port (restartable, for fault tests)."""
 
-    def __init__(self, maxclients=2000):
+    def __init__(self, maxclients=2000, args=()):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="flashcart-redis-")
         self.maxclients = maxclients
+        # More options, after the defaults (e.g. `--replicaof`, `--appendonly yes`).
+        self.args = list(args)
         self.process = None
 
     def __enter__(self):
@@ -45,6 +47,7 @@ class RedisServer:
                 self.dir,
                 "--maxclients",
                 str(self.maxclients),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

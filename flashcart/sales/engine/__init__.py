@@ -19,6 +19,8 @@ Keys of product P (prefix `fc:{p:P}:`):
   restored    set of cancelled order ids whose units came back (restore exactly once)
   expired:<rid>  the user of a hold that expired and went back on sale (for a day), so
               a late checkout is told "expired", not "unknown"
+  acked       a mark written before WAIT on a Redis Cluster (REDIS_ACK_REPLICAS): the
+              replicas that have it have the reservation before it; a minute's TTL
 
 Invariant while a sale is live: total = sum(stock:*) + held + sold.
 

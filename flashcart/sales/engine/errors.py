@@ -1,6 +1,6 @@
 """What the engine answers when it refuses: the API's problem codes for a sale."""
 
-from flashcart.errors import Conflict, DomainError, NotFound
+from flashcart.errors import Conflict, DomainError, NotFound, ServiceUnavailable
 
 
 class SaleNotStarted(Conflict):
@@ -50,3 +50,7 @@ class ReservationExpired(DomainError):
 
     status = 410
     code = "reservation_expired"
+
+
+class NotReplicated(ServiceUnavailable):
+    """Redis replicas did not confirm the reservation in time, so it was not made; retry shortly."""

@@ -1,12 +1,17 @@
 """Reservations, claims, releases and restores: the `Inventory` callers use."""
 
+import logging
 import random
 from dataclasses import dataclass
 
-from flashcart.redis_wire import exec_packed, query, watch_and_read
+import redis
+
+from flashcart.errors import Busy
+from flashcart.redis_wire import exec_and_wait, exec_packed, query, watch_and_read
 from flashcart.sales.engine.errors import (
     InsufficientStock,
     LimitExceeded,
+    NotReplicated,
     ReservationExpired,
     ReservationNotFound,
     SoldOut,
@@ -33,6 +38,8 @@ from flashcart.sales.engine.records import (
 from flashcart.sales.engine.sale_state import SaleLifecycle
 from flashcart.sales.engine.transactions import LOOK_AGAIN
 
+log = logging.getLogger(__name__)
+
 RESTORED_MARK_SECONDS = 7 * 24 * 3600
 EXPIRED_MARK_SECONDS = 24 * 3600
 
@@ -50,6 +57,7 @@ class _Reservation:
     next_stripes: list | None = None  # stripes seen with the units: tried next
     returned_expired: bool = False  # expired holds were returned (once)
     returned_own: bool = False  # the user's own expired holds were returned (once)
+    replicas_acked: int = 0  # replicas that confirmed the hold (WAIT), when asked
 
     def stripes_to_try(self, hints):
         chosen, self.next_stripes = self.next_stripes, None
@@ -182,7 +190,23 @@ class Inventory(SaleLifecycle):
             Keys(product_id),
             stripe_count=self.stripes,
         )
-        return self._transaction(lambda pipe: self._try_reserve(pipe, reservation), product_id)
+        hold = self._transaction(lambda pipe: self._try_reserve(pipe, reservation), product_id)
+        if reservation.replicas_acked < self.ack_replicas:
+            self._withdraw(reservation)
+        return hold
+
+    def _withdraw(self, reservation):
+        """Take back a hold too few replicas confirmed (REDIS_ACK_REPLICAS), and refuse:
+        a failover now could lose it, so it is never reported made. If the release
+        fails too, the hold expires like any other."""
+        try:
+            self.release(reservation.id, only_if_expired=False, order_placed=False)
+        except (redis.RedisError, Busy) as error:
+            log.warning("engine: could not release unreplicated hold %s: %s", reservation.id, error)
+        raise NotReplicated(
+            f"{reservation.replicas_acked} of {self.ack_replicas} Redis replicas confirmed "
+            f"the reservation within {self.ack_timeout_ms} ms; nothing was reserved."
+        )
 
     def _try_reserve(self, pipe, reservation):
         """One look: the Hold, or LOOK_AGAIN when what it read says where else to look."""
@@ -204,7 +228,13 @@ class Inventory(SaleLifecycle):
         if sum(stock_here) < quantity:
             return self._short_of_units(reservation)
         expires_at = self.clock() + self.hold_seconds
-        exec_packed(pipe, _hold_writes(reservation, chosen_keys, stock_here, expires_at))
+        writes = _hold_writes(reservation, chosen_keys, stock_here, expires_at)
+        if self.ack_replicas:
+            reservation.replicas_acked = exec_and_wait(
+                pipe, writes, self.ack_replicas, self.ack_timeout_ms, keys.acked
+            )
+        else:
+            exec_packed(pipe, writes)
         return Hold(
             reservation.id, reservation.product_id, reservation.user_id, quantity, expires_at
         )

@@ -18,7 +18,7 @@ def product_prefix(product_id):
 class Keys:
     """The Redis keys of one product's sale."""
 
-    __slots__ = ("prefix", "sale", "sold", "deadlines", "claimed", "restored", "buyers")
+    __slots__ = ("prefix", "sale", "sold", "deadlines", "claimed", "restored", "buyers", "acked")
 
     def __init__(self, product_id):
         self.prefix = product_prefix(product_id)
@@ -28,6 +28,7 @@ class Keys:
         self.claimed = self.prefix + "claimed"
         self.restored = self.prefix + "restored"
         self.buyers = self.prefix + "buyers"
+        self.acked = self.prefix + "acked"
 
     def hold(self, reservation_id):
         return f"{self.prefix}hold:{reservation_id}"

@@ -28,9 +28,14 @@ class Transactions:
         stripes=DEFAULT_STRIPES,
         placed_orders=None,
         hints=None,
+        ack_replicas=0,
+        ack_timeout_ms=250,
     ):
         if not 1 <= stripes <= MAX_STRIPES:
             raise ValueError(f"stripes must be 1..{MAX_STRIPES}")
+        if ack_replicas < 0 or (ack_replicas and ack_timeout_ms <= 0):
+            # WAIT 0 would block until the replicas answer, however long that takes.
+            raise ValueError("ack_replicas must be >= 0, and ack_timeout_ms > 0 with replicas")
         self.redis = redis_client
         self.stripes = stripes
         self.hold_seconds = hold_seconds
@@ -43,6 +48,10 @@ class Transactions:
         self.placed_orders = placed_orders
         # The app's hints, which outlive this engine (a request's); without, its own.
         self.hints = EngineHints() if hints is None else hints
+        # Replicas that must have a reservation (WAIT, within ack_timeout_ms) before
+        # it counts as made; 0 = the primary's word (docs/operations.md).
+        self.ack_replicas = ack_replicas
+        self.ack_timeout_ms = ack_timeout_ms
 
     def _transaction(self, body, product_id):
         """Run `body(pipe)` under WATCH/MULTI with bounded, jittered retries.
