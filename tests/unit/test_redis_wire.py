@@ -124,3 +124,35 @@ def test_an_error_reply_inside_exec_is_raised(one_connection):
             redis_wire.exec_packed(pipe, [("SET", "b", "1"), ("INCR", "text")])
 
     assert one_connection.get("b") == "1"  # EXEC ran the rest, as Redis does
+
+
+def test_wait_follows_exec_in_the_same_round_trip_and_says_how_many_replicas_had_it(
+    one_connection, monkeypatch
+):
+    connection = one_connection.connection_pool.get_connection()
+    one_connection.connection_pool.release(connection)
+    send, sends = connection.send_packed_command, []
+
+    def counted(*args, **kwargs):
+        sends.append(1)
+        return send(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "send_packed_command", counted)
+    with one_connection.pipeline() as pipe:
+        redis_wire.watch_and_read(pipe, ["a"], [("GET", "a")])
+        sends.clear()
+        # No replica here: WAIT gives up after its 20 ms and counts none.
+        acked = redis_wire.exec_and_wait(pipe, [("SET", "a", "1")], 1, 20, mark="unused")
+
+    assert (acked, sends) == (0, [1])
+    assert one_connection.get("a") == "1"
+
+
+def test_wait_after_a_failed_exec_still_raises_watch_error(one_connection, rival):
+    with one_connection.pipeline() as pipe:
+        redis_wire.watch_and_read(pipe, ["a"], [("GET", "a")])
+        rival.set("a", "rival")
+        with pytest.raises(redis.WatchError):
+            redis_wire.exec_and_wait(pipe, [("SET", "a", "mine")], 1, 20, mark="unused")
+
+    assert one_connection.get("a") == "rival"
