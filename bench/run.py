@@ -11,6 +11,9 @@ measures three things, each against a baseline taken in the same run:
   3. A drop rehearsal: many distinct users race for a fixed stock.
   4. Logins (bench/logins.py): logins/s, p99 and CPU per login at 16 and 64
      connections, and the pre-drop storm with reservations measured while it runs.
+  5. Durability (bench/durability.py): reserve with REDIS_ACK_REPLICAS=1 against a
+     primary with one local replica, beside the default (`--only durability` runs
+     just this).
 Prints a table and writes JSON to bench/results/, with a report with charts beside it
 (bench/report.py). It asserts nothing about speed.
 """
@@ -24,7 +27,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from bench import http_level, logins, redis_level
+from bench import durability, http_level, logins, redis_level
 from bench import report as reports
 from bench.servers import Gunicorn, RedisServer
 from flashcart.sales.engine.inventory import Inventory
@@ -229,9 +232,15 @@ def print_report(report):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    parser.add_argument(
+        "--only", choices=["durability"], help="run one section alone (no report file)"
+    )
     args = parser.parse_args()
     seconds = 1 if args.quick else 3
     users = 2000 if args.quick else 20000
+    if args.only == "durability":
+        durability.print_report(durability.measure(SECRET, (64, 256), seconds))
+        return
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, Python "
@@ -257,8 +266,10 @@ def main():
             accounts=1000 if args.quick else logins.ACCOUNTS,
             quick=args.quick,
         )
+    report["durability"] = durability.measure(SECRET, (64, 256), seconds)
     print_report(report)
     logins.print_report(report["logins"])
+    durability.print_report(report["durability"])
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"bench-{report['when'].replace(':', '')}.json")
     with open(path, "w") as out:

@@ -19,10 +19,10 @@ class RedisServer(SuiteRedisServer):
     """The suite's throwaway redis-server, with room for the load generator's
     connections."""
 
-    def __init__(self):
+    def __init__(self, args=()):
         if not shutil.which("redis-server"):
             sys.exit("redis-server is not installed")
-        super().__init__(maxclients=10_000)
+        super().__init__(maxclients=10_000, args=args)
 
 
 # Every benchmark user comes from one address, the load generator's: its per-IP
