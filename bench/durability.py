@@ -16,6 +16,10 @@ import redis
 from bench import http_level
 from bench.servers import Gunicorn, RedisServer
 
+# The acked host's settings beside the shipped ones (a timeout no healthy local
+# replica comes near, so no reservation is refused for it).
+ACKED_ENV = {"REDIS_ACK_REPLICAS": "1", "REDIS_ACK_TIMEOUT_MS": "1000"}
+
 
 def _replica_of(primary):
     """A replica of `primary`, synced (so that WAIT can count it)."""
@@ -41,10 +45,11 @@ def measure(secret, connections_levels, seconds, rounds=3, tokens_count=40_000):
         product = http_level.open_sale(url, stock=http_level.PLENTY, limit=http_level.PLENTY)
         tokens = http_level.make_tokens(tokens_count, secret, url)
         env = {"JWT_SECRET_KEY": secret}
-        acked_env = env | {"REDIS_ACK_REPLICAS": "1", "REDIS_ACK_TIMEOUT_MS": "1000"}
+        acked_env = env | ACKED_ENV
+        redis_pids = {"redis": primary.process.pid, "replica": replica.process.pid}
         with Gunicorn(url, env=env) as default, Gunicorn(url, env=acked_env) as acked:
             return _rows(
-                default, acked, primary, product, tokens, connections_levels, seconds, rounds
+                default, acked, redis_pids, product, tokens, connections_levels, seconds, rounds
             )
     finally:
         if tokens:

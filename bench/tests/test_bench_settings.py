@@ -5,6 +5,7 @@ import os
 import limits
 
 from bench.app import BenchConfig
+from bench.durability import ACKED_ENV
 from bench.logins import CAPACITY_ENV, STORM_ENV
 from bench.servers import LOAD_GENERATOR_CEILING, Gunicorn
 from config import MEMORY_URI, ProductionConfig
@@ -50,3 +51,8 @@ def test_only_the_capacity_table_lifts_the_per_host_admission_and_bound():
 
     assert raised == {"RATELIMIT_PASSWORD_CHECKS_PER_HOST", "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"}
     assert CAPACITY_ENV["RATELIMIT_PASSWORD_CHECKS_PER_HOST"] == LOAD_GENERATOR_CEILING
+
+
+def test_the_durability_variant_changes_only_the_replica_acknowledgement():
+    assert set(ACKED_ENV) == {"REDIS_ACK_REPLICAS", "REDIS_ACK_TIMEOUT_MS"}
+    assert ACKED_ENV["REDIS_ACK_REPLICAS"] == "1"
