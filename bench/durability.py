@@ -9,12 +9,14 @@ cheapest: a replica across a network adds its round trip to every reservation.
 """
 
 import os
+import statistics
 import time
 
 import redis
 
 from bench import http_level
 from bench.servers import Gunicorn, RedisServer
+from flashcart.sales.engine.inventory import Inventory
 
 # The acked host's settings beside the shipped ones (a timeout no healthy local
 # replica comes near, so no reservation is refused for it).
@@ -46,17 +48,45 @@ def measure(secret, connections_levels, seconds, rounds=3, tokens_count=40_000):
         tokens = http_level.make_tokens(tokens_count, secret, url)
         env = {"JWT_SECRET_KEY": secret}
         acked_env = env | ACKED_ENV
+        engine = engine_latency(url, rounds=rounds)
         redis_pids = {"redis": primary.process.pid, "replica": replica.process.pid}
         with Gunicorn(url, env=env) as default, Gunicorn(url, env=acked_env) as acked:
-            return _rows(
+            http = _rows(
                 default, acked, redis_pids, product, tokens, connections_levels, seconds, rounds
             )
+        return {"engine": engine, "http": http}
     finally:
         if tokens:
             os.unlink(tokens)
         if replica:
             replica.stop()
         primary.stop()
+
+
+def engine_latency(url, rounds=3, reservations=2000):
+    """One client's reservations through the engine, without and with WAIT, alternating:
+    {"default"/"acked": µs per reservation (median of the rounds), "ratio", "rounds"}."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    product = http_level.open_sale(url, stock=http_level.PLENTY, limit=http_level.PLENTY)
+    engines = {
+        "default": Inventory(client),
+        "acked": Inventory(client, ack_replicas=1, ack_timeout_ms=1000),
+    }
+    per_round = {name: [] for name in engines}
+    for round_ in range(rounds):
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            for i in range(reservations):
+                engine.reserve(product, f"{name}-{round_}-{i}")
+            per_round[name].append((time.perf_counter() - started) / reservations * 1e6)
+    client.close()
+    median = {name: statistics.median(values) for name, values in per_round.items()}
+    return {
+        **median,
+        "ratio": median["acked"] / median["default"],
+        "rounds": per_round,
+        "load_average": os.getloadavg(),
+    }
 
 
 def _rows(default, acked, redis_pids, product, tokens, connections_levels, seconds, rounds):
@@ -102,11 +132,19 @@ def _rows(default, acked, redis_pids, product, tokens, connections_levels, secon
     return rows
 
 
-def print_report(rows):
+def print_report(figures):
     print(
         "\n5. Durability: reserve with REDIS_ACK_REPLICAS=1 (WAIT for one local replica) "
         "vs the default, same primary"
     )
+    e = figures["engine"]
+    rounds = " ".join(f"{d:.0f}/{a:.0f}" for d, a in zip(*e["rounds"].values(), strict=True))
+    print(
+        f"   engine, one client: {e['default']:.0f} µs per reservation, {e['acked']:.0f} µs "
+        f"acked, ratio {e['ratio']:.2f} (rounds, default/acked: {rounds}; load average "
+        f"{' '.join(f'{x:.1f}' for x in e['load_average'])})"
+    )
+    rows = figures["http"]
     print(
         f"{'conns':>5} | {'default/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'acked/s':>8} "
         f"{'p50 ms':>7} {'p99 ms':>7} | {'ratio':>6} {'rounds':>10} | {'CPU µs/req':>11} "
