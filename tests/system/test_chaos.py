@@ -25,6 +25,8 @@ reservation, and an audit that is clean (drift 0, oversold 0).
 
 import collections
 import contextlib
+import hashlib
+import hmac
 import os
 import random
 import shutil
@@ -41,15 +43,18 @@ import redis
 
 from flashcart import create_app
 from flashcart.checkout import recovery
+from flashcart.events import feed
 from flashcart.orders import service as order_service
 from flashcart.sales import service as sale_service
 from flashcart.sales.engine.keys import Keys
 from flashcart.stores import object_id_or_none
+from flashcart.webhooks import service as webhooks
 from tests.support import chaos_app
 from tests.support.gunicorn_hosts import GunicornHost, open_drop
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.processes import ROOT, stop
 from tests.support.redis_server import RedisServer
+from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = [
     pytest.mark.slow,
@@ -78,6 +83,14 @@ JOIN_TIMEOUT = 30
 # What "a meaningful number" of successes is, per phase of the drop.
 MIN_RESERVATIONS = 40
 MIN_ORDERS = 15
+# Webhooks: the receiver refuses for a while, the deliverer is killed once.
+RECEIVER_DOWN = (10, 13)  # seconds into the load
+DELIVERER_KILL_AT = 20
+WEBHOOK_LEASE_SECONDS = 4
+# After the load, the deliverer catches up (one endpoint is sent to in order, one
+# request at a time: some 10-15 a second here with MongoDB's stand-in).
+DELIVERY_LIMIT = 150
+STALLED = 15  # seconds without a new delivery: something is stuck
 
 AUDIT_FIGURES = (
     "in_redis",
@@ -245,11 +258,14 @@ class Shop:
                 self.rec.late_checkouts_accepted.append(reservation_id)
 
 
-class SweeperProcess:
-    """`flask --app wsgi sweep --every SWEEP_EVERY`: its own process, as in production."""
+class CompanionProcess:
+    """A `flask --app wsgi <command>` beside the API: its own process, as in production."""
+
+    command = ()
+    settings = {}
 
     def __init__(self, mongo_uri, redis_url, workdir):
-        self.log_path = os.path.join(workdir, "sweeper.log")
+        self.log_path = os.path.join(workdir, f"{self.command[0]}.log")
         self.env = {
             k: v
             for k, v in os.environ.items()
@@ -267,14 +283,14 @@ class SweeperProcess:
             LOG_FORMAT="text",
             PYTHONUNBUFFERED="1",
         )
+        self.env.update(self.settings)
         self.process = None
         self._log = None
 
     def start(self):
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        command = ["flask", "--app", "wsgi", "sweep", "--every", str(SWEEP_EVERY)]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *command],
+            [sys.executable, "-m", "flask", "--app", "wsgi", *self.command],
             cwd=ROOT,
             env=self.env,
             stdout=self._log,
@@ -294,6 +310,12 @@ class SweeperProcess:
         with open(self.log_path, errors="replace") as log:
             return [line.rstrip("\n") for line in log if needle in line]
 
+
+class SweeperProcess(CompanionProcess):
+    """`flask --app wsgi sweep --every SWEEP_EVERY`."""
+
+    command = ("sweep", "--every", str(SWEEP_EVERY))
+
     def done(self):
         """What its passes did, added up from their `sweep: name=n, ...` lines."""
         done = collections.Counter()
@@ -306,6 +328,29 @@ class SweeperProcess:
 
     def failures(self):
         return len(self.lines("sweep failed"))
+
+
+class DelivererProcess(CompanionProcess):
+    """`flask --app wsgi deliver --every 1`, sending to a receiver on this machine, with
+    retries and leases short enough to be seen within the test."""
+
+    command = ("deliver", "--every", "1")
+    settings = {
+        "FLASHCART_ENV": "development",  # production refuses http and loopback destinations
+        "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
+        "WEBHOOKS_TIMEOUT_SECONDS": "1",
+        "WEBHOOKS_LEASE_SECONDS": str(WEBHOOK_LEASE_SECONDS),
+        "WEBHOOKS_RETRY_BASE_SECONDS": "0.5",
+        "WEBHOOKS_RETRY_MAX_SECONDS": "2",
+    }
+
+    def kill(self):
+        """SIGKILL, mid-batch or not; returns the pid."""
+        pid = self.process.pid
+        os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+        return pid
 
 
 def kill_a_worker(server, api):
@@ -415,7 +460,12 @@ def chaos_rig():
         )
         cleanup.callback(redis_client.close)
         app = create_app(
-            chaos_app.settings(mongo_uri, redis_server.url, HOLD_SECONDS),
+            chaos_app.settings(
+                mongo_uri,
+                redis_server.url,
+                HOLD_SECONDS,
+                WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=True,  # the receiver is on 127.0.0.1
+            ),
             redis_client=redis_client,
         )
         cleanup.callback(chaos_app.close_mongo, app)
@@ -426,12 +476,30 @@ def chaos_rig():
         cleanup.callback(server.stop)
         sweeper = SweeperProcess(mongo_uri, redis_server.url, workdir)
         cleanup.callback(sweeper.stop)
-        yield {"app": app, "redis": redis_server, "gunicorn": server, "sweeper": sweeper}
+        receiver = cleanup.enter_context(WebhookReceiver())
+        with app.app_context():
+            since = webhooks.feed_head()  # the endpoint takes the events after it
+            endpoint = webhooks.create_endpoint(url=receiver.url, types=list(feed.TYPES))
+        deliverer = DelivererProcess(mongo_uri, redis_server.url, workdir)
+        cleanup.callback(deliverer.stop)
+        yield {
+            "app": app,
+            "redis": redis_server,
+            "gunicorn": server,
+            "sweeper": sweeper,
+            "webhooks": {
+                "receiver": receiver,
+                "endpoint": endpoint,
+                "since": since,
+                "deliverer": deliverer,
+            },
+        }
 
 
-def run_drop(api, server, redis_server, sweeper, product_id, tokens):
-    """The load, with both faults injected on schedule, and the sweeper running beside
-    it. Returns (recorder, faults)."""
+def run_drop(api, server, redis_server, sweeper, product_id, tokens, hooks):
+    """The load, with both faults injected on schedule, and the sweeper and the webhook
+    deliverer running beside it (the receiver refusing for a while, the deliverer
+    killed once and started again). Returns (recorder, faults)."""
     rec = Recorder()
     shop = Shop(api, rec, product_id, tokens)
     threads = [
@@ -439,7 +507,12 @@ def run_drop(api, server, redis_server, sweeper, product_id, tokens):
         for n in range(CLIENTS)
     ]
     sweeper.start()
+    hooks["deliverer"].start()
     faults = {"started": time.monotonic()}
+    receiver_faults = threading.Thread(
+        target=webhook_faults, args=(hooks, faults, server), name="webhook-faults", daemon=True
+    )
+    receiver_faults.start()
     try:
         for thread in threads:
             thread.start()
@@ -466,10 +539,77 @@ def run_drop(api, server, redis_server, sweeper, product_id, tokens):
             thread.join(JOIN_TIMEOUT)
         sweeper_alive = sweeper.process.poll() is None
         sweeper.stop()
+        receiver_faults.join(JOIN_TIMEOUT)
     faults["ended"] = time.monotonic()
     assert not [t.name for t in threads if t.is_alive()], "client threads hung"
     assert sweeper_alive, "the sweeper process died:\n" + "\n".join(sweeper.lines()[-30:])
     return rec, faults
+
+
+def webhook_faults(hooks, faults, server):
+    """The receiver answers 503 for a while; later the deliverer is SIGKILLed (whatever
+    it is doing) and started again, as a supervisor would."""
+    receiver, deliverer = hooks["receiver"], hooks["deliverer"]
+    wait_until(faults["started"] + RECEIVER_DOWN[0], server)
+    receiver.status = 503
+    wait_until(faults["started"] + RECEIVER_DOWN[1], server)
+    receiver.status = 200
+    wait_until(faults["started"] + DELIVERER_KILL_AT, server)
+    faults["deliverer_killed"] = (time.monotonic(), deliverer.kill())
+    deliverer.start()
+
+
+def deliveries(app, hooks, limit=DELIVERY_LIMIT):
+    """Wait until every event published since the endpoint was registered has reached
+    the receiver (2xx), then stop the deliverer. Returns the figures."""
+    receiver, endpoint = hooks["receiver"], hooks["endpoint"]
+    with app.app_context():
+        expected = [event["_id"] for event in feed.events_after(hooks["since"], 10**6)]
+    deadline, progress = time.monotonic() + limit, (time.monotonic(), 0)
+    while not set(expected) <= set(arrived := receiver.delivered_ids()):
+        if len(arrived) > progress[1]:
+            progress = (time.monotonic(), len(arrived))
+        if time.monotonic() > min(deadline, progress[0] + STALLED):
+            break
+        time.sleep(0.2)
+    hooks["deliverer"].stop()
+    received = receiver.received
+    delivered = receiver.delivered_ids()
+    secret = endpoint["secret"]
+    return {
+        "expected": len(expected),
+        "requests": len(received),
+        "refused_by_receiver": sum(1 for r in received if r.status >= 300),
+        "delivered": len(set(delivered)),
+        "duplicates": len(delivered) - len(set(delivered)),
+        "lost": sorted(set(expected) - set(delivered)),
+        "invented": sorted(set(delivered) - set(expected)),
+        "bad_signatures": [r.event_id for r in received if not signed_by(secret, r)],
+        "out_of_order": out_of_order(expected, receiver.delivered()),
+    }
+
+
+def signed_by(secret, received):
+    """docs/webhooks.md's check: HMAC-SHA256 of "<t>.<body>" under the secret is a v1."""
+    pairs = [item.split("=", 1) for item in received.headers["FlashCart-Signature"].split(",")]
+    timestamp = dict(pairs)["t"]
+    signed = timestamp.encode() + b"." + received.body
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return any(key == "v1" and hmac.compare_digest(expected, value) for key, value in pairs)
+
+
+def out_of_order(feed_order, delivered):
+    """Resources whose events first arrived in another order than the feed's."""
+    position = {event_id: n for n, event_id in enumerate(feed_order)}
+    first_seen, by_resource = set(), collections.defaultdict(list)
+    for received in delivered:
+        if received.event_id in first_seen:
+            continue
+        first_seen.add(received.event_id)
+        if received.event_id in position:  # an invented one is counted apart
+            resource = received.event["resource"]
+            by_resource[resource["type"], resource["id"]].append(position[received.event_id])
+    return sorted(key for key, seen in by_resource.items() if seen != sorted(seen))
 
 
 def settle(app):
@@ -569,7 +709,7 @@ def summarise(rec, sweeper, faults, settled, state):
     return figures
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(330)
 def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
     app, redis_server, server = chaos_rig["app"], chaos_rig["redis"], chaos_rig["gunicorn"]
     api, sweeper = server.api, chaos_rig["sweeper"]
@@ -578,12 +718,21 @@ def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
         app, api, name="Chaos drop", price="25.00", stock=STOCK, limit=LIMIT, shoppers=USERS
     )
 
-    rec, faults = run_drop(api, server, redis_server, sweeper, product_id, tokens)
+    hooks = chaos_rig["webhooks"]
+    rec, faults = run_drop(api, server, redis_server, sweeper, product_id, tokens, hooks)
     assert server.process.poll() is None, server.log_tail()
     server.stop()  # a quiet moment: nothing in flight any more
     settled = settle(app)
     state = truth(app, product_id)
     figures = summarise(rec, sweeper, faults, settled, state)
+    delivered = deliveries(app, hooks)
+    shown = {k: len(v) if isinstance(v, list) else v for k, v in delivered.items()}
+    print(
+        f"  webhooks: {shown}; the receiver refused from t+{RECEIVER_DOWN[0]}s to "
+        f"t+{RECEIVER_DOWN[1]}s, the deliverer was SIGKILLed at t+"
+        f"{faults['deliverer_killed'][0] - faults['started']:.1f}s and started again"
+    )
+    deliverer_log = "\n".join(hooks["deliverer"].lines()[-20:])
 
     # The faults really happened, during the load.
     kill = faults["kill"]
@@ -642,3 +791,11 @@ def test_drop_survives_redis_restart_and_worker_kill(chaos_rig):
         if status == "cancelled":
             expected["order.cancelled", order_id] += 1
     assert of_orders == expected
+
+    # Every event reached the receiver at least once, signed, none invented, in order
+    # per resource, though the receiver refused for a while and the deliverer was killed.
+    assert delivered["expected"] == len(events)  # the endpoint was there before the drop
+    assert delivered["refused_by_receiver"], ("the receiver never refused", deliverer_log)
+    assert delivered["lost"] == [] and delivered["invented"] == [], (shown, deliverer_log)
+    assert delivered["bad_signatures"] == [], delivered
+    assert delivered["out_of_order"] == [], delivered
