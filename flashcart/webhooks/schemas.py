@@ -4,7 +4,10 @@ from flashcart.schemas import PageQuery, Text, page_schema
 from flashcart.webhooks.records import DELIVERED, FAILED, PENDING
 from flashcart.webhooks.service import EVENT_TYPES
 
-URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*\Z"
+# RFC 3986's authority characters, then a path, query or fragment of printable ASCII
+# (an international name is written in punycode). Explicit ranges, not \s: the
+# OpenAPI document's clients read the pattern as ECMAScript does.
+URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]+(?:[/?#][!-~]*)?\Z"
 EVENT_ID = r"^evt_[A-Za-z0-9_-]{1,64}\Z"
 STATUSES = [PENDING, DELIVERED, FAILED]
 
