@@ -91,6 +91,7 @@ def wrk(
     first_token=0,
     watch=None,
     bodies=None,
+    answers=None,
 ):
     """Run wrk; returns its figures (requests/s, p50/p99 ms, statuses, socket errors).
 
@@ -98,6 +99,8 @@ def wrk(
     with `bodies` (a file), the bodies from that line on, one each.
     With `watch` (name -> pid), the figures include the CPU seconds each of those
     processes (with its children) and wrk itself used meanwhile, as "cpu_s".
+    With `answers` (a count), "answered_at" is when that many had come back
+    (`time.monotonic()`; None if they never did).
     """
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -108,6 +111,8 @@ def wrk(
         env["WRK_BODIES"] = bodies
     if tokens or bodies:
         env["WRK_OFFSET"] = str(first_token)
+    if answers:
+        env["WRK_ANSWERS"] = str(answers)
     watched = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
     wrk_before = _children_cpu_seconds()
     output = subprocess.run(
@@ -145,6 +150,7 @@ def wrk(
         "socket_errors": errors,
         "requests": raw["requests"],
         "cpu_s": cpu_s,
+        "answered_at": raw["answered_at_us"] / 1e6 if raw["answered_at_us"] else None,
     }
 
 

@@ -103,15 +103,18 @@ def _row_label(row):
 
 
 def http_rate_chart(rows):
+    """Each scenario beside its baseline: the floor (bench/floor.py), or in runs before
+    the floor, the app's own /healthz."""
     figure, ((axes,),) = _figure()
+    floor = "floor" in rows[0]
+    baseline = "floor" if floor else "health"
     scenario = [row["result"]["requests_per_s"] for row in rows]
-    health = [row["health"]["requests_per_s"] for row in rows]
     at = _paired_bars(
         axes,
         [_row_label(row) for row in rows],
         scenario,
-        health,
-        ("scenario", "/healthz beside it"),
+        [row[baseline]["requests_per_s"] for row in rows],
+        ("scenario", "the floor beside it" if floor else "/healthz beside it"),
         ("#1565c0", "#90a4ae"),
     )
     for x, row, height in zip(at, rows, scenario, strict=True):
@@ -125,6 +128,13 @@ def http_rate_chart(rows):
             textcoords="offset points",
         )
     axes.set_ylabel("requests/s")
+    if floor:
+        return _chart(
+            "HTTP level: requests/s against the floor",
+            figure,
+            "Each scenario beside the floor (a bare Flask endpoint on 4 sync gunicorn "
+            "workers) measured in alternation with it; the figure over a bar is the ratio.",
+        )
     return _chart(
         "HTTP level: requests/s against /healthz",
         figure,

@@ -34,8 +34,11 @@ LOAD_GENERATOR_CEILING = "1000000000 per minute"
 class Gunicorn:
     """The app under gunicorn with the production settings (gunicorn.conf.py)."""
 
+    health_path = "/healthz"
+
     def __init__(self, redis_url, env=None, app="bench.app:create()"):
         self.app = app
+        self.config = "gunicorn.conf.py"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -54,7 +57,7 @@ class Gunicorn:
             [
                 os.path.join(os.path.dirname(sys.executable), "gunicorn"),
                 "--config",
-                "gunicorn.conf.py",
+                self.config,
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 self.app,
@@ -64,7 +67,7 @@ class Gunicorn:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        health = self.url + "/healthz"
+        health = self.url + self.health_path
         try:
             wait_for(lambda: urllib.request.urlopen(health, timeout=1).status == 200, "gunicorn")  # noqa: S310
         except BaseException:
@@ -74,3 +77,18 @@ class Gunicorn:
 
     def __exit__(self, *exc):
         stop(self.process)
+
+
+class Floor(Gunicorn):
+    """The yardstick (bench/floor.py): a bare Flask endpoint on 4 sync workers, in the
+    environment as it is (no setting of the app's applies to it)."""
+
+    health_path = "/"
+
+    def __init__(self):
+        self.app = "bench.floor:app"
+        self.config = "python:bench.floor"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ)
+        self.process = None

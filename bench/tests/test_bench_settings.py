@@ -1,13 +1,16 @@
-"""The benchmark measures what ships: production settings, rate limits on."""
+"""The benchmark measures what ships: production settings, rate limits on; and its
+yardstick, the floor, is a bare Flask endpoint on 4 sync gunicorn workers."""
 
 import os
 
 import limits
+from gunicorn.config import Config as GunicornConfig
 
+from bench import floor
 from bench.app import BenchConfig
 from bench.durability import ACKED_ENV
 from bench.logins import CAPACITY_ENV, STORM_ENV
-from bench.servers import LOAD_GENERATOR_CEILING, Gunicorn
+from bench.servers import LOAD_GENERATOR_CEILING, Floor, Gunicorn
 from config import MEMORY_URI, ProductionConfig
 
 # What the benchmark may set: where to find its stores and secret, and the one
@@ -22,6 +25,33 @@ def test_the_benchmark_server_changes_no_setting_but_its_stores_and_the_ceiling(
     assert changed <= ALLOWED
     assert server.env["FLASHCART_ENV"] == "production"
     assert "RATELIMIT_ENABLED" not in changed
+
+
+def test_the_benchmark_server_runs_the_shipped_gunicorn_settings_file():
+    server = Gunicorn("redis://127.0.0.1:1/0", env={})
+
+    assert server.config == "gunicorn.conf.py"
+    assert server.app == "bench.app:create()"
+
+
+def test_the_floor_runs_four_sync_workers_and_no_other_server_setting():
+    server = Floor()
+    gunicorn_settings = {name for name in vars(floor) if name in GunicornConfig().settings}
+
+    assert (server.config, server.app) == ("python:bench.floor", "bench.floor:app")
+    assert server.env == dict(os.environ)
+    assert gunicorn_settings == {"workers", "worker_class"}
+    assert (floor.workers, floor.worker_class) == (4, "sync")
+
+
+def test_the_floor_is_one_bare_flask_json_endpoint():
+    app = floor.app
+    hooks = [app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs]
+
+    assert [rule.rule for rule in app.url_map.iter_rules()] == ["/"]
+    assert not any(hooks) and not app.extensions and not app.blueprints
+    response = app.test_client().get("/")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
 
 
 def test_the_load_generator_ceiling_is_a_limit_not_a_switch():

@@ -73,3 +73,15 @@ def test_the_command_draws_an_old_json_and_can_write_the_charts_as_images(tmp_pa
         "units-sold-over-time.png",
     ]
     assert all(imread(p).shape[0] > 100 for p in images)
+
+
+def test_a_run_measured_against_the_floor_draws_the_floor_beside_each_scenario(tmp_path):
+    run = json.loads((FIXTURES / "bench-quick.json").read_text())
+    for row in run["http"]:
+        row["floor"] = row.pop("health")
+    source = tmp_path / "bench-floor.json"
+    source.write_text(json.dumps(run))
+
+    page = read_page(report.write(str(source)))
+    titles = [title.replace("/healthz", "the floor") for title in BENCH_TITLES]
+    assert_drawn(page, titles)

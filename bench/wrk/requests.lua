@@ -2,7 +2,15 @@
 -- per user: logins), and counts statuses.
 -- Environment: WRK_TOKENS (file, one token a line) or WRK_BODIES (file, one JSON body
 -- a line), WRK_OFFSET (the first line to use), WRK_THREADS (wrk's -t), WRK_METHOD,
--- WRK_PATH.
+-- WRK_PATH. With WRK_ANSWERS (a count), each thread notes when it has had its share
+-- of that many answers (CLOCK_MONOTONIC, as Python's time.monotonic reads it).
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } flashcart_timespec;
+int clock_gettime(int clock, flashcart_timespec *now);
+]]
+local CLOCK_MONOTONIC = 1
+local now = ffi.new("flashcart_timespec")
 local tokens = {}
 local bodies = {}
 local method = os.getenv("WRK_METHOD") or "GET"
@@ -10,6 +18,9 @@ local path = os.getenv("WRK_PATH") or "/healthz"
 local counter = 0
 local step = 1
 statuses = {}
+answers = 0
+answered_at_us = 0
+local share = 0
 local threads = {}
 
 function setup(thread)
@@ -38,6 +49,8 @@ function init(args)
   -- CPU spent loading tokens is not the requests' (the bench subtracts it). os.clock
   -- is the whole process's: the first thread's init runs before any requests, the
   -- others' while earlier threads already send theirs.
+  local wanted = tonumber(os.getenv("WRK_ANSWERS") or "0")
+  share = math.ceil(wanted / step)
   init_cpu = os.clock()
   load_cpu = init_cpu - started
 end
@@ -60,6 +73,11 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  answers = answers + 1
+  if answers == share then
+    ffi.C.clock_gettime(CLOCK_MONOTONIC, now)
+    answered_at_us = tonumber(now.tv_sec) * 1e6 + tonumber(now.tv_nsec) / 1e3
+  end
 end
 
 function done(summary, latency, requests)
@@ -67,7 +85,11 @@ function done(summary, latency, requests)
   local one = threads[1]
   local init_cpu_us = math.floor(
     (one:get("init_cpu") + (#threads - 1) * one:get("load_cpu")) * 1e6)
+  -- When the last thread had its share (0: one never did).
+  local answered = 0
   for _, thread in ipairs(threads) do
+    local at = thread:get("answered_at_us")
+    if at == 0 or answered == -1 then answered = -1 elseif at > answered then answered = at end
     local s = thread:get("statuses")
     for code, n in pairs(s) do
       merged[code] = (merged[code] or 0) + n
@@ -76,10 +98,10 @@ function done(summary, latency, requests)
   io.write("JSON_RESULT ")
   io.write(string.format('{"requests": %d, "duration_us": %d, "errors_connect": %d, ' ..
     '"errors_read": %d, "errors_write": %d, "errors_timeout": %d, ' ..
-    '"p50_us": %d, "p99_us": %d, "init_cpu_us": %d, "statuses": {',
+    '"p50_us": %d, "p99_us": %d, "init_cpu_us": %d, "answered_at_us": %d, "statuses": {',
     summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
     summary.errors.write, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), init_cpu_us))
+    latency:percentile(50), latency:percentile(99), init_cpu_us, math.floor(math.max(answered, 0))))
   local first = true
   for code, n in pairs(merged) do
     if not first then io.write(", ") end
