@@ -164,6 +164,19 @@ def test_a_global_ceiling_per_address_covers_the_whole_api(limited):
     assert other.status_code == 200
 
 
+def test_probes_and_scrapes_are_never_refused_nor_counted(limited, redis_client):
+    client = limited(RATELIMIT_GLOBAL="1 per minute")
+    assert client.get("/api/v1/products").status_code == 200
+    assert_limited(client.get("/api/v1/products"))
+    counters = sorted(redis_client.keys("LIMITS:*"))
+    assert counters  # the ceiling counts in Redis
+
+    answers = {client.get(path).status_code for path in ("/healthz", "/metrics") * 5}
+
+    assert answers == {200}
+    assert sorted(redis_client.keys("LIMITS:*")) == counters
+
+
 @pytest.mark.parametrize(
     "path",
     [
