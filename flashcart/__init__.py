@@ -1,6 +1,5 @@
 """FlashCart: the backend for limited-edition product drops."""
 
-from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config
@@ -11,6 +10,7 @@ from flashcart import (
     extensions,
     health,
     json_bodies,
+    json_provider,
     logs,
     metrics,
     query_params,
@@ -40,7 +40,7 @@ def create_app(config=None, *, db=None, redis_client=None):
     `config` is a config class or a dict of overrides on top of the class that
     FLASHCART_ENV names. Tests may hand in ready `db` / `redis_client` objects.
     """
-    app = Flask(__name__)
+    app = json_provider.FlashCartFlask(__name__)
     _configure(app, config)
     register_request_hooks(app)
     register_extensions(app, db, redis_client)
