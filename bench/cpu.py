@@ -6,9 +6,9 @@ measures what one operation costs the Python process, in CPU microseconds
   1. one reservation (one client): the engine, the single-script yardstick and the
      first engine's design;
   2. one request through the app (production settings, called as gunicorn calls
-     it, without gunicorn): /healthz, reserve (with a token not seen before, as in
-     `make bench`, and with one seen before), sold-out reserve, stock read and
-     product page;
+     it, without gunicorn): the floor (bench/floor.py), /healthz, reserve (with a
+     token not seen before, as in `make bench`, and with one seen before), sold-out
+     reserve, stock read and product page;
   3. one password check (argon2id verify) for each setting OWASP lists as equivalent,
      and the former default (bench/passwords.py).
 The app's ratios against /healthz leave out what the server adds to every request,
@@ -34,6 +34,7 @@ from flashcart.sales.engine.records import SalePlan
 
 SECRET = "bench-secret-" + "x" * 40
 ROUNDS = 3
+FLOOR = "floor (bare Flask)"
 
 
 def best_cpu_us(rounds):
@@ -68,10 +69,13 @@ def reservation_costs(url, count):
 
 
 def app_and_scenarios(url, requests, seen):
-    """The app (production settings; logs formatted, then dropped) and its request
-    scenarios: name -> a function making the next WSGI environ, for up to `requests`
-    requests each. Every reserve brings a token not seen before, as in `make bench`,
-    except "reserve, token seen", which cycles over `seen` tokens."""
+    """The request scenarios: name -> (the app to serve it, a function making the
+    next WSGI environ), for up to `requests` requests each. The app has production
+    settings (logs formatted, then dropped); the first scenario is the floor
+    (bench/floor.py), a bare Flask endpoint. Every reserve brings a token not seen
+    before, as in `make bench`, except "reserve, token seen", which cycles over
+    `seen` tokens."""
+    from bench import floor
     from bench.app import create
 
     app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL=LOAD_GENERATOR_CEILING)
@@ -95,15 +99,17 @@ def app_and_scenarios(url, requests, seen):
         return EnvironBuilder(method=method, path=path, headers=headers).get_environ()
 
     reserve = f"/api/v1/sales/reserve/{plenty}"
-    return app, {
-        "/healthz": lambda: environ("GET", "/healthz"),
-        "reserve": lambda: environ("POST", reserve, next(tokens)),
-        "reserve, token seen": lambda: environ("POST", reserve, next(seen_tokens)),
-        "reserve, sold out": lambda: environ(
-            "POST", f"/api/v1/sales/reserve/{sold_out}", next(tokens)
+    return {
+        FLOOR: (floor.app, lambda: environ("GET", "/")),
+        "/healthz": (app, lambda: environ("GET", "/healthz")),
+        "reserve": (app, lambda: environ("POST", reserve, next(tokens))),
+        "reserve, token seen": (app, lambda: environ("POST", reserve, next(seen_tokens))),
+        "reserve, sold out": (
+            app,
+            lambda: environ("POST", f"/api/v1/sales/reserve/{sold_out}", next(tokens)),
         ),
-        "stock read": lambda: environ("GET", f"/api/v1/sales/stock/{plenty}"),
-        "product page": lambda: environ("GET", f"/api/v1/products/{plenty}"),
+        "stock read": (app, lambda: environ("GET", f"/api/v1/sales/stock/{plenty}")),
+        "product page": (app, lambda: environ("GET", f"/api/v1/products/{plenty}")),
     }
 
 
@@ -118,9 +124,9 @@ def serve(app, environ):
 
 
 def request_costs(url, count):
-    app, scenarios = app_and_scenarios(url, requests=count * ROUNDS, seen=count)
+    scenarios = app_and_scenarios(url, requests=count * ROUNDS, seen=count)
     costs = {}
-    for name, make_environ in scenarios.items():
+    for name, (app, make_environ) in scenarios.items():
         rounds = [
             [functools.partial(serve, app, make_environ()) for _ in range(count)]
             for _ in range(ROUNDS)
@@ -138,9 +144,12 @@ def main():
     for name, cost in reservations.items():
         print(f"   {name:<8} {cost:7.0f}   engine/this {cost / reservations['engine']:.2f}")
     print("\n2. One request through the app, CPU µs (production settings, no server)")
-    health = requests["/healthz"]
+    health, floor = requests["/healthz"], requests[FLOOR]
     for name, cost in requests.items():
-        print(f"   {name:<18} {cost:7.0f}   /healthz/this {health / cost:.2f}")
+        print(
+            f"   {name:<20} {cost:7.0f}   /healthz/this {health / cost:.2f}   "
+            f"floor/this {floor / cost:.2f}"
+        )
     checks = 5 if "--quick" in sys.argv else 20
     passwords.print_table(passwords.table(checks=checks), passwords.configured_parameters())
 

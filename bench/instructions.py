@@ -4,10 +4,11 @@ CPU time on a shared VM drifts by tens of percent from one run to the next, even
 best of three (`make bench-cpu`); an instruction count barely moves. This runs the
 app in one process under callgrind (valgrind's instruction counter; redis-server
 runs natively beside it) and counts, for each of `make bench-cpu`'s request
-scenarios, the instructions of the app's process over 200 requests after 200 of
-warm-up. An instruction is not a unit of time (a system call or a cache miss costs
-more than its count, and the kernel's side is not counted), so this weighs a change
-to the Python side before and after; `make bench` says what it does to throughput.
+scenarios (the floor, a bare Flask endpoint, first), the instructions of the app's
+process over 200 requests after 200 of warm-up. An instruction is not a unit of
+time (a system call or a cache miss costs more than its count, and the kernel's side
+is not counted), so this weighs a change to the Python side before and after;
+`make bench` says what it does to throughput.
 """
 
 import glob
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.cpu import app_and_scenarios, serve
+from bench.cpu import FLOOR, app_and_scenarios, serve
 from bench.servers import RedisServer
 
 COUNT = 200
@@ -33,8 +34,8 @@ def _dump(label):
 
 def count_inside_valgrind():
     with RedisServer() as server:
-        app, scenarios = app_and_scenarios(server.url, requests=2 * COUNT, seen=COUNT)
-        for index, make_environ in enumerate(scenarios.values()):
+        scenarios = app_and_scenarios(server.url, requests=2 * COUNT, seen=COUNT)
+        for index, (app, make_environ) in enumerate(scenarios.values()):
             for environ in [make_environ() for _ in range(COUNT)]:  # warm-up
                 serve(app, environ)
             environs = [make_environ() for _ in range(COUNT)]
@@ -86,11 +87,13 @@ def main():
         names = [line[10:] for line in run.stdout.splitlines() if line.startswith("scenario: ")]
         counts = _instructions_by_label(out_dir)
     per_request = {name: counts[index] / COUNT for index, name in enumerate(names)}
-    health = per_request["/healthz"]
+    health, floor = per_request["/healthz"], per_request[FLOOR]
     print(f"Instructions per request (callgrind, {COUNT} requests after {COUNT} of warm-up)")
     for name, instructions in per_request.items():
-        ratio = health / instructions
-        print(f"   {name:<20} {instructions / 1000:7,.0f}k   /healthz/this {ratio:.2f}")
+        print(
+            f"   {name:<20} {instructions / 1000:7,.0f}k   /healthz/this "
+            f"{health / instructions:.2f}   floor/this {floor / instructions:.2f}"
+        )
 
 
 if __name__ == "__main__":
