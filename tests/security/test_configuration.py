@@ -147,6 +147,12 @@ def test_every_answer_carries_the_security_headers(client, user_headers, make_pr
         assert "Strict-Transport-Security" not in response.headers  # off outside production
 
 
+def test_each_security_header_is_sent_once(client):
+    for response in (client.get("/healthz"), client.get("/docs")):
+        for header in (*BASELINE, "Content-Security-Policy"):
+            assert len(response.headers.getlist(header)) == 1, (response.request.path, header)
+
+
 def test_a_500_carries_the_security_headers_too(app, client):
     @app.route("/boom")
     def boom():
