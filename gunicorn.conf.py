@@ -67,3 +67,12 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    # On the embedded in-memory stores (`make run`) the worker also runs the sweeper
+    # and the webhook deliverer, in threads: started here, since threads started in the
+    # master would not survive the fork. A no-op on real stores.
+    from flashcart.bootstrap import start_embedded_workers
+
+    start_embedded_workers(worker.wsgi)

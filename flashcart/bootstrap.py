@@ -1,28 +1,42 @@
-"""Demo data on the embedded in-memory backends, seeded by the entry point (wsgi.py).
+"""The embedded in-memory backends' demo data and workers, started by the entry points.
 
-A command in another process cannot reach in-memory data, so the embedded demo is
-seeded in the serving process, right after the app is built: under gunicorn in the
-master, before the worker is forked from it. It is a step of its own, not part of
-`create_app`, so an app built by a test, a tool or a benchmark starts empty. Real
-MongoDB and Redis are never touched here: `flask init` prepares them.
+A command in another process cannot reach in-memory data, so on the embedded stores
+the serving process does what `flask seed-demo`, `flask sweep` and `flask deliver`
+would: the demo is seeded right after the app is built (wsgi.py; under gunicorn in the
+master, before the worker is forked from it), and the sweeper and the deliverer run
+as threads of the process that serves (started by gunicorn's `post_worker_init`
+hook, or under `make dev` by wsgi.py in the reloader's child: threads do not
+survive a fork). These are steps of their own, not part of `create_app`, so an app
+built by a test, a tool or a benchmark starts empty and idle. Real MongoDB and Redis
+are never touched here: `flask init` prepares them, and the commands run beside.
 """
 
 import logging
+import os
+import threading
 
 from config import MEMORY_URI
-from flashcart import demo
+from flashcart import companions, demo
 from flashcart.auth import service as accounts
+from flashcart.webhooks import deliverer
 
 log = logging.getLogger("flashcart")
+# app.extensions key: the process whose workers are running (a forked child has none).
+WORKERS_KEY = "flashcart.embedded_workers"
 
 
-def seed_embedded_demo(app):
-    """The demo admin and products on sale, when both stores are in memory (not under test)."""
+def on_embedded_stores(app):
+    """True when both stores are in memory and the app is not under test."""
     config = app.config
     # Both stores in memory (the benchmark pairs in-memory MongoDB with a real Redis,
     # which must not get demo sales).
     in_memory = config["MONGO_URI"] == MEMORY_URI and config["REDIS_URL"] == MEMORY_URI
-    if not in_memory or config["TESTING"]:
+    return in_memory and not config["TESTING"]
+
+
+def seed_embedded_demo(app):
+    """The demo admin and products on sale, when both stores are in memory (not under test)."""
+    if not on_embedded_stores(app):
         return
     with app.app_context():
         accounts.ensure_admin(email=demo.DEMO_ADMIN_EMAIL, password=demo.DEMO_ADMIN_PASSWORD)
@@ -37,3 +51,46 @@ def seed_embedded_demo(app):
         demo.DEMO_ADMIN_PASSWORD,
         ", ".join(product_ids),
     )
+
+
+def start_embedded_workers(app):
+    """On the embedded stores, run the sweeper (a pass every 5 s) and the webhook
+    deliverer (every 1 s) in daemon threads of this process, once per process; the
+    threads started, none elsewhere."""
+    if not on_embedded_stores(app) or app.extensions.get(WORKERS_KEY) == os.getpid():
+        return []
+    app.extensions[WORKERS_KEY] = os.getpid()
+    loops = [("sweep", companions.sweep_pass, companions.SWEEP_EVERY)]
+    problem = deliverer.settings_problem(app.config)
+    if problem:
+        log.error("the embedded webhook deliverer does not run: %s", problem)
+    else:
+        loops.append(("deliver", companions.deliver_pass, companions.DELIVER_EVERY))
+    threads = [
+        threading.Thread(
+            target=_loop, args=(app, name, one_pass, every), name=f"embedded-{name}", daemon=True
+        )
+        for name, one_pass, every in loops
+    ]
+    for thread in threads:
+        thread.start()
+    log.warning(
+        "embedded stores: this process also runs %s (as `flask sweep --every 5` and "
+        "`flask deliver --every 1` would beside real stores)",
+        " and ".join(name for name, _, _ in loops),
+    )
+    return threads
+
+
+def _loop(app, name, one_pass, every):
+    # Nothing restarts a thread, so any error is logged and the next pass tried.
+    with app.app_context():
+        companions.run(name, one_pass, every=every, errors=(Exception,), report=_reporter(name))
+
+
+def _reporter(name):
+    def report(done):
+        # A pass that did something is worth a line; an idle one every second is not.
+        log.log(logging.INFO if done else logging.DEBUG, "%s", companions.summary(name, done))
+
+    return report

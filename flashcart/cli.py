@@ -11,12 +11,11 @@ import pymongo.errors
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from flashcart import demo
+from flashcart import companions, demo
 from flashcart.auth import emails, passwords
 from flashcart.auth import service as accounts
 from flashcart.checkout import recovery
 from flashcart.extensions import stores
-from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
 from flashcart.stores import IndexSetupError
 from flashcart.webhooks import deliverer
 from flashcart.webhooks import service as webhooks
@@ -114,26 +113,16 @@ def sweep(every):
     """Rebuild live sales Redis lost, return expired holds, finish interrupted
     checkouts/cancels, close ended sales, record sell-outs and publish events a crash
     left unpublished."""
-    while True:
-        try:
-            done = recovery.sweep()
-            recovery.report_pass()
-            click.echo(
-                "sweep: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
-            )
-        except (*REDIS_UNAVAILABLE, pymongo.errors.ConnectionFailure) as error:
-            if not every:
-                raise click.ClickException(f"a store is unavailable: {error}") from error
-            log.error("sweep failed, retrying: %s", error)
-        except Exception:
-            if not every:
-                raise
-            # A loop outlives a failed pass (a transaction kept busy, a bug in one
-            # step): the next pass tries every step again.
-            log.exception("sweep failed, retrying")
-        if not every:
-            return
-        time.sleep(every)
+    try:
+        companions.run(
+            "sweep",
+            companions.sweep_pass,
+            every=every,
+            errors=companions.SWEEP_ERRORS,
+            report=lambda done: click.echo(companions.summary("sweep", done)),
+        )
+    except companions.SWEEP_ERRORS as error:
+        raise click.ClickException(f"a store is unavailable: {error}") from error
 
 
 @click.command("deliver")
@@ -156,19 +145,16 @@ def deliver(every, threads, metrics_port):
         raise click.ClickException(problem)
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)
-    while True:
-        try:
-            done = deliverer.run_pass(threads=threads)
-            click.echo(
-                "deliver: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
-            )
-        except pymongo.errors.PyMongoError as error:
-            if not every:
-                raise click.ClickException(f"MongoDB is unavailable: {error}") from error
-            log.error("deliver failed, retrying: %s", error)
-        if not every:
-            return
-        time.sleep(every)
+    try:
+        companions.run(
+            "deliver",
+            lambda: companions.deliver_pass(threads),
+            every=every,
+            errors=companions.DELIVER_ERRORS,
+            report=lambda done: click.echo(companions.summary("deliver", done)),
+        )
+    except companions.DELIVER_ERRORS as error:
+        raise click.ClickException(f"MongoDB is unavailable: {error}") from error
 
 
 @click.command("replay-webhooks")

@@ -1,0 +1,60 @@
+"""The workers beside the API: the sweeper and the webhook deliverer, as loops.
+
+`flask sweep --every 5` and `flask deliver --every 1` run these loops as processes of
+their own. On the embedded in-memory stores no other process can reach the data, so
+the serving process runs the same loops in threads (`bootstrap.start_embedded_workers`).
+"""
+
+import logging
+import time
+
+import pymongo.errors
+
+from flashcart.checkout import recovery
+from flashcart.redis_cluster import UNAVAILABLE as REDIS_UNAVAILABLE
+from flashcart.webhooks import deliverer
+
+log = logging.getLogger("flashcart.companions")
+
+# What a loop logs and carries on after: the stores being away for a while.
+SWEEP_ERRORS = (*REDIS_UNAVAILABLE, pymongo.errors.ConnectionFailure)
+DELIVER_ERRORS = (pymongo.errors.PyMongoError,)
+SWEEP_EVERY = 5.0
+DELIVER_EVERY = 1.0
+
+
+def sweep_pass():
+    """One sweeper pass, then its report to /metrics; counts of what it did."""
+    done = recovery.sweep()
+    recovery.report_pass()
+    return done
+
+
+def deliver_pass(threads=None):
+    """One deliverer pass over every active endpoint; counts of the outcomes."""
+    return deliverer.run_pass(threads=threads)
+
+
+def summary(name, done):
+    """`name: key=n, ...` (or `name: idle`), as the commands print a pass."""
+    return f"{name}: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
+
+
+def run(name, one_pass, *, every, errors, report):
+    """Run `one_pass` once (its errors raised), or with `every` forever, one pass
+    every `every` seconds: an error in `errors` is logged and the next pass tried.
+    `report` gets each pass's counts."""
+    while True:
+        try:
+            report(one_pass())
+        except errors as error:
+            if not every:
+                raise
+            log.error("%s failed, retrying: %s", name, error, exc_info=not _expected(error))
+        if not every:
+            return
+        time.sleep(every)
+
+
+def _expected(error):
+    return isinstance(error, (*SWEEP_ERRORS, *DELIVER_ERRORS))
