@@ -21,7 +21,8 @@ from flashcart.auth import service as accounts
 from flashcart.webhooks import deliverer
 
 log = logging.getLogger("flashcart")
-# app.extensions key: the process whose workers are running (a forked child has none).
+# app.extensions key: (the process whose workers run, the Event that stops them); a
+# child forked from that process has none running.
 WORKERS_KEY = "flashcart.embedded_workers"
 
 
@@ -57,9 +58,11 @@ def start_embedded_workers(app):
     """On the embedded stores, run the sweeper (a pass every 5 s) and the webhook
     deliverer (every 1 s) in daemon threads of this process, once per process; the
     threads started, none elsewhere."""
-    if not on_embedded_stores(app) or app.extensions.get(WORKERS_KEY) == os.getpid():
+    running = app.extensions.get(WORKERS_KEY)
+    if not on_embedded_stores(app) or (running and running[0] == os.getpid()):
         return []
-    app.extensions[WORKERS_KEY] = os.getpid()
+    stop = threading.Event()
+    app.extensions[WORKERS_KEY] = (os.getpid(), stop)
     loops = [("sweep", companions.sweep_pass, companions.SWEEP_EVERY)]
     problem = deliverer.settings_problem(app.config)
     if problem:
@@ -68,7 +71,10 @@ def start_embedded_workers(app):
         loops.append(("deliver", companions.deliver_pass, companions.DELIVER_EVERY))
     threads = [
         threading.Thread(
-            target=_loop, args=(app, name, one_pass, every), name=f"embedded-{name}", daemon=True
+            target=_loop,
+            args=(app, name, one_pass, every, stop),
+            name=f"embedded-{name}",
+            daemon=True,
         )
         for name, one_pass, every in loops
     ]
@@ -82,10 +88,19 @@ def start_embedded_workers(app):
     return threads
 
 
-def _loop(app, name, one_pass, every):
+def stop_embedded_workers(app):
+    """Ask this process's embedded workers to stop after their current pass (tests)."""
+    running = app.extensions.get(WORKERS_KEY)
+    if running and running[0] == os.getpid():
+        running[1].set()
+
+
+def _loop(app, name, one_pass, every, stop):
     # Nothing restarts a thread, so any error is logged and the next pass tried.
     with app.app_context():
-        companions.run(name, one_pass, every=every, errors=(Exception,), report=_reporter(name))
+        companions.run(
+            name, one_pass, every=every, errors=(Exception,), report=_reporter(name), stop=stop
+        )
 
 
 def _reporter(name):

@@ -40,10 +40,10 @@ def summary(name, done):
     return f"{name}: " + (", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "idle")
 
 
-def run(name, one_pass, *, every, errors, report):
-    """Run `one_pass` once (its errors raised), or with `every` forever, one pass
-    every `every` seconds: an error in `errors` is logged and the next pass tried.
-    `report` gets each pass's counts."""
+def run(name, one_pass, *, every, errors, report, stop=None):
+    """Run `one_pass` once (its errors raised), or with `every` one pass every `every`
+    seconds until `stop` (a threading.Event) is set, if ever: an error in `errors` is
+    logged and the next pass tried. `report` gets each pass's counts."""
     while True:
         try:
             report(one_pass())
@@ -53,7 +53,10 @@ def run(name, one_pass, *, every, errors, report):
             log.error("%s failed, retrying: %s", name, error, exc_info=not _expected(error))
         if not every:
             return
-        time.sleep(every)
+        if stop is None:
+            time.sleep(every)
+        elif stop.wait(every):
+            return
 
 
 def _expected(error):
