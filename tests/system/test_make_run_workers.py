@@ -1,6 +1,8 @@
 """README's webhook walkthrough as a new user runs it: `make run` on the embedded
 in-memory stores also runs the sweeper and the webhook deliverer (no other process
-can reach its data), and the example receiver prints a signed `order.placed`."""
+can reach its data). README's own shell blocks register an endpoint, start the
+example receiver (docs/examples/webhook_receiver.py) and buy; the receiver prints a
+signed `order.placed`."""
 
 import json
 import os
@@ -9,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from flashcart.webhooks import signatures
 from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
 from tests.system.test_make_run import call, wait_until_serving
@@ -69,58 +73,110 @@ def received(log_path):
     ]
 
 
-def test_make_run_delivers_a_signed_order_placed_to_the_readme_receiver(tmp_path):
+def readme_block(containing):
+    """README's shell block that contains `containing`."""
+    blocks = re.findall(r"```sh\n(.*?)```", (Path(ROOT) / "README.md").read_text(), re.S)
+    (block,) = [block for block in blocks if containing in block]
+    return block
+
+
+def shell(script, port, receiver_port, **options):
+    """`script` from README in bash, on this test's ports instead of 5000 and 9000."""
+    script = script.replace("localhost:5000", f"127.0.0.1:{port}").replace(
+        "9000", str(receiver_port)
+    )
+    api = f"http://127.0.0.1:{port}/api/v1"
+    return subprocess.Popen(
+        ["bash", "-c", script], cwd=ROOT, env=os.environ | {"API": api}, **options
+    )
+
+
+def test_readme_webhook_walkthrough_prints_a_signed_order_placed(tmp_path):
     port, receiver_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     server = make_run(port, tmp_path, WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS="true")
-    receiver = None
+    receiver_log = tmp_path / "receiver.log"
+    receiving = None
     try:
         wait_until_serving(base, server)
-        admin = login(base, ADMIN)
-        url = f"http://127.0.0.1:{receiver_port}/hooks"
-        status, endpoint, _ = call(
-            base, "POST", "/api/v1/webhooks", {"url": url, "types": ["order.placed"]}, admin
-        )
-        assert status == 201, endpoint
-        receiver_log = tmp_path / "receiver.log"
+        # README's block: the admin registers an endpoint; the receiver starts with its secret.
         with open(receiver_log, "wb") as out:
-            receiver = subprocess.Popen(
-                [sys.executable, str(RECEIVER), str(receiver_port)],
-                env=os.environ | {"FLASHCART_WEBHOOK_SECRET": endpoint["secret"]},
+            receiving = shell(
+                readme_block("webhook_receiver.py"),
+                port,
+                receiver_port,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_for(lambda: "receiving webhooks" in receiver_log.read_text(), "the receiver")
 
-        token = shopper_token(base)
-        _, listed, _ = call(base, "GET", "/api/v1/products")
-        product = listed["items"][0]["id"]
-        status, hold, _ = call(
-            base, "POST", f"/api/v1/sales/reserve/{product}", {"quantity": 1}, token
-        )
-        assert status == 201
-        placed_at = time.monotonic()
-        status, order, _ = call(
-            base, "POST", "/api/v1/orders", {"reservation_id": hold["id"]}, token
-        )
-        assert status == 201 and order["status"] == "placed"
+        # "Try a drop": a shopper signs up, reserves and checks out.
+        with open(tmp_path / "drop.log", "wb") as out:
+            drop = shell(readme_block("/sales/reserve/"), port, receiver_port, stdout=out)
+        assert drop.wait(timeout=60) == 0
+        token = login(base, {"email": "ana@example.com", "password": "a long password"})
+        _, mine, _ = call(base, "GET", "/api/v1/orders", token=token)
+        (order,) = mine["items"]
+        assert order["status"] == "placed"
 
-        (line, body), *_ = wait_for(lambda: received(receiver_log), "a delivery", timeout=10)
-        assert time.monotonic() - placed_at < 5, "the embedded deliverer passes every second"
+        # The embedded deliverer makes a pass every second.
+        (line, body), *_ = wait_for(lambda: received(receiver_log), "a delivery", timeout=5)
         assert line.startswith("order.placed evt_") and "(attempt 1): signature ok" in line
         assert body["type"] == "order.placed"
         assert body["resource"] == {"type": "order", "id": order["id"]}
+        assert len(received(receiver_log)) == 1
+
+        admin = login(base, ADMIN)
+        _, endpoints, _ = call(base, "GET", "/api/v1/webhooks", token=admin)
+        (endpoint,) = endpoints["items"]
+        assert endpoint["url"] == f"http://127.0.0.1:{receiver_port}/hooks"
         _, deliveries, _ = call(
             base, "GET", f"/api/v1/webhooks/{endpoint['id']}/deliveries", token=admin
         )
         assert [d["status"] for d in deliveries["items"]] == ["delivered"]
     finally:
-        if receiver:
-            stop(receiver)
+        if receiving:
+            os.killpg(receiving.pid, signal.SIGTERM)
+            receiving.wait(timeout=30)
         stop_make_run(server)
     log = (tmp_path / "make-run.log").read_text()
     assert "this process also runs sweep and deliver" in log
     assert "Traceback" not in log
+
+
+def test_the_receiver_refuses_a_delivery_signed_with_another_secret(tmp_path):
+    port = free_port()
+    receiver_log = tmp_path / "receiver.log"
+    with open(receiver_log, "wb") as out:
+        receiver = subprocess.Popen(
+            [sys.executable, str(RECEIVER), str(port)],
+            env=os.environ | {"FLASHCART_WEBHOOK_SECRET": "whsec_the-endpoints"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "receiving webhooks" in receiver_log.read_text(), "the receiver")
+        body = b'{"id":"evt_1","type":"order.placed"}'
+
+        def post(secret):
+            header = signatures.header([secret], time.time(), body)
+            request = urllib.request.Request(  # noqa: S310 - loopback
+                f"http://127.0.0.1:{port}/hooks",
+                data=body,
+                headers={signatures.HEADER: header, "FlashCart-Event-Type": "order.placed"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert post("whsec_the-endpoints") == 204
+        assert post("whsec_another") == 400
+    finally:
+        stop(receiver)
+    assert "BAD SIGNATURE, refused" in receiver_log.read_text()
 
 
 def test_make_run_sweeps_expired_holds_and_reports_its_passes(tmp_path):
