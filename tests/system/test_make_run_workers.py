@@ -215,3 +215,11 @@ def test_make_run_sweeps_expired_holds_and_reports_its_passes(tmp_path):
     finally:
         stop_make_run(server)
     assert "Traceback" not in log_path.read_text()
+
+
+def test_the_example_receiver_verifies_as_the_webhooks_page_shows():
+    page = (Path(ROOT) / "docs" / "webhooks.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    (snippet,) = [block for block in blocks if "def verify(" in block]
+    verify = snippet[snippet.index("def verify(") :]
+    assert verify in RECEIVER.read_text()
