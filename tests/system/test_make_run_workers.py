@@ -27,14 +27,14 @@ RECEIVER = Path(ROOT) / "docs" / "examples" / "webhook_receiver.py"
 ADMIN = {"email": "admin@flashcart.local", "password": "flashcart-demo-admin"}
 
 
-def make_run(port, tmp_path, **settings):
-    """`make run` as README has it (the suite's venv, which `-o` keeps make from
-    reinstalling); its log goes to tmp_path/make-run.log."""
+def make_run(port, tmp_path, target="run", **settings):
+    """`make run` (or `target`) as README has it (the suite's venv, which `-o` keeps
+    make from reinstalling); its log goes to tmp_path/make-run.log."""
     unset = ("MONGO_URI", "REDIS_URL", "FLASHCART_ENV", "PROMETHEUS_MULTIPROC_DIR")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env |= {"TMPDIR": str(tmp_path)} | settings
     installed = os.path.join(sys.prefix, "bin", ".installed")
-    command = ["make", "--no-print-directory", "-o", installed, "run"]
+    command = ["make", "--no-print-directory", "-o", installed, target]
     with open(tmp_path / "make-run.log", "wb") as log:
         return subprocess.Popen(
             [*command, f"PORT={port}", f"VENV={sys.prefix}"],
@@ -71,6 +71,15 @@ def received(log_path):
         for line, body in zip(lines, lines[1:], strict=False)
         if "(attempt " in line
     ]
+
+
+def last_pass(base):
+    """The sweeper's last pass as /metrics serves it, or None before the first."""
+    request = urllib.request.Request(base + "/metrics")  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    found = re.search(r"^flashcart_sweeper_last_pass_timestamp_seconds (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
 
 
 def readme_block(containing):
@@ -202,16 +211,9 @@ def test_make_run_sweeps_expired_holds_and_reports_its_passes(tmp_path):
         _, after, _ = call(base, "GET", f"/api/v1/sales/stock/{product}")
         assert after["available"] == before["available"]
 
-        def last_pass():
-            request = urllib.request.Request(base + "/metrics")  # noqa: S310 - loopback
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                text = response.read().decode()
-            found = re.search(r"^flashcart_sweeper_last_pass_timestamp_seconds (\S+)$", text, re.M)
-            return float(found.group(1)) if found else None
-
-        first = wait_for(last_pass, "the sweeper's last pass in /metrics")
+        first = wait_for(lambda: last_pass(base), "the sweeper's last pass in /metrics")
         assert abs(time.time() - first) < 10
-        wait_for(lambda: last_pass() > first, "a later sweeper pass", timeout=15)
+        wait_for(lambda: last_pass(base) > first, "a later sweeper pass", timeout=15)
     finally:
         stop_make_run(server)
     assert "Traceback" not in log_path.read_text()
@@ -223,3 +225,17 @@ def test_the_example_receiver_verifies_as_the_webhooks_page_shows():
     (snippet,) = [block for block in blocks if "def verify(" in block]
     verify = snippet[snippet.index("def verify(") :]
     assert verify in RECEIVER.read_text()
+
+
+def test_make_dev_runs_the_workers_once_in_the_process_that_serves(tmp_path):
+    # flask run --reload: the watching parent loads the app too, but serves nothing.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = make_run(port, tmp_path, target="dev")
+    log_path = tmp_path / "make-run.log"
+    try:
+        wait_until_serving(base, server)
+        wait_for(lambda: last_pass(base), "the sweeper's first pass in /metrics", timeout=10)
+    finally:
+        stop_make_run(server)
+    assert log_path.read_text().count("this process also runs sweep and deliver") == 1
