@@ -63,27 +63,28 @@ def start_embedded_workers(app):
         return []
     stop = threading.Event()
     app.extensions[WORKERS_KEY] = (os.getpid(), stop)
-    loops = [("sweep", companions.sweep_pass, companions.SWEEP_EVERY)]
+    loops = [("sweep", companions.sweep_pass, companions.SWEEP_EVERY, companions.SWEEP_ERRORS)]
     problem = deliverer.settings_problem(app.config)
     if problem:
         log.error("the embedded webhook deliverer does not run: %s", problem)
     else:
-        loops.append(("deliver", companions.deliver_pass, companions.DELIVER_EVERY))
+        deliver = (companions.deliver_pass, companions.DELIVER_EVERY, companions.DELIVER_ERRORS)
+        loops.append(("deliver", *deliver))
     threads = [
         threading.Thread(
             target=_loop,
-            args=(app, name, one_pass, every, stop),
+            args=(app, name, one_pass, every, errors, stop),
             name=f"embedded-{name}",
             daemon=True,
         )
-        for name, one_pass, every in loops
+        for name, one_pass, every, errors in loops
     ]
     for thread in threads:
         thread.start()
     log.warning(
         "embedded stores: this process also runs %s (as `flask sweep --every 5` and "
         "`flask deliver --every 1` would beside real stores)",
-        " and ".join(name for name, _, _ in loops),
+        " and ".join(loop[0] for loop in loops),
     )
     return threads
 
@@ -95,12 +96,10 @@ def stop_embedded_workers(app):
         running[1].set()
 
 
-def _loop(app, name, one_pass, every, stop):
-    # Nothing restarts a thread, so any error is logged and the next pass tried.
+def _loop(app, name, one_pass, every, errors, stop):
     with app.app_context():
-        companions.run(
-            name, one_pass, every=every, errors=(Exception,), report=_reporter(name), stop=stop
-        )
+        report = _reporter(name)
+        companions.run(name, one_pass, every=every, errors=errors, report=report, stop=stop)
 
 
 def _reporter(name):

@@ -42,22 +42,23 @@ def summary(name, done):
 
 def run(name, one_pass, *, every, errors, report, stop=None):
     """Run `one_pass` once (its errors raised), or with `every` one pass every `every`
-    seconds until `stop` (a threading.Event) is set, if ever: an error in `errors` is
-    logged and the next pass tried. `report` gets each pass's counts."""
+    seconds until `stop` (a threading.Event) is set, if ever. A loop outlives a failed
+    pass (a store away, a transaction kept busy, a bug in one step): it logs it, an
+    error in `errors` in one line, and tries again. `report` gets each pass's counts."""
     while True:
         try:
             report(one_pass())
         except errors as error:
             if not every:
                 raise
-            log.error("%s failed, retrying: %s", name, error, exc_info=not _expected(error))
+            log.error("%s failed, retrying: %s", name, error)
+        except Exception:
+            if not every:
+                raise
+            log.exception("%s failed, retrying", name)
         if not every:
             return
         if stop is None:
             time.sleep(every)
         elif stop.wait(every):
             return
-
-
-def _expected(error):
-    return isinstance(error, (*SWEEP_ERRORS, *DELIVER_ERRORS))
