@@ -16,9 +16,11 @@ from flashcart.webhooks import deliverer
 
 log = logging.getLogger("flashcart.companions")
 
-# What a loop logs and carries on after: the stores being away for a while.
+# The stores being away: a loop logs them in one line, and a single pass's command
+# turns them into a plain error message (anything else is a bug: its traceback).
 SWEEP_ERRORS = (*REDIS_UNAVAILABLE, pymongo.errors.ConnectionFailure)
 DELIVER_ERRORS = (pymongo.errors.PyMongoError,)
+# The embedded threads' intervals: what compose runs the commands with.
 SWEEP_EVERY = 5.0
 DELIVER_EVERY = 1.0
 
