@@ -2,16 +2,18 @@
 (what the audit found, the stock and each second's requests) and its report."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from bench.tests.pages import REHEARSAL_TITLES, assert_drawn, read_page
+from tests.support.make_targets import (
+    make_command,
+    make_env,
+    start_make,
+    stop_make,
+    wait_until_serving,
+)
 from tests.support.ports import free_port
 from tests.support.processes import ROOT
 
@@ -25,45 +27,17 @@ RAISED = {
 }
 
 
-def make(target, *args, env):
-    # The suite runs inside an installed virtualenv: `-o` keeps make from reinstalling it.
-    installed = os.path.join(sys.prefix, "bin", ".installed")
-    return ["make", "--no-print-directory", "-o", installed, target, f"VENV={sys.prefix}", *args]
-
-
-def wait_until_serving(base, process, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "make run exited"
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=5):  # noqa: S310 - loopback
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("make run did not serve in time")
-
-
 def test_make_rehearse_writes_the_run_as_json_and_a_report_with_its_curves(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    unset = ("MONGO_URI", "REDIS_URL", "FLASHCART_ENV", "PROMETHEUS_MULTIPROC_DIR")
-    env = {k: v for k, v in os.environ.items() if k not in unset} | {"TMPDIR": str(tmp_path)}
     results = tmp_path / "results"
-    with open(tmp_path / "make-run.log", "wb") as log:
-        server = subprocess.Popen(
-            make("run", f"PORT={port}", env=env),
-            cwd=ROOT,
-            env=env | RAISED,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = start_make("run", port, tmp_path, **RAISED)
     try:
         wait_until_serving(base, server)
         rehearsal = subprocess.run(
-            make("rehearse", f"URL={base}", f"SHOPPERS={SHOPPERS}", env=env),
+            make_command("rehearse", f"URL={base}", f"SHOPPERS={SHOPPERS}"),
             cwd=ROOT,
-            env=env
+            env=make_env(tmp_path)
             | {
                 "DURATION": "15s",
                 "DROP_UNITS": str(UNITS),
@@ -76,8 +50,7 @@ def test_make_rehearse_writes_the_run_as_json_and_a_report_with_its_curves(tmp_p
             timeout=120,
         )
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_make(server)
 
     assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr
     (json_path,) = results.glob("rehearsal-*.json")

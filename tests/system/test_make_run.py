@@ -1,64 +1,20 @@
 """`make run`, the README's first command, as a new user runs it: gunicorn with the
 production settings file, on the embedded in-memory stores, serving a whole drop."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-
 import pytest
 
+from tests.support.make_targets import call, start_make, stop_make, wait_until_serving
 from tests.support.ports import free_port
-from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def call(base, method, path, body=None, token=None):
-    request = urllib.request.Request(base + path, method=method)  # noqa: S310 - loopback
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, data, timeout=30) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}"), response.headers
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}"), error.headers
-
-
-def wait_until_serving(base, process, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "make run exited"
-        try:
-            return call(base, "GET", "/healthz")
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("make run did not serve in time")
 
 
 def test_make_run_serves_a_drop_through_gunicorn_on_the_embedded_stores(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    unset = ("MONGO_URI", "REDIS_URL", "FLASHCART_ENV", "PROMETHEUS_MULTIPROC_DIR")
-    env = {k: v for k, v in os.environ.items() if k not in unset} | {"TMPDIR": str(tmp_path)}
     log_path = tmp_path / "make-run.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            ["make", "--no-print-directory", "run", f"PORT={port}", f"VENV={sys.prefix}"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # As README has it: make itself sees that the virtualenv is installed.
+    process = start_make("run", port, tmp_path, keep_venv=False)
     try:
         status, body, headers = wait_until_serving(base, process)
         assert (status, body) == (200, {"status": "ok"})
@@ -87,8 +43,7 @@ def test_make_run_serves_a_drop_through_gunicorn_on_the_embedded_stores(tmp_path
         _, after, _ = call(base, "GET", f"/api/v1/sales/stock/{product['id']}")
         assert after["available"] == before["available"] - 1
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_make(process)
     log = log_path.read_text()
     assert "Using worker: gthread" in log
     assert "Traceback" not in log

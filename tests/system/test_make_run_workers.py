@@ -18,37 +18,13 @@ from pathlib import Path
 import pytest
 
 from flashcart.webhooks import signatures
+from tests.support.make_targets import call, start_make, stop_make, wait_until_serving
 from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
-from tests.system.test_make_run import call, wait_until_serving
 
 pytestmark = pytest.mark.timeout(180)
 RECEIVER = Path(ROOT) / "docs" / "examples" / "webhook_receiver.py"
 ADMIN = {"email": "admin@flashcart.local", "password": "flashcart-demo-admin"}
-
-
-def make_run(port, tmp_path, target="run", **settings):
-    """`make run` (or `target`) as README has it (the suite's venv, which `-o` keeps
-    make from reinstalling); its log goes to tmp_path/make-run.log."""
-    unset = ("MONGO_URI", "REDIS_URL", "FLASHCART_ENV", "PROMETHEUS_MULTIPROC_DIR")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    env |= {"TMPDIR": str(tmp_path)} | settings
-    installed = os.path.join(sys.prefix, "bin", ".installed")
-    command = ["make", "--no-print-directory", "-o", installed, target]
-    with open(tmp_path / "make-run.log", "wb") as log:
-        return subprocess.Popen(
-            [*command, f"PORT={port}", f"VENV={sys.prefix}"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop_make_run(process):
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
 
 
 def login(base, credentials):
@@ -103,7 +79,7 @@ def shell(script, port, receiver_port, **options):
 def test_readme_webhook_walkthrough_prints_a_signed_order_placed(tmp_path):
     port, receiver_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
-    server = make_run(port, tmp_path, WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS="true")
+    server = start_make("run", port, tmp_path, WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS="true")
     receiver_log = tmp_path / "receiver.log"
     receiving = None
     try:
@@ -148,7 +124,7 @@ def test_readme_webhook_walkthrough_prints_a_signed_order_placed(tmp_path):
         if receiving:
             os.killpg(receiving.pid, signal.SIGTERM)
             receiving.wait(timeout=30)
-        stop_make_run(server)
+        stop_make(server)
     log = (tmp_path / "make-run.log").read_text()
     assert "this process also runs sweep and deliver" in log
     assert "Traceback" not in log
@@ -191,7 +167,7 @@ def test_the_receiver_refuses_a_delivery_signed_with_another_secret(tmp_path):
 def test_make_run_sweeps_expired_holds_and_reports_its_passes(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = make_run(port, tmp_path, HOLD_SECONDS="1")
+    server = start_make("run", port, tmp_path, HOLD_SECONDS="1")
     log_path = tmp_path / "make-run.log"
     try:
         wait_until_serving(base, server)
@@ -215,7 +191,7 @@ def test_make_run_sweeps_expired_holds_and_reports_its_passes(tmp_path):
         assert abs(time.time() - first) < 10
         wait_for(lambda: last_pass(base) > first, "a later sweeper pass", timeout=15)
     finally:
-        stop_make_run(server)
+        stop_make(server)
     assert "Traceback" not in log_path.read_text()
 
 
@@ -231,11 +207,11 @@ def test_make_dev_runs_the_workers_once_in_the_process_that_serves(tmp_path):
     # flask run --reload: the watching parent loads the app too, but serves nothing.
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = make_run(port, tmp_path, target="dev")
+    server = start_make("dev", port, tmp_path)
     log_path = tmp_path / "make-run.log"
     try:
         wait_until_serving(base, server)
         wait_for(lambda: last_pass(base), "the sweeper's first pass in /metrics", timeout=10)
     finally:
-        stop_make_run(server)
+        stop_make(server)
     assert log_path.read_text().count("this process also runs sweep and deliver") == 1
