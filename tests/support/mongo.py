@@ -37,3 +37,14 @@ def fresh_mongo_uri():
         db = connect_mongo(uri, TestingConfig.MONGO_TIMEOUT_MS)
         db.client.drop_database(db.name)
         db.client.close()
+
+
+@contextlib.contextmanager
+def fresh_server_database():
+    """fresh_mongo_uri()'s database, opened by the app's own connect_mongo."""
+    with fresh_mongo_uri() as uri:
+        db = connect_mongo(uri, TestingConfig.MONGO_TIMEOUT_MS)
+        try:
+            yield db
+        finally:
+            db.client.close()

@@ -13,21 +13,18 @@ import time
 
 import pytest
 
-from config import TestingConfig
 from flashcart.checkout import recovery
 from flashcart.events import feed, outbox
-from flashcart.stores import connect_mongo, connect_redis
-from tests.support.mongo import fresh_mongo_uri
+from flashcart.stores import connect_redis
+from tests.support.mongo import fresh_server_database
 from tests.support.threads import run_threads
 
 
 @pytest.fixture
 def mongo_db():
     """Overrides conftest's: a fresh database on a MongoDB server (see above)."""
-    with fresh_mongo_uri() as uri:
-        db = connect_mongo(uri, TestingConfig.MONGO_TIMEOUT_MS)
+    with fresh_server_database() as db:
         yield db
-        db.client.close()
 
 
 @pytest.fixture
