@@ -11,6 +11,10 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
+
+# flock(2) cannot wait for any one of several locks, so a waiter looks again this often.
+POLL_SECONDS = 0.005
 
 
 class NoSlotFree(Exception):
@@ -44,9 +48,7 @@ class HostSlots:
         self._private_directory()
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
-    @contextlib.contextmanager
-    def held(self):
-        """Hold one free slot for the duration; NoSlotFree if none is, without waiting."""
+    def _try_each(self):
         for path in self._paths:
             descriptor = self._open(path)
             try:
@@ -54,9 +56,36 @@ class HostSlots:
             except BlockingIOError:
                 os.close(descriptor)
                 continue
-            try:
-                yield
-            finally:
-                os.close(descriptor)  # releases the lock
-            return
-        raise NoSlotFree()
+            return descriptor
+        return None
+
+    def take(self, wait_seconds=0.0):
+        """A free slot, looked for again every POLL_SECONDS for up to `wait_seconds`;
+        NoSlotFree if none came free. Give it back with `release()`."""
+        deadline = time.monotonic() + wait_seconds
+        while (descriptor := self._try_each()) is None:
+            if time.monotonic() >= deadline:
+                raise NoSlotFree()
+            time.sleep(POLL_SECONDS)
+        return Slot(descriptor)
+
+    @contextlib.contextmanager
+    def held(self, wait_seconds=0.0):
+        """Hold one free slot for the duration (see `take`)."""
+        slot = self.take(wait_seconds)
+        try:
+            yield
+        finally:
+            slot.release()
+
+
+class Slot:
+    """One slot held; the kernel frees it with the process if `release` never runs."""
+
+    def __init__(self, descriptor):
+        self._descriptor = descriptor
+
+    def release(self):
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # releases the lock
+            self._descriptor = None

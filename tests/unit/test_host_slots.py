@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import signal
+import threading
 
 import pytest
 
@@ -79,3 +80,20 @@ def test_a_directory_owned_by_someone_else_is_not_used(directory, tmp_path):
     os.symlink(tmp_path / "elsewhere", directory)
     with pytest.raises(PermissionError), HostSlots("work", 1, directory).held():
         pass
+
+
+def test_a_waiter_takes_a_slot_freed_while_it_waits(directory):
+    slots = HostSlots("work", 1, directory)
+    held = slots.take()
+    threading.Timer(0.1, held.release).start()
+    slot = slots.take(wait_seconds=30)
+    with pytest.raises(NoSlotFree):
+        slots.take()
+    slot.release()
+    slots.take().release()
+
+
+def test_a_waiter_gives_up_when_no_slot_comes_free(directory):
+    slots = HostSlots("work", 1, directory)
+    with slots.held(), pytest.raises(NoSlotFree):
+        slots.take(wait_seconds=0.05)
