@@ -25,6 +25,13 @@ def _usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def _password_check_places():
+    """Half the cores, and a quarter of the workers (gunicorn's WEB_CONCURRENCY): with as
+    many waiting again, password checks hold at most half the workers of a host."""
+    workers = int(os.environ.get("WEB_CONCURRENCY") or 4)
+    return max(1, min(_usable_cores() // 2, workers // 4))
+
+
 def _env(name, default=None):
     value = os.environ.get(name)
     return default if value in (None, "") else value
@@ -166,11 +173,19 @@ class Config:
     RATELIMIT_PASSWORD_CHECKS_PER_HOST = _limit(
         "RATELIMIT_PASSWORD_CHECKS_PER_HOST", "35 per second"
     )
-    # Password checks running at once on an API host, across its workers: beyond it 503
-    # `busy` at once, so checks never take more than these cores nor every worker.
+    # Password checks running at once on an API host, across its workers, and requests
+    # waiting up to PASSWORD_CHECK_WAIT_SECONDS for one of them; beyond both, 503 `busy`.
+    # Keep the two together well below the host's workers: the rest serve everyone else.
     PASSWORD_CHECKS_IN_FLIGHT_PER_HOST = _int(
-        "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", max(1, _usable_cores() // 2)
+        "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", _password_check_places()
     )
+    PASSWORD_CHECKS_WAITING_PER_HOST = _int(
+        "PASSWORD_CHECKS_WAITING_PER_HOST", _password_check_places()
+    )
+    PASSWORD_CHECK_WAIT_SECONDS = _float("PASSWORD_CHECK_WAIT_SECONDS", 1.0)
+    # Password checks run on threads this much nicer than the rest (0: on the request's
+    # thread, at its priority), so reservations on the same host keep the CPU they need.
+    PASSWORD_CHECK_NICENESS = _int("PASSWORD_CHECK_NICENESS", 10)
     # Where the slots' lock files live: every API process of the host must name the
     # same one (default: flashcart-<uid> in the system's temporary directory).
     PASSWORD_CHECK_SLOTS_DIR = _env("PASSWORD_CHECK_SLOTS_DIR")

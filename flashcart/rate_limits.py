@@ -55,11 +55,19 @@ def init_app(app):
         )
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, too_many_requests)
-    slots = config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"]
-    if slots < 1:
-        raise ValueError(f"PASSWORD_CHECKS_IN_FLIGHT_PER_HOST must be 1 or more, not {slots}")
+    places = {}
+    for name in ("PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", "PASSWORD_CHECKS_WAITING_PER_HOST"):
+        places[name] = config[name]
+        if places[name] < 1:
+            raise ValueError(f"{name} must be 1 or more, not {places[name]}")
+    if not 0 <= config["PASSWORD_CHECK_NICENESS"] <= 19:
+        raise ValueError("PASSWORD_CHECK_NICENESS must be from 0 to 19")
+    directory = config["PASSWORD_CHECK_SLOTS_DIR"]
     app.extensions["flashcart.password_check_slots"] = HostSlots(
-        "password-checks", slots, config["PASSWORD_CHECK_SLOTS_DIR"]
+        "password-checks", places["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"], directory
+    )
+    app.extensions["flashcart.password_check_queue"] = HostSlots(
+        "password-check-queue", places["PASSWORD_CHECKS_WAITING_PER_HOST"], directory
     )
 
 
@@ -226,21 +234,37 @@ def _password_checks(view):
 
 def _password_check_slot(view):
     """Run the view only in one of this host's PASSWORD_CHECKS_IN_FLIGHT_PER_HOST
-    slots; with none free, 503 `busy` at once. The admission above bounds the rate;
-    this bounds the cores: however slow the host is at the moment, password checks
-    never occupy more than their share of it, nor every worker."""
+    slots; with none free, wait for one in one of the few PASSWORD_CHECKS_WAITING_PER_HOST
+    places, up to PASSWORD_CHECK_WAIT_SECONDS; with no place either, or no slot in
+    time, 503 `busy`. The admission above bounds the rate; this bounds the cores and
+    the workers: password checks never take every worker, nor a slot left idle while
+    refused shoppers back off. Tried before any limit, so that in a storm refusals
+    cost next to nothing and spend none of anyone's limits."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         try:
-            with current_app.extensions["flashcart.password_check_slots"].held():
-                return view(*args, **kwargs)
+            slot = _take_password_check_slot()
         except NoSlotFree:
             raise Busy(
                 "This server is checking as many passwords as it can at once. Retry in 1 s."
             ) from None
+        try:
+            return view(*args, **kwargs)
+        finally:
+            slot.release()
 
     return wrapper
+
+
+def _take_password_check_slot():
+    extensions = current_app.extensions
+    slots = extensions["flashcart.password_check_slots"]
+    try:
+        return slots.take()
+    except NoSlotFree:
+        with extensions["flashcart.password_check_queue"].held():
+            return slots.take(current_app.config["PASSWORD_CHECK_WAIT_SECONDS"])
 
 
 def login(view):
@@ -249,7 +273,6 @@ def login(view):
     guessing per account and address, never hand anyone a switch that locks the
     owner out); and the password checks this host admits."""
     view = _remembering_addresses(view)
-    view = _password_check_slot(view)
     view = _password_checks(view)
     view = limiter.limit(
         _setting("RATELIMIT_LOGIN_PER_ACCOUNT"),
@@ -265,15 +288,14 @@ def login(view):
         scope="login-account-ip",
     )(view)
     view = limiter.limit(_setting("RATELIMIT_LOGIN_PER_IP"), scope="login-ip")(view)
-    return _documented(view)
+    return _documented(_password_check_slot(view))
 
 
 def signup(view):
     """Limit sign-ups per client IP, and the password checks this host admits."""
-    view = _password_check_slot(view)
     view = _password_checks(view)
     view = limiter.limit(_setting("RATELIMIT_SIGNUP_PER_IP"), scope="signup-ip")(view)
-    return _documented(view)
+    return _documented(_password_check_slot(view))
 
 
 def reservations(view):

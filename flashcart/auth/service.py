@@ -1,12 +1,12 @@
 """Accounts: sign-up, login, token refresh and roles."""
 
 import pymongo.errors
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from pymongo import ReturnDocument
 
 from flashcart.auth import emails, tokens
+from flashcart.auth.hashing import Hasher
 from flashcart.errors import Conflict, NotFound, Unauthorized
 from flashcart.extensions import stores
 from flashcart.stores import as_utc, object_id_or_none, utcnow
@@ -48,10 +48,12 @@ def _hasher():
     app = current_app
     hasher = app.extensions.get("flashcart.password_hasher")
     if hasher is None:
-        hasher = PasswordHasher(
+        hasher = Hasher(
             time_cost=app.config["ARGON2_TIME_COST"],
-            memory_cost=app.config["ARGON2_MEMORY_KIB"],
+            memory_kib=app.config["ARGON2_MEMORY_KIB"],
             parallelism=app.config["ARGON2_PARALLELISM"],
+            niceness=app.config["PASSWORD_CHECK_NICENESS"],
+            threads=app.config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"],
         )
         # Verified when no such user exists, so both failures cost the same time.
         app.extensions["flashcart.dummy_hash"] = hasher.hash("no such user")

@@ -1,11 +1,13 @@
 """Rate limits: on here (TestingConfig turns them off), counted in the suite's Redis."""
 
 import socket
+import threading
 import time
 
 import pytest
 
 from flashcart import create_app
+from flashcart.host_slots import NoSlotFree
 from tests.support.app import PASSWORD, app_settings
 from tests.support.ports import free_port
 
@@ -278,17 +280,24 @@ def test_requests_that_check_no_password_spend_none_of_the_host_budget(limited, 
 # -- password checks in flight on a host -----------------------------------------------
 
 
-def _every_slot_held(client):
-    slots = client.application.extensions["flashcart.password_check_slots"]
-    holds = [slots.held() for _ in range(slots.count)]
-    for hold in holds:
-        hold.__enter__()
+def _every_place_held(client, *names):
+    """Hold every slot of each extension named, as other workers' checks would."""
+    holds = []
+    for name in names:
+        slots = client.application.extensions[name]
+        holds += [slots.take() for _ in range(slots.count)]
     return holds
+
+
+def _every_slot_and_waiting_place_held(client):
+    return _every_place_held(
+        client, "flashcart.password_check_slots", "flashcart.password_check_queue"
+    )
 
 
 def _release(holds):
     for hold in holds:
-        hold.__exit__(None, None, None)
+        hold.release()
 
 
 def assert_busy(response):
@@ -298,15 +307,21 @@ def assert_busy(response):
     assert response.headers["Retry-After"] == "1"
 
 
-def test_with_every_password_check_slot_taken_logins_and_sign_ups_answer_busy_at_once(
+def test_with_every_slot_and_waiting_place_taken_logins_and_sign_ups_answer_busy_at_once(
     limited, user, mongo_db
 ):
-    client = limited(PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=2)
-    holds = _every_slot_held(client)
+    client = limited(
+        PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=2,
+        PASSWORD_CHECKS_WAITING_PER_HOST=1,
+        PASSWORD_CHECK_WAIT_SECONDS=30,
+    )
+    holds = _every_slot_and_waiting_place_held(client)
     try:
+        started = time.monotonic()
         assert_busy(_login(client, user, "198.51.100.7"))
         signup = {"email": "later@example.com", "password": PASSWORD, "name": "Later"}
         assert_busy(client.post(SIGNUP, json=signup))
+        assert time.monotonic() - started < 10, "a refusal waited for a slot"
         assert mongo_db.users.count_documents({"email": "later@example.com"}) == 0
     finally:
         _release(holds)
@@ -315,15 +330,56 @@ def test_with_every_password_check_slot_taken_logins_and_sign_ups_answer_busy_at
     assert client.post(SIGNUP, json=signup).status_code == 201
 
 
-def test_a_login_refused_for_want_of_a_slot_spends_none_of_the_host_admission(limited, user):
+def _release_once_someone_waits(client, holds, seen):
+    """Free `holds` once a request holds the (only) waiting place: it did wait."""
+    queue = client.application.extensions["flashcart.password_check_queue"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            queue.take().release()
+        except NoSlotFree:
+            seen.append(True)
+            break
+        time.sleep(0.005)
+    _release(holds)
+
+
+def test_a_login_waits_for_a_slot_that_comes_free_in_time(limited, user):
+    client = limited(
+        PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1,
+        PASSWORD_CHECKS_WAITING_PER_HOST=1,
+        PASSWORD_CHECK_WAIT_SECONDS=30,
+    )
+    holds, seen = _every_place_held(client, "flashcart.password_check_slots"), []
+    releaser = threading.Thread(target=_release_once_someone_waits, args=(client, holds, seen))
+    releaser.start()
+    try:
+        assert _login(client, user, "198.51.100.9").status_code == 200
+    finally:
+        releaser.join()
+    assert seen, "the login never waited in the queue"
+
+
+def test_a_login_whose_wait_runs_out_answers_busy(limited, user):
+    client = limited(PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1, PASSWORD_CHECK_WAIT_SECONDS=0.2)
+    holds = _every_place_held(client, "flashcart.password_check_slots")
+    try:
+        assert_busy(_login(client, user, "198.51.100.10"))
+    finally:
+        _release(holds)
+    assert _login(client, user, "198.51.100.10").status_code == 200
+
+
+def test_a_login_refused_for_want_of_a_slot_spends_none_of_the_limits(limited, user):
     client = limited(
         PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1,
         RATELIMIT_PASSWORD_CHECKS_PER_HOST="1 per minute",
-        RATELIMIT_LOGIN_PER_IP="",
+        RATELIMIT_LOGIN_PER_IP="1 per minute",
     )
-    holds = _every_slot_held(client)
+    holds = _every_slot_and_waiting_place_held(client)
     try:
-        assert_busy(_login(client, user, "198.51.100.8"))
+        for _ in range(3):
+            assert_busy(_login(client, user, "198.51.100.8"))
     finally:
         _release(holds)
 
@@ -332,10 +388,24 @@ def test_a_login_refused_for_want_of_a_slot_spends_none_of_the_host_admission(li
 
 
 def test_other_requests_do_not_wait_for_password_check_slots(limited, user_headers):
-    client = limited(PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1)
-    holds = _every_slot_held(client)
+    client = limited(PASSWORD_CHECKS_IN_FLIGHT_PER_HOST=1, PASSWORD_CHECK_WAIT_SECONDS=30)
+    holds = _every_slot_and_waiting_place_held(client)
     try:
         assert client.get("/api/v1/products").status_code == 200
         assert client.get("/api/v1/orders", headers=user_headers).status_code == 200
     finally:
         _release(holds)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"PASSWORD_CHECKS_IN_FLIGHT_PER_HOST": 0},
+        {"PASSWORD_CHECKS_WAITING_PER_HOST": 0},
+        {"PASSWORD_CHECK_NICENESS": 20},
+        {"PASSWORD_CHECK_NICENESS": -1},
+    ],
+)
+def test_password_check_settings_out_of_range_stop_the_app_at_start(limited, setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        limited(**setting)
