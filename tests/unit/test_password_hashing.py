@@ -1,6 +1,7 @@
 """Password hashing on threads of low CPU priority (flashcart/auth/hashing.py)."""
 
 import os
+import signal
 import threading
 
 import pytest
@@ -21,6 +22,7 @@ def _niceness(thread):
 
 def test_checks_run_on_threads_of_their_own_made_nicer_and_the_caller_keeps_its_priority():
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    others = set(_checking_threads())
     hasher = Hasher(**CHEAP, niceness=7)
 
     stored = hasher.hash("correct horse")
@@ -28,7 +30,8 @@ def test_checks_run_on_threads_of_their_own_made_nicer_and_the_caller_keeps_its_
     with pytest.raises(VerificationError):
         hasher.verify(stored, "wrong horse")
 
-    assert [_niceness(t) for t in _checking_threads()] == [min(19, before + 7)]
+    ours = set(_checking_threads()) - others
+    assert [_niceness(t) for t in ours] == [min(19, before + 7)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
 
 
@@ -44,8 +47,9 @@ def test_a_process_forked_after_a_check_checks_on_threads_of_its_own():
     stored = hasher.hash("correct horse")  # the parent's pool exists now
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through its exit status
+        signal.alarm(20)  # a check sent to the parent's (absent) threads would never end
         try:
-            ok = hasher.verify(stored, "correct horse") and len(_checking_threads()) == 1
+            ok = hasher.verify(stored, "correct horse")
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(child, 0)
