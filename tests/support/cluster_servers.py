@@ -235,6 +235,15 @@ class ClusterServers:
         process.kill()
         process.wait()
 
+    def rejoin(self, port, timeout=30):
+        """Start the node killed on `port` again, empty (no persistence) but with its
+        nodes file: it rejoins as a replica of the master that took over, and this
+        returns once every replica is in sync again."""
+        self.start_node(port, self.bus_ports[self.ports.index(port)])
+        self._wait_answers(port)
+        self.wait_healthy(timeout)
+        self.wait_replicas_synced(timeout)
+
     def flushall(self):
         for port in self.live_ports():
             if self.role(port) == "master":

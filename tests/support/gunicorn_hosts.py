@@ -11,16 +11,29 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from flashcart.auth import service as accounts
 from tests.support.ports import free_port
 from tests.support.processes import ROOT, children, stop, wait_for
 
 HTTP_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status None when the connection failed (`code` says how)."""
+
+    status: int | None
+    body: dict
+    code: str
+    headers: dict
 
 
 class Api:
@@ -32,7 +45,52 @@ class Api:
 
     def call(self, method, path, token=None, body=None, headers=None):
         """(status, json body, error kind): status None when the connection failed."""
+        answer = self.request(method, path, token, body, headers)
+        return answer.status, answer.body, answer.code
+
+    def request(self, method, path, token=None, body=None, headers=None, pace=0.0):
+        """The Answer; a body sent in five pieces `pace` seconds apart (a slow client)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        sent, data = self._headers(token, body, headers)
+        try:
+            if pace and data:
+                conn.putrequest(method, path)
+                for name, value in {**sent, "Content-Length": str(len(data))}.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                step = -(-len(data) // 5)
+                for at in range(0, len(data), step):
+                    time.sleep(pace)
+                    conn.send(data[at : at + step])
+            else:
+                conn.request(method, path, body=data, headers=sent)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            return Answer(None, {}, f"connection:{type(error).__name__}", {})
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = {}
+        code = payload.get("code", "") if response.status >= 400 else ""
+        return Answer(response.status, payload, code, dict(response.getheaders()))
+
+    def hang_up(self, method, path, token=None, body=None, whole=False):
+        """A client that vanishes: sends the request, but only half its body unless
+        `whole`, and closes the connection without reading an answer."""
+        sent, data = self._headers(token, body, None)
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in sent.items()]
+        lines.append(f"Content-Length: {len(data or b'')}")
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + (data or b"")
+        address = ("127.0.0.1", self.port)
+        with contextlib.suppress(OSError), socket.create_connection(address, self.timeout) as sock:
+            sock.sendall(raw if whole else raw[: len(raw) - max(1, len(data or b"") // 2)])
+
+    @staticmethod
+    def _headers(token, body, headers):
         sent = dict(headers or {})
         data = None
         if body is not None:
@@ -40,19 +98,7 @@ class Api:
             sent["Content-Type"] = "application/json"
         if token:
             sent["Authorization"] = f"Bearer {token}"
-        try:
-            conn.request(method, path, body=data, headers=sent)
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            return None, {}, f"connection:{type(error).__name__}"
-        finally:
-            conn.close()
-        try:
-            payload = json.loads(raw) if raw else {}
-        except ValueError:
-            payload = {}
-        return response.status, payload, payload.get("code", "") if response.status >= 400 else ""
+        return sent, data
 
 
 class GunicornHost:
@@ -123,6 +169,39 @@ class GunicornHost:
         with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
             return [line.strip() for line in log if needle in line]
         return []
+
+    def kill_a_worker(self, timeout=20):
+        """SIGKILL one worker; wait until gunicorn has reaped it and booted a
+        replacement that serves. Returns what happened, with monotonic times."""
+        before = self.worker_pids()
+        booted_before = len(self.log_lines("Booting worker with pid"))
+        victim = random.choice(before)  # noqa: S311 - not for security
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while time.monotonic() < killed_at + timeout:
+            now = self.worker_pids()
+            reaped = not os.path.exists(f"/proc/{victim}")
+            booted = [
+                int(line.rsplit(":", 1)[1])
+                for line in self.log_lines("Booting worker with pid")[booted_before:]
+            ]
+            if (
+                reaped
+                and booted
+                and set(booted) <= set(now)
+                and len(now) == self.workers
+                and self.api.call("GET", "/healthz")[0] == 200
+            ):
+                return {
+                    "victim": victim,
+                    "replacement": booted,
+                    "at": killed_at,
+                    "replaced_at": time.monotonic(),
+                    "workers": (before, now),
+                    "master_saw": self.log_lines(f"pid:{victim}) was sent SIGKILL"),
+                }
+            time.sleep(0.05)
+        raise AssertionError(f"worker {victim} was not replaced:\n{self.log_tail()}")
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
@@ -197,9 +276,17 @@ class ProductionGunicorn:
         stop(self.process, timeout=20)
 
 
+SHOPPER_PASSWORD = "correct horse"  # noqa: S105 - test accounts
+
+
+def shopper_email(n):
+    return f"shopper{n}@drop.example"
+
+
 def open_drop(app, api, *, name, price, stock, limit, shoppers):
     """An admin, `shoppers` shoppers with tokens (made in `app`) and a live product
-    (made through `api`); returns (product id, {user id: token})."""
+    (made through `api`); returns (product id, {user id: token}), the users in the
+    order of their numbers (shopper_email(n), SHOPPER_PASSWORD)."""
     with app.app_context():
         admin = accounts.register(
             email="admin@drop.example", password="correct horse", name="A", role="admin"
@@ -208,7 +295,7 @@ def open_drop(app, api, *, name, price, stock, limit, shoppers):
         tokens = {}
         for n in range(shoppers):
             user = accounts.register(
-                email=f"shopper{n}@drop.example", password="correct horse", name=f"S{n}"
+                email=shopper_email(n), password=SHOPPER_PASSWORD, name=f"S{n}"
             )
             tokens[user["id"]] = accounts.issue_token(user)["access_token"]
     body = {"name": name, "price": price, "stock": stock, "per_user_limit": limit}

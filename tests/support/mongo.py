@@ -26,13 +26,21 @@ def fresh_mongo_uri():
     """The URI of an empty database on a MongoDB server that several processes can
     share: MONGO_TEST_URI's (the database dropped after), else a stand-in started
     for the caller (stopped after)."""
+    with fresh_mongo() as (uri, _standin):
+        yield uri
+
+
+@contextlib.contextmanager
+def fresh_mongo():
+    """fresh_mongo_uri()'s URI and the stand-in serving it (None on MONGO_TEST_URI's
+    server), which a test may freeze and thaw."""
     if not MONGO_TEST_URI:
         with MongoStandIn() as standin:
-            yield standin.url
+            yield standin.url, standin
         return
     uri = fresh_database_uri()
     try:
-        yield uri
+        yield uri, None
     finally:
         db = connect_mongo(uri, TestingConfig.MONGO_TIMEOUT_MS)
         db.client.drop_database(db.name)
