@@ -7,7 +7,7 @@ PORT ?= 5000
 # unless told otherwise (HOST=0.0.0.0).
 HOST ?= 127.0.0.1
 
-.PHONY: run dev test lint bench bench-cpu bench-instructions rehearse clean openapi fuzz
+.PHONY: run dev test lint bench bench-cpu bench-instructions rehearse storm clean openapi fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ openapi: $(BIN)/.installed  ## Regenerate openapi.json (a test fails while it is
 
 fuzz: $(BIN)/.installed  ## A bigger schemathesis run with fresh random inputs (make test runs a small one)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/pytest tests/api/test_fuzz.py -s
+
+# The storm test's long form (make test runs a shorter one): issue 20's 10 minutes
+# of faults on real processes. Its JSON, an HTML report and the timeline's picture go
+# to loadtest/results/ (STORM_RESULTS), drawn by bench/report.py even if a check failed.
+STORM_RESULTS ?= loadtest/results
+storm: $(BIN)/.installed  ## 10 minutes of faults on a drop (Redis primaries, workers, the database); timeline in loadtest/results/
+	STORM_SECONDS=$${STORM_SECONDS:-600} STORM_RESULTS=$(STORM_RESULTS) \
+		$(BIN)/pytest tests/system/test_storm.py -s -q; status=$$?; \
+	latest=$$(ls -t $(STORM_RESULTS)/storm-*.json 2>/dev/null | head -1); \
+	[ -z "$$latest" ] || $(BIN)/python -m bench.report "$$latest" --images $(STORM_RESULTS); \
+	exit $$status
 
 lint: $(BIN)/.installed  ## ruff, and the import contract (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,7 +1,8 @@
 """Reports a person can open: `python -m bench.report bench/results/<file>.json`.
 
 Draws the JSON of a `make bench` run (bench-*.json), of `python -m bench.logins`
-(logins-*.json) or of a drop rehearsal (`make rehearse`, rehearsal-*.json) as charts
+(logins-*.json), of a drop rehearsal (`make rehearse`, rehearsal-*.json) or of a
+storm (`make storm`, storm-*.json) as charts
 in one self-contained HTML file beside it (same name, .html): PNGs drawn by
 matplotlib's Agg canvas (no screen), embedded as data: URIs. Parts a JSON lacks (an
 older run) are left out, so an old file can be drawn too.
@@ -38,10 +39,10 @@ class Chart:
     note: str = ""
 
 
-def _figure(rows=1, cols=1):
-    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+def _figure(rows=1, cols=1, size=SIZE, **grid):
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    return figure, figure.subplots(rows, cols, squeeze=False)
+    return figure, figure.subplots(rows, cols, squeeze=False, **grid)
 
 
 def _chart(title, figure, note=""):
@@ -420,6 +421,90 @@ def rehearsal_charts(rehearsal):
     return [sold_chart(rehearsal), status_chart(rehearsal), rehearsal_latency_chart(rehearsal)]
 
 
+# -- make storm ------------------------------------------------------------------------
+
+FAULT_COLOURS = {"primary": "#c62828", "freeze": "#1565c0", "worker": "#9e9e9e"}
+FAULT_NAMES = {
+    "primary": "Redis primary killed (to recovery)",
+    "freeze": "database frozen (to recovery)",
+    "worker": "gunicorn worker killed",
+}
+
+
+def _status_group(status):
+    """Answers grouped for the chart: served, refused as expected, retry, no answer."""
+    if status == "-":
+        return "no answer"
+    code = int(status)
+    if code < 400:
+        return "2xx"
+    if code == 503:
+        return "503 (Retry-After)"
+    if code < 500:
+        return "4xx refusals"
+    return "5xx other"
+
+
+GROUP_COLOURS = {
+    "2xx": "#2e7d32",
+    "4xx refusals": "#f9a825",
+    "503 (Retry-After)": "#8e24aa",
+    "no answer": "#212121",
+    "5xx other": "#c62828",
+}
+
+
+def _mark_faults(axes, storm, labelled):
+    for fault in storm["faults"]:
+        kind = fault["kind"]
+        label = FAULT_NAMES[kind] if kind not in labelled else None
+        labelled.add(kind)
+        if kind == "worker":
+            axes.axvline(fault["start"], color=FAULT_COLOURS[kind], linewidth=0.5, label=label)
+        else:
+            end = max(fault["end"], fault["recovered"] or fault["end"])
+            axes.axvspan(fault["start"], end, color=FAULT_COLOURS[kind], alpha=0.25, label=label)
+
+
+def faults_timeline_chart(storm):
+    """Answers per second by kind and the p99 per second, under the faults' spans."""
+    figure, ((answers,), (latency,)) = _figure(
+        2, 1, size=(10, 6), sharex=True, height_ratios=(3, 2)
+    )
+    rows = storm["per_second"]
+    seconds = [row["t"] for row in rows]
+    groups = defaultdict(lambda: [0] * len(rows))
+    for n, row in enumerate(rows):
+        for status, count in row["statuses"].items():
+            groups[_status_group(status)][n] += count
+    for name in GROUP_COLOURS:
+        if name in groups:
+            _per_second(answers, seconds, groups[name], label=name, color=GROUP_COLOURS[name])
+    _mark_faults(answers, storm, set())
+    answers.set_ylabel("answers/s")
+    answers.legend(fontsize=7, ncol=3, loc="upper right")
+    answers.grid(alpha=0.3)
+    _per_second(latency, seconds, [row["p99_ms"] for row in rows], color="#212121", label="p99")
+    _mark_faults(latency, storm, {"primary", "freeze", "worker"})
+    latency.set_yscale("log")
+    latency.set_ylabel("p99 per second, ms")
+    latency.set_xlabel("seconds since the storm began")
+    latency.set_xlim(0, seconds[-1] + 1 if seconds else 1)
+    latency.grid(alpha=0.3)
+    rec = storm["recoveries"]
+    primary = rec["primary"]
+    return _chart(
+        "The storm: answers per second under the faults",
+        figure,
+        f"{storm['seconds']:.0f} s. Recovered (median, max s): Redis primary "
+        f"{primary['median_s']}, {primary['max_s']} over {primary['count']} kills; database "
+        f"{rec['freeze']['median_s']}, {rec['freeze']['max_s']} over {rec['freeze']['count']} "
+        f"freezes; workers replaced {rec['worker']['median_s']}, {rec['worker']['max_s']} over "
+        f"{rec['worker']['count']} kills. p99 outside the faults' spans "
+        f"{storm['latency']['outside_p99_ms']} ms.",
+    )
+
+
 # -- the page ----------------------------------------------------------------------------
 
 
@@ -427,6 +512,8 @@ def charts(report):
     """The charts for one JSON report, whichever tool wrote it."""
     if report.get("kind") == "rehearsal":
         return rehearsal_charts(report)
+    if report.get("kind") == "storm":
+        return [faults_timeline_chart(report)]
     if "capacity" in report:  # python -m bench.logins
         return logins_charts(report)
     return bench_charts(report)
@@ -435,6 +522,8 @@ def charts(report):
 def _heading(report):
     if report.get("kind") == "rehearsal":
         return f"Drop rehearsal against {report['target']}, {report['when']}"
+    if report.get("kind") == "storm":
+        return f"FlashCart storm, {report['when']}"
     if "capacity" in report:
         return "FlashCart logins benchmark"
     return f"FlashCart benchmark, {report.get('when', '')} on {report.get('machine', '')}"

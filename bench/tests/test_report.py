@@ -85,3 +85,21 @@ def test_a_run_measured_against_the_floor_draws_the_floor_beside_each_scenario(t
     page = read_page(report.write(str(source)))
     titles = [title.replace("/healthz", "the floor") for title in BENCH_TITLES]
     assert_drawn(page, titles)
+
+
+def test_a_storm_is_drawn_as_answers_and_p99_per_second_under_its_faults(tmp_path):
+    source = copy(tmp_path, "storm.json")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.report", source, "--images", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert f"Report: {tmp_path / 'storm.html'}" in done.stdout
+    page = read_page(tmp_path / "storm.html")
+    assert_drawn(page, ["The storm: answers per second under the faults"])
+    picture = imread(tmp_path / "the-storm-answers-per-second-under-the-faults.png")
+    assert picture.shape[:2] == (600, 1000)  # two panels, 10 x 6 inches at 100 dpi

@@ -14,13 +14,13 @@ from tests.support.processes import ROOT, stop
 
 class CompanionProcess:
     """A `flask --app wsgi <command>` beside the API: its own process, as in production.
-    `hold_seconds` and `audit_seconds` as the API hosts have them; `settings` adds
-    or replaces environment variables."""
+    `hold_seconds` and `audit_seconds` as the API hosts have them; the class's
+    `settings`, then `env`, add or replace environment variables."""
 
     command = ()
     settings = {}
 
-    def __init__(self, mongo_uri, redis_url, workdir, *, hold_seconds, audit_seconds=5):
+    def __init__(self, mongo_uri, redis_url, workdir, *, hold_seconds, audit_seconds=5, env=None):
         self.log_path = os.path.join(workdir, f"{self.command[0]}.log")
         self.env = {
             k: v
@@ -40,6 +40,7 @@ class CompanionProcess:
             PYTHONUNBUFFERED="1",
         )
         self.env.update(self.settings)
+        self.env.update(env or {})
         self.process = None
         self._log = None
 
@@ -91,7 +92,8 @@ class SweeperProcess(CompanionProcess):
 
 class DelivererProcess(CompanionProcess):
     """`flask --app wsgi deliver --every 1`, sending to a receiver on this machine, with
-    retries and leases short enough to be seen within a test."""
+    retries and leases short enough to be seen within a test (a pass ends when its
+    lease has less than 2 x the timeout + 1 s left: some 1 s of sending in 4 s)."""
 
     command = ("deliver", "--every", "1")
     LEASE_SECONDS = 4

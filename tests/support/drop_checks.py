@@ -246,15 +246,18 @@ class Shop:
 # -- the webhook side ------------------------------------------------------------------
 
 
-def webhook_rig(cleanup, app, mongo_uri, redis_url, workdir, hold_seconds):
+def webhook_rig(cleanup, app, mongo_uri, redis_url, workdir, hold_seconds, deliverer_env=None):
     """A receiver on this machine, an endpoint for every event type (registered now:
     it takes the events published after this moment) and a deliverer process, not
-    started; undone by `cleanup` (an ExitStack)."""
+    started (`deliverer_env` adds to its environment); undone by `cleanup` (an
+    ExitStack)."""
     receiver = cleanup.enter_context(WebhookReceiver())
     with app.app_context():
         since = webhooks.feed_head()
         endpoint = webhooks.create_endpoint(url=receiver.url, types=list(feed.TYPES))
-    deliverer = DelivererProcess(mongo_uri, redis_url, workdir, hold_seconds=hold_seconds)
+    deliverer = DelivererProcess(
+        mongo_uri, redis_url, workdir, hold_seconds=hold_seconds, env=deliverer_env
+    )
     cleanup.callback(deliverer.stop)
     return {"receiver": receiver, "endpoint": endpoint, "since": since, "deliverer": deliverer}
 
