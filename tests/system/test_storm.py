@@ -23,7 +23,8 @@ told about placed once, every acknowledged reservation checked out, expired or
 reported, every event delivered; during it: every error a 503 with Retry-After or
 an expected refusal, never a 500, a connection cut only by a worker's death, and
 the p99 outside the fault windows under a generous bound. The timeline (answers by
-status per second, faults, recoveries) is printed and drawn.
+status per second, faults, recoveries) is printed, and written as JSON that
+`python -m bench.report` draws.
 """
 
 import collections
@@ -493,7 +494,7 @@ def latencies(rec, faults):
     }
 
 
-def reservations(rec, shop, state):
+def reservations(rec, state):
     """Each acknowledged reservation: checked out (an order has it), expired (no order,
     no hold left after the last sweep), or reported (Redis lost it: a checkout within
     its hold was told reservation_not_found). `unaccounted` must stay empty."""
@@ -614,7 +615,7 @@ def test_a_drop_survives_a_storm_of_faults_with_no_operator(storm_rig, tmp_path)
 
     told, wrong = answers(rec, faults)
     latency = latencies(rec, faults)
-    outcome, reported, unaccounted = reservations(rec, shop, state)
+    outcome, reported, unaccounted = reservations(rec, state)
     rows = timeline(rec, faults)
     recoveries = recovery_figures(faults)
     snap = state["snapshot"]
@@ -658,6 +659,9 @@ def test_a_drop_survives_a_storm_of_faults_with_no_operator(storm_rig, tmp_path)
             "orders_placed": rec.count("checkout"),
             "cancels": rec.count("cancel"),
             "vanished_clients": len(shop.vanished),
+            "vanished_checkouts_placed": sum(
+                1 for _, rid, _ in shop.vanished if rid in state["status_of"]
+            ),
             "slow_answers": sum(1 for e in rec.events if e.slow),
             "reservations": dict(outcome),
             "orders_by_status": dict(state["by_status"]),
