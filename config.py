@@ -25,11 +25,18 @@ def _usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _password_check_places():
-    """Half the cores, and a quarter of the workers (gunicorn's WEB_CONCURRENCY): with as
-    many waiting again, password checks hold at most half the workers of a host."""
-    workers = int(os.environ.get("WEB_CONCURRENCY") or 4)
-    return max(1, min(_usable_cores() // 2, workers // 4))
+def _workers():
+    return int(os.environ.get("WEB_CONCURRENCY") or 4)  # gunicorn.conf.py's default
+
+
+def _password_checks_at_once():
+    """A check a core, and at most half the workers."""
+    return max(1, min(_usable_cores(), _workers() // 2))
+
+
+def _password_checks_waiting():
+    """Half as many: checks and waiters leave at least a quarter of the workers free."""
+    return max(1, min(_usable_cores() // 2, _workers() // 4))
 
 
 def _env(name, default=None):
@@ -175,12 +182,12 @@ class Config:
     )
     # Password checks running at once on an API host, across its workers, and requests
     # waiting up to PASSWORD_CHECK_WAIT_SECONDS for one of them; beyond both, 503 `busy`.
-    # Keep the two together well below the host's workers: the rest serve everyone else.
+    # Keep the two together below the host's workers: the rest serve everyone else.
     PASSWORD_CHECKS_IN_FLIGHT_PER_HOST = _int(
-        "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", _password_check_places()
+        "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", _password_checks_at_once()
     )
     PASSWORD_CHECKS_WAITING_PER_HOST = _int(
-        "PASSWORD_CHECKS_WAITING_PER_HOST", _password_check_places()
+        "PASSWORD_CHECKS_WAITING_PER_HOST", _password_checks_waiting()
     )
     PASSWORD_CHECK_WAIT_SECONDS = _float("PASSWORD_CHECK_WAIT_SECONDS", 1.0)
     # Password checks run on threads this much nicer than the rest (0: on the request's

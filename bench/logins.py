@@ -166,7 +166,7 @@ def _storm(url, bodies_path, count, arrival_s, clients, limit_s, out):
     due = [(started + at, n, started + at) for n, at in enumerate(arrivals)]
     heapq.heapify(due)
     lock = threading.Lock()
-    logins, statuses, attempts = [], Counter(), Counter()
+    logins, refusals, statuses, attempts = [], [], Counter(), Counter()
     headers = {"Content-Type": "application/json"}
 
     def client():
@@ -194,6 +194,7 @@ def _storm(url, bodies_path, count, arrival_s, clients, limit_s, out):
                 if status == 200:
                     logins.append((done - started, done - sent, done - arrived))
                 else:
+                    refusals.append(done - started)
                     # Retry-After, doubled at each refusal in a row, plus up to as much
                     # again at random: what a storefront should do (docs/security.md).
                     wait = float(retry_after) if retry_after else 1.0
@@ -210,6 +211,7 @@ def _storm(url, bodies_path, count, arrival_s, clients, limit_s, out):
             "started": started,
             "ended": time.monotonic(),
             "logins": logins,
+            "refusals": refusals,
             "statuses": dict(statuses),
             "left": count - len(logins),
             "attempts_max": max(attempts.values()) if attempts else 0,
@@ -258,6 +260,15 @@ def _reserve_figures(records, seconds):
         "p50_ms": _percentile(latencies, 50),
         "p99_ms": _percentile(latencies, 99),
     }
+
+
+def _at_capacity(logins, refusals):
+    """Logins a second over the seconds in which someone was refused: the host was
+    full then, so this is what it gave, apart from the shoppers' back-off (which
+    leaves it idle at the end, while the last ones wait to try again)."""
+    full = {math.floor(at) for at in refusals}
+    made = sum(1 for at, _, _ in logins if math.floor(at) in full)
+    return made / len(full) if full else None
 
 
 def _timeline(records, logins, storm_started):
@@ -337,6 +348,8 @@ def storm(
         "left": result["left"],
         "storm_s": spent,
         "logins_per_s": len(done) / spent if spent else 0.0,
+        "logins_per_s_at_capacity": _at_capacity(done, result["refusals"]),
+        "seconds_at_capacity": len({math.floor(at) for at in result["refusals"]}),
         "statuses": result["statuses"],
         "attempts_max": result["attempts_max"],
         "login_p50_ms": _percentile([lat * 1000 for _, lat, _ in done], 50),
@@ -448,6 +461,11 @@ def print_report(report):
         f"{s['logins_per_s']:.1f} logins/s; answers {s['statuses']}; at most "
         f"{s['attempts_max']} tries for one account"
     )
+    if s.get("logins_per_s_at_capacity") is not None:
+        print(
+            f"   while someone was refused ({s['seconds_at_capacity']} s): "
+            f"{s['logins_per_s_at_capacity']:.1f} logins/s"
+        )
     print(
         f"   login request p50 {s['login_p50_ms']:.0f} ms, p99 {s['login_p99_ms']:.0f} ms; "
         f"arrival to logged in p50 {s['arrival_to_login_p50_s']:.1f} s, "

@@ -58,3 +58,12 @@ def test_cpu_seconds_counts_running_and_reaped_children():
     # ticks are 10 ms, and each of the four figures summed may lose one).
     assert 0.56 <= running < 1.0
     assert abs(reaped - running) <= 0.05
+
+
+def test_the_storm_rate_at_capacity_counts_only_the_seconds_in_which_someone_was_refused():
+    from bench.logins import _at_capacity
+
+    logins = [(at, 0.05, 1.0) for at in (0.5, 1.2, 1.7, 5.0, 9.9)]
+    refusals = [1.1, 5.5, 5.6]
+    assert _at_capacity(logins, refusals) == 3 / 2  # seconds 1 and 5: three logins
+    assert _at_capacity(logins, []) is None
