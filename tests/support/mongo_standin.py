@@ -11,7 +11,9 @@ process that connects sees the same data and each command is atomic.
 It answers as a standalone server (no transactions, no retryable writes). Cursors
 return every result in their first batch. Every command's name, database,
 collection and write concern is recorded; the test-only command
-`{"standInCommands": 1, "db": name}` returns those for one database.
+`{"standInCommands": 1, "db": name}` returns those for one database. With
+MONGO_STANDIN_TIMINGS=path it writes the seconds spent per command, collection and
+filter shape to that JSON file every 5 s (where a long run's time goes).
 
 Run it alone with `python tests/support/mongo_standin.py --port N`, or from a test with
 `MongoStandIn(port=None).start()` ... `.stop()` (also a context manager).
@@ -19,7 +21,9 @@ Run it alone with `python tests/support/mongo_standin.py --port N`, or from a te
 
 import argparse
 import collections
+import contextlib
 import datetime
+import json
 import os
 import signal
 import socket
@@ -66,6 +70,7 @@ class Engine:
         self.lock = threading.Lock()
         self.connections = 0
         self.received = collections.deque(maxlen=50_000)
+        self.timings = Timings(os.environ.get("MONGO_STANDIN_TIMINGS"))
 
     def run(self, command):
         name = next(iter(command))
@@ -82,7 +87,7 @@ class Engine:
         handler = getattr(self, "cmd_" + name.lower(), None)
         if handler is None:
             return self._error(59, f"no such command: '{name}'", "CommandNotFound")
-        with self.lock:
+        with self.lock, self.timings.timed(name, command):
             try:
                 return handler(self.client[database], command[name], command)
             except CommandError as error:
@@ -310,6 +315,55 @@ class Engine:
             "databases": [{"name": n, "sizeOnDisk": 0, "empty": False} for n in names],
             "ok": 1.0,
         }
+
+
+def _shape(value):
+    """A filter's shape: its fields and operators, each value replaced by its type."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value[:1]]
+    return type(value).__name__
+
+
+class Timings:
+    """Seconds spent per command, collection and filter shape, written as JSON to
+    `path` every few seconds (MONGO_STANDIN_TIMINGS: to see where a long run goes)."""
+
+    def __init__(self, path, every=5.0):
+        self.path, self.every = path, every
+        self.totals = collections.defaultdict(lambda: [0, 0.0])
+        self.written = time.monotonic()
+
+    @contextlib.contextmanager
+    def timed(self, name, command):
+        if not self.path:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            sort = command.get("sort")
+            where = command.get("filter", command.get("query"))
+            for key in ("updates", "deletes"):
+                if command.get(key):
+                    where = command[key][0].get("q")
+            collection = command[name] if isinstance(command[name], str) else ""
+            shape = json.dumps([name, collection, _shape(where), _shape(sort)])
+            total = self.totals[shape]
+            total[0] += 1
+            total[1] += elapsed
+            if time.monotonic() - self.written > self.every:
+                self.write()
+
+    def write(self):
+        self.written = time.monotonic()
+        rows = sorted(self.totals.items(), key=lambda row: -row[1][1])
+        with open(self.path + ".tmp", "w") as out:
+            json.dump([{"shape": s, "count": c, "seconds": t} for s, (c, t) in rows], out)
+        os.replace(self.path + ".tmp", self.path)
 
 
 def _read_exactly(sock, size):
