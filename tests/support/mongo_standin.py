@@ -5,8 +5,11 @@ No MongoDB server can be installed on the test machine, yet the app's PyMongo pa
 errors, one connection pool per process) must run somewhere. This is a small
 threaded TCP server that speaks the protocol PyMongo speaks (OP_QUERY for the legacy
 handshake, answered with OP_REPLY; OP_MSG, with document sequences, for everything
-else) and runs each command on one mongomock client under one lock, so every
-process that connects sees the same data and each command is atomic.
+else) and runs each command under one lock, so every process that connects sees the
+same data and each command is atomic. Documents are kept per collection beside maps
+for the fields the collection's indexes name, so a command costs what its matches
+cost, not what the collection holds; mongomock runs each command on the candidates
+(see "The store" below).
 
 It answers as a standalone server (no transactions, no retryable writes). Cursors
 return every result in their first batch. Every command's name, database,
@@ -20,6 +23,7 @@ Run it alone with `python tests/support/mongo_standin.py --port N`, or from a te
 """
 
 import argparse
+import bisect
 import collections
 import contextlib
 import datetime
@@ -36,7 +40,7 @@ import time
 
 import bson
 import mongomock
-from bson import SON, Int64
+from bson import SON, Int64, ObjectId
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 CHECKSUM_PRESENT, MORE_TO_COME = 1 << 0, 1 << 1
@@ -55,6 +59,7 @@ def _cursor(namespace, documents, batch="firstBatch"):
 
 
 def _is_operator_update(update):
+    """An update of operators (or a filter's condition of them), not a document."""
     return isinstance(update, dict) and bool(update) and next(iter(update)).startswith("$")
 
 
@@ -62,11 +67,514 @@ def _write_error(index, error):
     return {"index": index, "code": error.code or 2, "errmsg": str(error)}
 
 
-class Engine:
-    """Executes commands on one mongomock client, one at a time."""
+# The store: the documents, indexed the way the app's createIndexes asked, with
+# mongomock evaluating each command on the few documents an index leaves.
+#
+# mongomock scans every document of a collection on every command (and again for
+# each unique index on every write), so its cost grows with the data. Here each
+# collection keeps its documents in a dict and, for every field an index names, a
+# map from value to documents. A command's filter picks the smallest set of
+# candidates those maps allow (a superset of what matches); mongomock then runs the
+# command itself (filter, update operators, sort, projection) on a scratch
+# collection holding just those candidates, and the changed documents come back.
+# Uniqueness and TTL expiry are checked here, from the same maps.
+
+_NULL, _NUMBER, _STRING, _OBJECT_ID, _BOOL, _DATETIME = range(6)
+_RANGE_OPERATORS = ("$gt", "$gte", "$lt", "$lte")
+_CROSS_COLLECTION_STAGES = {"$lookup", "$graphLookup", "$unionWith", "$out", "$merge"}
+
+
+def _index_key(value):
+    """A value's key in an index: equal for values MongoDB holds equal (1, 1.0,
+    Int64(1)), ordered within one type; None for a value no key stands for."""
+    if value is None:
+        return (_NULL, 0)
+    if isinstance(value, bool):
+        return (_BOOL, value)
+    if isinstance(value, int | float):
+        return (_NUMBER, value) if value == value else None  # NaN equals nothing
+    if isinstance(value, str):
+        return (_STRING, value)
+    if isinstance(value, ObjectId):
+        return (_OBJECT_ID, value)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+        return (_DATETIME, value)
+    return None
+
+
+def _exact_key(value):
+    """A key for any value (an _id, a unique index's field): `_index_key`'s where
+    it has one, else the value's BSON."""
+    return _index_key(value) or ("bson", bson.encode({"": value}))
+
+
+def _values_at(document, path):
+    """The values at a dotted `path`, through arrays of documents as MongoDB goes;
+    None where the walk is beyond this (an array index, arrays in arrays)."""
+    values = [document]
+    for part in path.split("."):
+        found = []
+        for value in values:
+            if isinstance(value, dict):
+                if part in value:
+                    found.append(value[part])
+            elif isinstance(value, list):
+                if part.isdigit() or any(isinstance(item, list) for item in value):
+                    return None
+                found.extend(
+                    item[part] for item in value if isinstance(item, dict) and part in item
+                )
+        values = found
+    return values
+
+
+def _path_keys(document, path):
+    """The index keys of the values at `path`: a set (empty if there is no value
+    there), or None if one of them has no key (an array, a document...)."""
+    values = _values_at(document, path)
+    if values is None:
+        return None
+    keys = {None if isinstance(value, list) else _index_key(value) for value in values}
+    return None if None in keys else keys
+
+
+def _copy(document):
+    return bson.decode(bson.encode(document))
+
+
+class _FieldIndex:
+    """Documents (by position) by the values at one path."""
+
+    def __init__(self, path):
+        self.path = path
+        self.positions = {}  # key -> {position}
+        self.sorted_keys = collections.defaultdict(list)  # type -> its keys, in order
+        self.unplaced = set()  # documents with a value no key stands for: always candidates
+        self.absent = set()  # documents with no value at the path
+        self.keys_of = {}  # position -> its keys (None: unplaced)
+        self.multikey = set()  # documents with several values here (arrays)
+
+    def add(self, position, document):
+        keys = _path_keys(document, self.path)
+        self.keys_of[position] = keys
+        if keys is None:
+            self.unplaced.add(position)
+        elif not keys:
+            self.absent.add(position)
+        elif len(keys) > 1:
+            self.multikey.add(position)
+        for key in keys or ():
+            holders = self.positions.get(key)
+            if holders is None:
+                holders = self.positions[key] = set()
+                bisect.insort(self.sorted_keys[key[0]], key)
+            holders.add(position)
+
+    def remove(self, position):
+        keys = self.keys_of.pop(position)
+        self.unplaced.discard(position)
+        self.absent.discard(position)
+        self.multikey.discard(position)
+        for key in keys or ():
+            holders = self.positions[key]
+            holders.discard(position)
+            if not holders:
+                del self.positions[key]
+                ordered = self.sorted_keys[key[0]]
+                del ordered[bisect.bisect_left(ordered, key)]
+
+    def candidates(self, condition):
+        """A superset of the documents `condition` (a filter's value for this path)
+        can match, or None if this index cannot narrow it."""
+        if not _is_operator_update(condition):
+            return self._equal([condition])
+        if "$eq" in condition:
+            return self._equal([condition["$eq"]])
+        if isinstance(condition.get("$in"), list):
+            return self._equal(condition["$in"])
+        bounds = {op: _index_key(condition[op]) for op in _RANGE_OPERATORS if op in condition}
+        types = {key[0] if key else None for key in bounds.values()}
+        if not bounds or len(types) != 1 or None in types or _NULL in types:
+            return None
+        (kind,) = types
+        ordered = self.sorted_keys.get(kind, [])
+        low = max((bounds[op] for op in ("$gt", "$gte") if op in bounds), default=None)
+        high = min((bounds[op] for op in ("$lt", "$lte") if op in bounds), default=None)
+        start = bisect.bisect_left(ordered, low) if low else 0
+        end = bisect.bisect_right(ordered, high) if high else len(ordered)
+        found = set(self.unplaced)
+        for key in ordered[start:end]:
+            found |= self.positions[key]
+        for other, keys in self.sorted_keys.items():  # other types: left to the filter
+            if other != kind:
+                for key in keys:
+                    found |= self.positions[key]
+        return found
+
+    def _equal(self, values):
+        keys = [_index_key(value) for value in values]
+        if any(key is None or key[0] == _NULL for key in keys):
+            return None  # null also matches a missing value; arrays, documents, regexes...
+        found = set(self.unplaced)
+        for key in keys:
+            found |= self.positions.get(key, set())
+        return found
+
+    def in_order(self, descending):
+        """Positions bucket by bucket in the index's order, if every document has
+        one value of one type here (else None: the order is left to mongomock)."""
+        kinds = [keys for keys in self.sorted_keys.values() if keys]
+        if self.unplaced or self.absent or self.multikey or len(kinds) != 1:
+            return None
+        keys = reversed(kinds[0]) if descending else kinds[0]
+        return (self.positions[key] for key in keys)
+
+
+class _Scratch:
+    """A mongomock collection that holds a command's candidates while it runs."""
 
     def __init__(self):
-        self.client = mongomock.MongoClient()
+        self.collection = mongomock.MongoClient()["scratch"]["documents"]
+
+    @contextlib.contextmanager
+    def holding(self, documents):
+        if documents:
+            self.collection.insert_many([_copy(document) for document in documents])
+        try:
+            yield self.collection
+        finally:
+            self.collection.drop()
+
+    def matches(self, document, query):
+        with self.holding([document]) as collection:
+            return collection.count_documents(query) > 0
+
+
+def _duplicate(index_name):
+    return mongomock.DuplicateKeyError(f"E11000 duplicate key error index: {index_name}", 11000)
+
+
+class _Unique:
+    """A unique index: its documents' keys."""
+
+    def __init__(self, name, info, scratch):
+        self.name, self.scratch = name, scratch
+        self.fields = [field for field, _ in info["key"]]
+        self.sparse = info.get("sparse", False)
+        self.partial = info.get("partialFilterExpression")
+        self.positions = {}  # key -> position
+
+    def key(self, document):
+        """The document's key in this index, or None if the index leaves it out."""
+        values = []
+        for field in self.fields:
+            value = document
+            for part in field.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            values.append(value)
+        if self.sparse and all(value is None for value in values):
+            return None
+        if self.partial is not None and not self.scratch.matches(document, self.partial):
+            return None
+        return tuple(_exact_key(value) for value in values)
+
+
+class Collection:
+    """One collection: its documents, and mongomock's empty `shadow` of it, which
+    keeps the collection's existence and its indexes."""
+
+    def __init__(self, shadow, scratch):
+        self.shadow, self.scratch = shadow, scratch
+        self.documents = {}  # position (insertion order) -> document
+        self.id_positions = {}  # _exact_key(_id) -> position
+        self.next_position = 0
+        self.fields, self.uniques, self.ttls = {}, [], []
+        self.refresh_indexes()
+
+    @property
+    def name(self):
+        return self.shadow.name
+
+    # Indexes.
+    def refresh_indexes(self):
+        information = self.shadow.index_information()
+        paths = {"_id"} | {field for info in information.values() for field, _ in info["key"]}
+        for path in paths - set(self.fields):
+            index = self.fields[path] = _FieldIndex(path)
+            for position, document in self.documents.items():
+                index.add(position, document)
+        for path in set(self.fields) - paths:
+            del self.fields[path]
+        self.uniques = []
+        for name, info in information.items():
+            if info.get("unique") and name != "_id_":
+                self.uniques.append(self._built_unique(name, info))
+        self.ttls = [
+            (info["key"][0][0], info["expireAfterSeconds"])
+            for info in information.values()
+            if len(info["key"]) == 1
+            and "." not in info["key"][0][0]  # mongomock expires by top-level fields only
+            and isinstance(info.get("expireAfterSeconds"), int | float)
+        ]
+
+    def _built_unique(self, name, info):
+        unique = _Unique(name, info, self.scratch)
+        for position, document in self.documents.items():
+            key = unique.key(document)
+            if key is not None:
+                if key in unique.positions:
+                    raise _duplicate(name)
+                unique.positions[key] = position
+        return unique
+
+    def create_index(self, keys, **options):
+        if options.get("unique"):
+            info = {"key": keys, **options}
+            self._built_unique(options.get("name", "new index"), info)  # refuses duplicates
+        name = self.shadow.create_index(keys, **options)
+        self.refresh_indexes()
+        return name
+
+    def index_information(self):
+        return self.shadow.index_information()
+
+    def drop_indexes(self):
+        self.shadow.drop_indexes()
+        self.refresh_indexes()
+
+    def drop_index(self, index):
+        self.shadow.drop_index(index)
+        self.refresh_indexes()
+
+    # Documents in and out of the indexes.
+    def _put(self, position, document):
+        """Store `document` at `position` (a new one, or replacing the document
+        there), or raise DuplicateKeyError and change nothing."""
+        old = self.documents.get(position)
+        id_key = _exact_key(document["_id"])
+        if self.id_positions.get(id_key, position) != position:
+            raise _duplicate("_id_")
+        keys = [unique.key(document) for unique in self.uniques]
+        for unique, key in zip(self.uniques, keys, strict=True):
+            if key is not None and unique.positions.get(key, position) != position:
+                raise _duplicate(unique.name)
+        if old is not None:
+            self._unindex(position, old)
+        self.documents[position] = document
+        self.id_positions[id_key] = position
+        for index in self.fields.values():
+            index.add(position, document)
+        for unique, key in zip(self.uniques, keys, strict=True):
+            if key is not None:
+                unique.positions[key] = position
+
+    def _unindex(self, position, document):
+        del self.id_positions[_exact_key(document["_id"])]
+        for index in self.fields.values():
+            index.remove(position)
+        for unique in self.uniques:
+            key = unique.key(document)
+            if key is not None and unique.positions.get(key) == position:
+                del unique.positions[key]
+
+    def _remove(self, position):
+        self._unindex(position, self.documents.pop(position))
+
+    def _add(self, document):
+        if not self.shadow.database.list_collection_names().count(self.name):
+            self.shadow.database.create_collection(self.name)
+        self._put(self.next_position, document)
+        self.next_position += 1
+
+    def _expire(self):
+        """Drop the documents a TTL index says are expired (as mongomock did)."""
+        for field, seconds in self.ttls:
+            cutoff = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            cutoff -= datetime.timedelta(seconds=seconds)
+            index = self.fields[field]
+            expired = set()
+            for key in index.sorted_keys.get(_DATETIME, []):
+                if key[1] > cutoff:
+                    break
+                expired |= index.positions[key]
+            for position in index.unplaced:  # arrays: their earliest date counts
+                value = self.documents[position].get(field)
+                dates = (
+                    [v for v in value if isinstance(v, datetime.datetime)]
+                    if isinstance(value, list)
+                    else []
+                )
+                if dates and min(dates) <= cutoff:
+                    expired.add(position)
+            for position in expired:
+                self._remove(position)
+
+    def _candidates(self, query):
+        """The positions of a superset of the documents `query` matches (None: all)."""
+        self._expire()
+        best = None
+        if isinstance(query, dict):
+            for field, condition in query.items():
+                index = self.fields.get(field)
+                found = index.candidates(condition) if index else None
+                if found is not None and (best is None or len(found) < len(best)):
+                    best = found
+        return best
+
+    def _at(self, positions):
+        """The documents at `positions` (None: all), in insertion order."""
+        if positions is None:
+            return list(self.documents.values())
+        return [self.documents[position] for position in sorted(positions)]
+
+    # Reads.
+    def find(self, query=None, projection=None, sort=None, skip=0, limit=0):
+        query = query or {}
+        positions = self._candidates(query)
+        if sort and limit:
+            positions = self._first_by_sort(query, sort, positions, skip + limit)
+        with self.scratch.holding(self._at(positions)) as collection:
+            return list(collection.find(query, projection, sort=sort, skip=skip, limit=limit))
+
+    def _first_by_sort(self, query, sort, positions, wanted):
+        """Of the candidate `positions`, those up to the `wanted`-th match in the
+        order of the sort's first field, when its index gives that order (else all)."""
+        field, direction = sort[0]
+        index = self.fields.get(field)
+        count = len(self.documents) if positions is None else len(positions)
+        if index is None or not isinstance(direction, int | float) or count <= wanted:
+            return positions
+        buckets = index.in_order(direction < 0)
+        if buckets is None:
+            return positions
+        chosen, enough = [], wanted
+        for bucket in buckets:  # whole buckets: ties stay together
+            chosen.extend(bucket if positions is None else bucket & positions)
+            if len(chosen) >= enough:
+                with self.scratch.holding(self._at(chosen)) as collection:
+                    if collection.count_documents(query) >= wanted:
+                        return set(chosen)
+                enough = 2 * len(chosen)
+        return positions
+
+    def find_one(self, query=None, projection=None, sort=None):
+        found = self.find(query, projection, sort=sort, limit=1)
+        return found[0] if found else None
+
+    def count_documents(self, query, **options):
+        with self.scratch.holding(self._at(self._candidates(query))) as collection:
+            return collection.count_documents(query, **options)
+
+    def distinct(self, key, query=None):
+        with self.scratch.holding(self._at(self._candidates(query or {}))) as collection:
+            return collection.distinct(key, query or {})
+
+    def aggregate(self, pipeline):
+        stages = {next(iter(stage)) for stage in pipeline if isinstance(stage, dict) and stage}
+        if stages & _CROSS_COLLECTION_STAGES:
+            raise NotImplementedError(f"the stand-in does not run {sorted(stages)}")
+        with self.scratch.holding(self._at(self._candidates({}))) as collection:
+            return list(collection.aggregate(pipeline))
+
+    # Writes.
+    def insert_one(self, document):
+        with self.scratch.holding([]) as collection:
+            collection.insert_one(document)  # mongomock's checks; sets the _id if missing
+            stored = _copy(collection.find_one())
+        self._expire()
+        self._add(stored)
+
+    def update_one(self, query, update, upsert=False):
+        return self._update(query, update, upsert, "update_one")
+
+    def update_many(self, query, update, upsert=False):
+        return self._update(query, update, upsert, "update_many")
+
+    def replace_one(self, query, replacement, upsert=False):
+        return self._update(query, replacement, upsert, "replace_one")
+
+    def _update(self, query, update, upsert, method):
+        positions = self._candidates(query)
+        candidates = sorted(self.documents) if positions is None else sorted(positions)
+        with self.scratch.holding(self._at(candidates)) as collection:
+            result = getattr(collection, method)(query, update, upsert=upsert)
+            after = {_exact_key(document["_id"]): document for document in collection.find()}
+        for position in candidates:
+            document = self.documents[position]
+            changed = _copy(after.pop(_exact_key(document["_id"])))
+            if changed != document:
+                self._put(position, changed)
+        for document in after.values():  # the upserted one
+            self._add(_copy(document))
+        return result
+
+    def delete_one(self, query):
+        return self._delete(query, 1)
+
+    def delete_many(self, query):
+        return self._delete(query, None)
+
+    def _delete(self, query, limit):
+        with self.scratch.holding(self._at(self._candidates(query))) as collection:
+            matched = [d["_id"] for d in collection.find(query, {"_id": 1}, limit=limit or 0)]
+        for _id in matched:
+            self._remove(self.id_positions[_exact_key(_id)])
+        return len(matched)
+
+
+class Database:
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+        self.shadow = store.shadow[name]
+
+    def __getitem__(self, name):
+        return self.store.collection(self.name, name)
+
+    def list_collection_names(self):
+        return self.shadow.list_collection_names()
+
+    def create_collection(self, name):
+        self.shadow.create_collection(name)
+
+    def drop_collection(self, name):
+        self.shadow.drop_collection(name)
+        self.store.collections.pop((self.name, name), None)
+
+
+class Store:
+    """The databases: mongomock's client as the `shadow` of names and indexes, and
+    a Collection of documents for each."""
+
+    def __init__(self):
+        self.shadow = mongomock.MongoClient()
+        self.scratch = _Scratch()
+        self.collections = {}
+
+    def __getitem__(self, name):
+        return Database(self, name)
+
+    def collection(self, database, name):
+        key = (database, name)
+        if key not in self.collections:
+            self.collections[key] = Collection(self.shadow[database][name], self.scratch)
+        return self.collections[key]
+
+    def list_database_names(self):
+        return self.shadow.list_database_names()
+
+    def drop_database(self, name):
+        self.shadow.drop_database(name)
+        for key in [key for key in self.collections if key[0] == name]:
+            del self.collections[key]
+
+
+class Engine:
+    """Executes commands on the Store, one at a time."""
+
+    def __init__(self):
+        self.client = Store()
         self.lock = threading.Lock()
         self.connections = 0
         self.received = collections.deque(maxlen=50_000)
@@ -179,9 +687,9 @@ class Engine:
         deleted = 0
         for statement in command.get("deletes", []):
             if statement.get("limit", 0) == 1:
-                deleted += db[collection].delete_one(statement.get("q", {})).deleted_count
+                deleted += db[collection].delete_one(statement.get("q", {}))
             else:
-                deleted += db[collection].delete_many(statement.get("q", {})).deleted_count
+                deleted += db[collection].delete_many(statement.get("q", {}))
         return self._write_reply(deleted, [])
 
     @staticmethod
@@ -225,14 +733,14 @@ class Engine:
 
     # Reads.
     def cmd_find(self, db, collection, command):
-        cursor = db[collection].find(command.get("filter") or {}, command.get("projection"))
-        if command.get("sort"):
-            cursor = cursor.sort(list(command["sort"].items()))
-        if command.get("skip"):
-            cursor = cursor.skip(command["skip"])
-        if command.get("limit"):
-            cursor = cursor.limit(abs(command["limit"]))
-        return _cursor(f"{db.name}.{collection}", cursor)
+        found = db[collection].find(
+            command.get("filter") or {},
+            command.get("projection"),
+            sort=list(command["sort"].items()) if command.get("sort") else None,
+            skip=command.get("skip") or 0,
+            limit=abs(command.get("limit") or 0),
+        )
+        return _cursor(f"{db.name}.{collection}", found)
 
     def cmd_getmore(self, db, cursor_id, command):
         return _cursor(f"{db.name}.{command.get('collection')}", [], "nextBatch")

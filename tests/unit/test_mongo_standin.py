@@ -2,8 +2,10 @@
 for every operation the app uses: the multi-process tests and MONGO_TEST_URI rely on it."""
 
 import os
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 
+import mongomock
 import pymongo
 import pytest
 from bson import ObjectId
@@ -185,3 +187,200 @@ def test_a_client_can_be_pointed_at_the_port_before_the_standin_starts():
             assert client.admin.command("ping")["ok"] == 1.0
     finally:
         client.close()
+
+
+# The stand-in keeps its own indexes beside mongomock (on the fields the indexes
+# name); these show they stay right as documents come, change and go.
+
+
+def test_lookups_by_indexed_fields_follow_updates_upserts_and_deletes(db):
+    db.orders.create_index("status")
+    db.orders.insert_many([{"_id": n, "status": "pending"} for n in range(5)])
+
+    db.orders.update_one({"_id": 1}, {"$set": {"status": "placed"}})
+    db.orders.update_many({"_id": {"$in": [2, 3]}}, {"$set": {"status": "failed"}})
+    db.orders.find_one_and_update({"status": "pending"}, {"$set": {"status": "placed"}})
+    db.orders.update_one({"_id": 9}, {"$set": {"status": "placed"}}, upsert=True)
+    db.orders.replace_one({"_id": 4}, {"status": "cancelled"})
+    db.orders.delete_one({"_id": 1})
+
+    def ids(status):
+        return [d["_id"] for d in db.orders.find({"status": status})]
+
+    assert ids("pending") == []
+    assert ids("placed") == [0, 9]
+    assert ids("failed") == [2, 3]
+    assert [d["_id"] for d in db.orders.find({"status": {"$in": ["cancelled", "failed"]}})] == [
+        2,
+        3,
+        4,
+    ]
+    assert db.orders.count_documents({"_id": 1}) == 0
+    assert db.orders.count_documents({"status": "placed", "_id": 9}) == 1
+
+
+def test_a_unique_index_follows_updates_and_deletes_and_refuses_a_duplicate_made_by_update(db):
+    db.users.create_index("email", unique=True)
+    db.users.insert_many([{"_id": 1, "email": "a"}, {"_id": 2, "email": "b"}])
+
+    with pytest.raises(DuplicateKeyError):
+        db.users.update_one({"_id": 2}, {"$set": {"email": "a"}})
+    with pytest.raises(DuplicateKeyError):
+        db.users.update_one({"_id": 3}, {"$set": {"email": "b"}}, upsert=True)
+    db.users.update_one({"_id": 1}, {"$set": {"email": "c"}})
+    db.users.insert_one({"_id": 4, "email": "a"})  # "a" is free again
+    db.users.delete_one({"_id": 2})
+    db.users.insert_one({"_id": 5, "email": "b"})
+
+    assert sorted((d["email"], d["_id"]) for d in db.users.find()) == [
+        ("a", 4),
+        ("b", 5),
+        ("c", 1),
+    ]
+    assert db.users.find_one({"email": "b"})["_id"] == 5
+    assert db.users.find_one({"email": "c"})["_id"] == 1
+
+
+def test_a_unique_index_is_refused_over_duplicates_and_gone_with_its_collection(db):
+    db.users.insert_many([{"email": "a"}, {"email": "a"}])
+
+    with pytest.raises(DuplicateKeyError):
+        db.users.create_index("email", unique=True)
+    db.users.drop()
+    db.users.create_index("email", unique=True)
+    db.users.insert_one({"email": "a"})
+    with pytest.raises(DuplicateKeyError):
+        db.users.insert_one({"email": "a"})
+    db.drop_collection("users")
+    db.users.insert_many([{"email": "a"}, {"email": "a"}])
+
+    assert db.users.count_documents({"email": "a"}) == 2
+
+
+def test_the_highest_seq_and_the_seqs_after_one_follow_inserts_updates_and_deletes(db):
+    db.events.create_index("seq", unique=True)
+    db.events.insert_many([{"seq": n, "n": n} for n in range(1, 8)])
+
+    def highest():
+        return db.events.find_one({}, {"seq": 1, "_id": 0}, sort=[("seq", -1)])
+
+    assert highest() == {"seq": 7}
+    db.events.delete_one({"seq": 7})
+    assert highest() == {"seq": 6}
+    db.events.update_one({"seq": 2}, {"$set": {"seq": 20}})
+    assert highest() == {"seq": 20}
+    assert [d["n"] for d in db.events.find({"seq": {"$gt": 4}}).sort("seq", 1).limit(2)] == [5, 6]
+    assert [d["n"] for d in db.events.find({"seq": {"$gte": 5, "$lt": 20}})] == [5, 6]
+    # Without a sort, in the order they were inserted (n 2 holds seq 20 now).
+    assert [d["n"] for d in db.events.find({"seq": {"$gt": 3}, "n": {"$ne": 4}}).limit(2)] == [
+        2,
+        5,
+    ]
+    # A value of another type sorts by MongoDB's rules, not the index's.
+    db.events.insert_one({"seq": "x", "n": 0})
+    assert highest() == {"seq": "x"}
+
+
+def test_queries_through_an_array_of_documents_follow_push_and_pull(db):
+    db.orders.create_index("outbox._id")
+    db.orders.insert_many([{"_id": 1, "outbox": []}, {"_id": 2}])
+    db.orders.update_one({"_id": 1}, {"$push": {"outbox": {"_id": "e1"}}})
+    db.orders.update_one({"_id": 2}, {"$push": {"outbox": {"_id": "e2"}}})
+
+    assert [d["_id"] for d in db.orders.find({"outbox._id": {"$gt": ""}})] == [1, 2]
+    db.orders.update_one({"_id": 1}, {"$pull": {"outbox": {"_id": "e1"}}})
+    assert [d["_id"] for d in db.orders.find({"outbox._id": {"$gt": ""}})] == [2]
+    assert [d["_id"] for d in db.orders.find({"outbox._id": "e2"})] == [2]
+
+
+def test_a_ttl_index_expires_documents_past_their_time(db):
+    db.sessions.create_index("expires_at", expireAfterSeconds=0)
+    now = datetime.now(UTC)
+    db.sessions.insert_many(
+        [
+            {"_id": "old", "expires_at": now - timedelta(seconds=1)},
+            {"_id": "new", "expires_at": now + timedelta(hours=1)},
+        ]
+    )
+
+    assert [d["_id"] for d in db.sessions.find()] == ["new"]
+    assert db.sessions.find_one({"_id": "old"}) is None
+
+
+class RandomOperations:
+    """Operations drawn at random over a few indexed fields and values of mixed types."""
+
+    VALUES = (0, 1, 1.0, 2, 3, "x", "y", None, [1, 2], ["x"], {"k": 1})
+    KINDS = ("insert", "update", "upsert", "many", "delete", "find", "top", "count")
+
+    def __init__(self, seed):
+        self.chance = random.Random(seed)
+
+    def value(self):
+        return self.chance.choice(self.VALUES)
+
+    def document(self, step):
+        nested = self.chance.choice([{"d": self.value()}, [{"d": 1}, {"d": "x"}], 5])
+        doc = {"_id": step, "a": self.value(), "b": self.chance.randrange(4), "c": nested}
+        if self.chance.random() < 0.3:
+            doc["u"] = self.chance.randrange(30)
+        return doc
+
+    def query(self):
+        field = self.chance.choice(["a", "b", "c.d", "_id", "u"])
+        condition = self.chance.choice(
+            [
+                self.value(),
+                {"$in": [self.value(), self.value()]},
+                {"$gt": self.chance.choice([0, 1, "x"])},
+                {"$lte": self.chance.choice([1, 2.5, "y"])},
+                {"$gte": 1, "$lt": 3},
+                {"$ne": self.value()},
+            ]
+        )
+        if self.chance.random() < 0.3:
+            return {field: condition, "b": {"$gte": 0}}
+        return {field: condition}
+
+    def operation(self, step):
+        """(kind, a function of a collection that runs it and returns its answer)."""
+        kind, q, doc = self.chance.choice(self.KINDS), self.query(), self.document(step)
+        change = {"$set": {"a": self.value(), "c": {"d": self.value()}}, "$inc": {"b": 1}}
+        if "u" in doc:
+            change["$set"]["u"] = doc["u"]
+        calls = {
+            "insert": lambda c: c.insert_one(dict(doc)).inserted_id,
+            "update": lambda c: c.update_one(q, change).modified_count,
+            "upsert": lambda c: (
+                c.update_one({"_id": f"u{step % 7}"}, change, upsert=True).upserted_id
+            ),
+            "many": lambda c: c.update_many(q, {"$inc": {"b": 1}}).modified_count,
+            "delete": lambda c: c.delete_one(q).deleted_count,
+            "find": lambda c: list(c.find(q)),
+            "top": lambda c: list(c.find(q).sort([("b", -1), ("_id", 1)]).limit(3)),
+            "count": lambda c: c.count_documents(q),
+        }
+        return (kind, q), calls[kind]
+
+
+def _answer(operation, collection):
+    try:
+        return operation(collection)
+    except DuplicateKeyError:
+        return "duplicate"
+
+
+def test_random_operations_answer_as_mongomock_alone_does(db):
+    plain, ours = mongomock.MongoClient()["plain"]["things"], db.things
+    for collection in (plain, ours):
+        collection.create_index("a")
+        collection.create_index([("b", 1), ("a", -1)])
+        collection.create_index("c.d")
+        collection.create_index("u", unique=True, sparse=True)
+    operations = RandomOperations(seed=20)
+
+    for step in range(400):
+        what, operation = operations.operation(step)
+
+        assert _answer(operation, plain) == _answer(operation, ours), (step, what)
+        assert list(plain.find()) == list(ours.find()), (step, what)
