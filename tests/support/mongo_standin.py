@@ -475,7 +475,9 @@ class Collection:
         stages = {next(iter(stage)) for stage in pipeline if isinstance(stage, dict) and stage}
         if stages & _CROSS_COLLECTION_STAGES:
             raise NotImplementedError(f"the stand-in does not run {sorted(stages)}")
-        with self.scratch.holding(self._at(self._candidates({}))) as collection:
+        first = pipeline[0] if pipeline and isinstance(pipeline[0], dict) else {}
+        query = first.get("$match", {})  # count_documents starts with one, for one
+        with self.scratch.holding(self._at(self._candidates(query))) as collection:
             return list(collection.aggregate(pipeline))
 
     # Writes.
@@ -854,7 +856,7 @@ class Timings:
         finally:
             elapsed = time.perf_counter() - started
             sort = command.get("sort")
-            where = command.get("filter", command.get("query"))
+            where = command.get("filter", command.get("query", command.get("pipeline")))
             for key in ("updates", "deletes"):
                 if command.get(key):
                     where = command[key][0].get("q")
