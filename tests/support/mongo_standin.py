@@ -185,9 +185,10 @@ class _FieldIndex:
                 ordered = self.sorted_keys[key[0]]
                 del ordered[bisect.bisect_left(ordered, key)]
 
-    def candidates(self, condition):
-        """A superset of the documents `condition` (a filter's value for this path)
-        can match, or None if this index cannot narrow it."""
+    def lookup(self, condition):
+        """How to narrow `condition` (a filter's value for this path): (about how many
+        candidates, a function returning the positions of a superset of the documents
+        it can match), or None if this index cannot narrow it."""
         if not _is_operator_update(condition):
             return self._equal([condition])
         if "$eq" in condition:
@@ -204,23 +205,29 @@ class _FieldIndex:
         high = min((bounds[op] for op in ("$lt", "$lte") if op in bounds), default=None)
         start = bisect.bisect_left(ordered, low) if low else 0
         end = bisect.bisect_right(ordered, high) if high else len(ordered)
-        found = set(self.unplaced)
-        for key in ordered[start:end]:
-            found |= self.positions[key]
-        for other, keys in self.sorted_keys.items():  # other types: left to the filter
-            if other != kind:
+        others = [keys for other, keys in self.sorted_keys.items() if other != kind]
+
+        def found():
+            positions = set(self.unplaced)
+            for key in ordered[start:end]:
+                positions |= self.positions[key]
+            for keys in others:  # values of other types: left to the filter
                 for key in keys:
-                    found |= self.positions[key]
-        return found
+                    positions |= self.positions[key]
+            return positions
+
+        return len(self.unplaced) + end - start + sum(map(len, others)), found
 
     def _equal(self, values):
         keys = [_index_key(value) for value in values]
         if any(key is None or key[0] == _NULL for key in keys):
             return None  # null also matches a missing value; arrays, documents, regexes...
-        found = set(self.unplaced)
-        for key in keys:
-            found |= self.positions.get(key, set())
-        return found
+        holders = [self.positions[key] for key in keys if key in self.positions]
+
+        def found():
+            return set(self.unplaced).union(*holders)
+
+        return len(self.unplaced) + sum(map(len, holders)), found
 
     def in_order(self, descending):
         """Positions bucket by bucket in the index's order, if every document has
@@ -260,7 +267,7 @@ class _Unique:
     """A unique index: its documents' keys."""
 
     def __init__(self, name, info, scratch):
-        self.name, self.scratch = name, scratch
+        self.name, self.info, self.scratch = name, repr(info), scratch
         self.fields = [field for field, _ in info["key"]]
         self.sparse = info.get("sparse", False)
         self.partial = info.get("partialFilterExpression")
@@ -307,10 +314,12 @@ class Collection:
                 index.add(position, document)
         for path in set(self.fields) - paths:
             del self.fields[path]
-        self.uniques = []
-        for name, info in information.items():
-            if info.get("unique") and name != "_id_":
-                self.uniques.append(self._built_unique(name, info))
+        kept = {(unique.name, unique.info): unique for unique in self.uniques}
+        self.uniques = [
+            kept.get((name, repr(info))) or self._built_unique(name, info)
+            for name, info in information.items()
+            if info.get("unique") and name != "_id_"
+        ]
         self.ttls = [
             (info["key"][0][0], info["expireAfterSeconds"])
             for info in information.values()
@@ -330,7 +339,8 @@ class Collection:
         return unique
 
     def create_index(self, keys, **options):
-        if options.get("unique"):
+        existing = self.shadow.index_information().get(options.get("name"), {})
+        if options.get("unique") and not existing.get("unique"):
             info = {"key": keys, **options}
             self._built_unique(options.get("name", "new index"), info)  # refuses duplicates
         name = self.shadow.create_index(keys, **options)
@@ -418,10 +428,10 @@ class Collection:
         if isinstance(query, dict):
             for field, condition in query.items():
                 index = self.fields.get(field)
-                found = index.candidates(condition) if index else None
-                if found is not None and (best is None or len(found) < len(best)):
-                    best = found
-        return best
+                plan = index.lookup(condition) if index else None
+                if plan is not None and (best is None or plan[0] < best[0]):
+                    best = plan
+        return best[1]() if best else None
 
     def _at(self, positions):
         """The documents at `positions` (None: all), in insertion order."""
