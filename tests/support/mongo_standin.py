@@ -27,6 +27,7 @@ import bisect
 import collections
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -459,9 +460,16 @@ class Collection:
         buckets = index.in_order(direction < 0)
         if buckets is None:
             return positions
+        if positions is not None:  # the candidates' own buckets, not the whole index's
+
+            def key(position):
+                return next(iter(index.keys_of[position]))
+
+            ordered = sorted(positions, key=key, reverse=direction < 0)
+            buckets = (set(group) for _, group in itertools.groupby(ordered, key=key))
         chosen, enough = [], wanted
         for bucket in buckets:  # whole buckets: ties stay together
-            chosen.extend(bucket if positions is None else bucket & positions)
+            chosen.extend(bucket)
             if len(chosen) >= enough:
                 with self.scratch.holding(self._at(chosen)) as collection:
                     if collection.count_documents(query) >= wanted:
