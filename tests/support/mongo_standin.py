@@ -443,11 +443,48 @@ class Collection:
     # Reads.
     def find(self, query=None, projection=None, sort=None, skip=0, limit=0):
         query = query or {}
+        exact = self._matches(query) if projection is None else None
+        ordered = self._in_order(exact, sort) if exact is not None else None
+        if ordered is not None:  # a big read (the whole collection) without mongomock
+            chosen = ordered[skip : skip + limit if limit else None]
+            return [self.documents[position] for position in chosen]  # never changed in place
         positions = self._candidates(query)
         if sort and limit:
             positions = self._first_by_sort(query, sort, positions, skip + limit)
         with self.scratch.holding(self._at(positions)) as collection:
             return list(collection.find(query, projection, sort=sort, skip=skip, limit=limit))
+
+    def _matches(self, query):
+        """The positions of exactly the documents `query` matches, when the maps can
+        tell: no condition, or one plain value for an indexed field none of whose
+        values the map left out. Else None."""
+        self._expire()
+        if not query:
+            return set(self.documents)
+        if len(query) != 1:
+            return None
+        ((field, condition),) = query.items()
+        index = self.fields.get(field)
+        if index is None or index.unplaced or isinstance(condition, dict | list):
+            return None
+        key = _index_key(condition)
+        if key is None or key[0] == _NULL:
+            return None
+        return set(index.positions.get(key, ()))
+
+    def _in_order(self, positions, sort):
+        """`positions` in `sort`'s order (ties in insertion order, as mongomock sorts),
+        when no sort or one by an index that orders every document; else None."""
+        ordered = sorted(positions)
+        if not sort:
+            return ordered
+        if len(sort) != 1 or not isinstance(sort[0][1], int | float):
+            return None
+        field, direction = sort[0]
+        index = self.fields.get(field)
+        if index is None or index.in_order(direction < 0) is None:
+            return None
+        return sorted(ordered, key=lambda p: next(iter(index.keys_of[p])), reverse=direction < 0)
 
     def _first_by_sort(self, query, sort, positions, wanted):
         """Of the candidate `positions`, those up to the `wanted`-th match in the

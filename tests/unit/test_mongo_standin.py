@@ -278,6 +278,7 @@ def test_the_highest_seq_and_the_seqs_after_one_follow_inserts_updates_and_delet
         5,
     ]
     # A value of another type sorts by MongoDB's rules, not the index's.
+    assert [d["n"] for d in db.events.find().sort("seq", -1)] == [2, 6, 5, 4, 3, 1]
     db.events.insert_one({"seq": "x", "n": 0})
     assert highest() == {"seq": "x"}
 
@@ -312,7 +313,7 @@ class RandomOperations:
     """Operations drawn at random over a few indexed fields and values of mixed types."""
 
     VALUES = (0, 1, 1.0, 2, 3, "x", "y", None, [1, 2], ["x"], {"k": 1})
-    KINDS = ("insert", "update", "upsert", "many", "delete", "find", "top", "count")
+    KINDS = ("insert", "update", "upsert", "many", "delete", "find", "top", "count", "all")
 
     def __init__(self, seed):
         self.chance = random.Random(seed)
@@ -347,6 +348,7 @@ class RandomOperations:
         """(kind, a function of a collection that runs it and returns its answer)."""
         kind, q, doc = self.chance.choice(self.KINDS), self.query(), self.document(step)
         change = {"$set": {"a": self.value(), "c": {"d": self.value()}}, "$inc": {"b": 1}}
+        direction = self.chance.choice([1, -1])
         if "u" in doc:
             change["$set"]["u"] = doc["u"]
         calls = {
@@ -360,6 +362,7 @@ class RandomOperations:
             "find": lambda c: list(c.find(q)),
             "top": lambda c: list(c.find(q).sort([("b", -1), ("_id", 1)]).limit(3)),
             "count": lambda c: c.count_documents(q),
+            "all": lambda c: list(c.find().sort("b", direction)),
         }
         return (kind, q), calls[kind]
 
