@@ -230,6 +230,28 @@ class _FieldIndex:
 
         return len(self.unplaced) + sum(map(len, holders)), found
 
+    def within(self, condition):
+        """The positions of exactly the documents `condition` (only range operators)
+        matches, when every document has one value here, of the bounds' type; else None."""
+        if not set(condition) <= set(_RANGE_OPERATORS) or self.in_order(False) is None:
+            return None
+        bounds = {op: _index_key(value) for op, value in condition.items()}
+        ((kind, ordered),) = [(kind, keys) for kind, keys in self.sorted_keys.items() if keys]
+        if any(key is None or key[0] != kind for key in bounds.values()):
+            return None
+        start, end = 0, len(ordered)
+        for op, key in bounds.items():
+            if op in ("$gt", "$gte"):
+                start = max(
+                    start,
+                    (bisect.bisect_right if op == "$gt" else bisect.bisect_left)(ordered, key),
+                )
+            else:
+                end = min(
+                    end, (bisect.bisect_left if op == "$lt" else bisect.bisect_right)(ordered, key)
+                )
+        return set().union(*(self.positions[key] for key in ordered[start:end]))
+
     def in_order(self, descending):
         """Positions bucket by bucket in the index's order, if every document has
         one value of one type here (else None: the order is left to mongomock)."""
@@ -465,6 +487,8 @@ class Collection:
             return None
         ((field, condition),) = query.items()
         index = self.fields.get(field)
+        if index is not None and isinstance(condition, dict) and condition:
+            return index.within(condition)
         if index is None or index.unplaced or isinstance(condition, dict | list):
             return None
         key = _index_key(condition)
