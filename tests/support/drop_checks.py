@@ -13,12 +13,14 @@ told, and the durable truth once it is over.
 import collections
 import hashlib
 import hmac
+import os
 import random
 import threading
 import time
 import uuid
 from typing import NamedTuple
 
+from flashcart import create_app
 from flashcart.checkout import recovery
 from flashcart.events import feed
 from flashcart.orders import service as order_service
@@ -26,7 +28,9 @@ from flashcart.sales import service as sale_service
 from flashcart.sales.engine.keys import Keys
 from flashcart.stores import object_id_or_none
 from flashcart.webhooks import service as webhooks
-from tests.support.companions import DelivererProcess
+from tests.support import chaos_app
+from tests.support.companions import DelivererProcess, SweeperProcess
+from tests.support.gunicorn_hosts import GunicornHost
 from tests.support.webhook_receiver import WebhookReceiver
 
 AUDIT_FIGURES = (
@@ -244,6 +248,34 @@ class Shop:
 
 
 # -- the webhook side ------------------------------------------------------------------
+
+
+def api_rig(
+    cleanup, mongo_uri, redis_url, redis_client, workdir, *, workers, hold_seconds, audit_seconds
+):
+    """The test's own app on the drop's stores (to seed and read them), gunicorn serving
+    it with `workers` and the sweeper beside it, both started; undone by `cleanup` (an
+    ExitStack). Returns (app, gunicorn, sweeper)."""
+    app = create_app(
+        chaos_app.settings(
+            mongo_uri,
+            redis_url,
+            hold_seconds,
+            WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=True,  # the receiver is on 127.0.0.1
+        ),
+        redis_client=redis_client,
+    )
+    cleanup.callback(chaos_app.close_mongo, app)
+    env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+    env.update(chaos_app.env(mongo_uri, redis_url, hold_seconds))
+    env.update(FLASHCART_ENV="testing", PYTHONUNBUFFERED="1")
+    server = GunicornHost(env, workdir, workers).start()
+    cleanup.callback(server.stop)
+    sweeper = SweeperProcess(
+        mongo_uri, redis_url, workdir, hold_seconds=hold_seconds, audit_seconds=audit_seconds
+    )
+    cleanup.callback(sweeper.stop)
+    return app, server, sweeper
 
 
 def webhook_rig(cleanup, app, mongo_uri, redis_url, workdir, hold_seconds, deliverer_env=None):

@@ -33,13 +33,11 @@ import time
 import pytest
 import redis
 
-from flashcart import create_app
 from flashcart.sales.engine.keys import Keys
-from tests.support import chaos_app
-from tests.support.companions import SweeperProcess
 from tests.support.drop_checks import (
     Recorder,
     Shop,
+    api_rig,
     audit_figures,
     check_events,
     check_truth,
@@ -48,7 +46,7 @@ from tests.support.drop_checks import (
     truth,
     webhook_rig,
 )
-from tests.support.gunicorn_hosts import GunicornHost, open_drop
+from tests.support.gunicorn_hosts import open_drop
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.redis_server import RedisServer
 
@@ -126,29 +124,16 @@ def chaos_rig():
             redis_server.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
         )
         cleanup.callback(redis_client.close)
-        app = create_app(
-            chaos_app.settings(
-                mongo_uri,
-                redis_server.url,
-                HOLD_SECONDS,
-                WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=True,  # the receiver is on 127.0.0.1
-            ),
-            redis_client=redis_client,
-        )
-        cleanup.callback(chaos_app.close_mongo, app)
-        env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-        env.update(chaos_app.env(mongo_uri, redis_server.url, HOLD_SECONDS))
-        env.update(FLASHCART_ENV="testing", PYTHONUNBUFFERED="1")
-        server = GunicornHost(env, workdir, WORKERS).start()
-        cleanup.callback(server.stop)
-        sweeper = SweeperProcess(
+        app, server, sweeper = api_rig(
+            cleanup,
             mongo_uri,
             redis_server.url,
+            redis_client,
             workdir,
+            workers=WORKERS,
             hold_seconds=HOLD_SECONDS,
             audit_seconds=SWEEP_AUDIT_SECONDS,
         )
-        cleanup.callback(sweeper.stop)
         hooks = webhook_rig(cleanup, app, mongo_uri, redis_server.url, workdir, HOLD_SECONDS)
         yield {
             "app": app,

@@ -40,14 +40,13 @@ import time
 
 import pytest
 
-from flashcart import create_app
 from flashcart.sales.engine.keys import Keys
 from flashcart.stores import connect_redis
-from tests.support import chaos_app, cluster_servers
-from tests.support.companions import SweeperProcess
+from tests.support import cluster_servers
 from tests.support.drop_checks import (
     Recorder,
     Shop,
+    api_rig,
     audit_figures,
     check_events,
     check_truth,
@@ -58,7 +57,6 @@ from tests.support.drop_checks import (
 )
 from tests.support.gunicorn_hosts import (
     SHOPPER_PASSWORD,
-    GunicornHost,
     open_drop,
     shopper_email,
 )
@@ -326,26 +324,16 @@ def storm_rig():
         cluster.start()
         redis_client = connect_redis(cluster.url)
         cleanup.callback(redis_client.close)
-        app = create_app(
-            chaos_app.settings(
-                mongo_uri, cluster.url, HOLD_SECONDS, WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=True
-            ),
-            redis_client=redis_client,
-        )
-        cleanup.callback(chaos_app.close_mongo, app)
-        env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-        env.update(chaos_app.env(mongo_uri, cluster.url, HOLD_SECONDS))
-        env.update(FLASHCART_ENV="testing", PYTHONUNBUFFERED="1")
-        server = GunicornHost(env, workdir, WORKERS).start()
-        cleanup.callback(server.stop)
-        sweeper = SweeperProcess(
+        app, server, sweeper = api_rig(
+            cleanup,
             mongo_uri,
             cluster.url,
+            redis_client,
             workdir,
+            workers=WORKERS,
             hold_seconds=HOLD_SECONDS,
             audit_seconds=SWEEP_AUDIT_SECONDS,
         )
-        cleanup.callback(sweeper.stop)
         # Nobody kills the deliverer here: a lease long enough for a pass to catch up.
         hooks = webhook_rig(
             cleanup,
