@@ -55,19 +55,17 @@ def init_app(app):
         )
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, too_many_requests)
-    places = {}
     for name in ("PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", "PASSWORD_CHECKS_WAITING_PER_HOST"):
-        places[name] = config[name]
-        if places[name] < 1:
-            raise ValueError(f"{name} must be 1 or more, not {places[name]}")
+        if config[name] < 1:
+            raise ValueError(f"{name} must be 1 or more, not {config[name]}")
     if not 0 <= config["PASSWORD_CHECK_NICENESS"] <= 19:
         raise ValueError("PASSWORD_CHECK_NICENESS must be from 0 to 19")
     directory = config["PASSWORD_CHECK_SLOTS_DIR"]
     app.extensions["flashcart.password_check_slots"] = HostSlots(
-        "password-checks", places["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"], directory
+        "password-checks", config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"], directory
     )
     app.extensions["flashcart.password_check_queue"] = HostSlots(
-        "password-check-queue", places["PASSWORD_CHECKS_WAITING_PER_HOST"], directory
+        "password-check-queue", config["PASSWORD_CHECKS_WAITING_PER_HOST"], directory
     )
 
 
