@@ -27,8 +27,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import yaml
 
+from tests.support import compose as compose_file
 from tests.support.html_page import CONTENT_TYPES, PageReferences
 from tests.support.mongo_standin import MongoStandIn
 from tests.support.ports import free_port
@@ -185,7 +185,7 @@ def wait_for(condition, what, timeout):
 
 
 def compose():
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return compose_file.load()
 
 
 @pytest.mark.timeout(300)

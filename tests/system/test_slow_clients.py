@@ -12,15 +12,14 @@ reservation. A client's own X-Forwarded-For never becomes its address in the app
 which keys rate limits on it. The figures are printed (`pytest -s`).
 """
 
+import concurrent.futures
 import contextlib
-import getpass
 import http.client
 import json
 import os
-import shutil
+import signal
 import socket
 import statistics
-import subprocess
 import time
 import urllib.request
 
@@ -29,18 +28,15 @@ import redis
 
 from flashcart import create_app
 from flashcart.auth import service as accounts
-from tests.support import chaos_app
+from tests.support import chaos_app, compose
+from tests.support import nginx as proxy
 from tests.support.gunicorn_hosts import Api, ProductionGunicorn
 from tests.support.html_page import PageReferences
 from tests.support.mongo import fresh_mongo_uri
-from tests.support.ports import free_port
-from tests.support.processes import ROOT, stop, wait_for
+from tests.support.processes import children, wait_for
 from tests.support.threads import run_threads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-NGINX_TEMPLATE = os.path.join(ROOT, "deploy", "nginx", "flashcart.conf.template")
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 ADMIN = {"email": "admin@slow.example", "password": "correct horse battery staple"}
 PASSWORD = "correct horse battery"
@@ -56,6 +52,10 @@ NGINX_DROPS_WITHIN = 20
 
 RESERVE = "/api/v1/sales/reserve/{}"
 SIGNUP = "/api/v1/auth/signup"
+LOGIN = "/api/v1/auth/login"
+
+# Compose's `logins` service: its workers and settings.
+LOGINS_ENV = compose.service_settings("logins")
 
 
 def _forged(index):
@@ -71,71 +71,51 @@ def mongo_uri():
         yield uri
 
 
+def _production_gunicorn(redis_url, mongo_uri, workdir, env=None):
+    return ProductionGunicorn(
+        redis_url,
+        mongo_uri,
+        workdir / "gunicorn.log",
+        {
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir),
+            "JWT_SECRET_KEY": "slow-clients-secret-" + "x" * 40,
+            "TRUSTED_PROXIES": "1",  # as docker-compose.yml sets it behind nginx
+            **(env or {}),
+        },
+    )
+
+
 @pytest.fixture(scope="module")
 def gunicorn(redis_server, mongo_uri, tmp_path_factory):
-    """The production gunicorn (gunicorn.conf.py) on a free loopback port; yields
-    (port, path of its log)."""
+    """The production gunicorn (gunicorn.conf.py) on a free loopback port, compose's
+    `api`; yields (port, path of its log)."""
     if redis_server is None:
         pytest.skip("needs a real redis-server")
     flush = redis.Redis.from_url(redis_server.url)
     flush.flushdb()
     flush.close()
     workdir = tmp_path_factory.mktemp("gunicorn")
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(workdir),
-        "JWT_SECRET_KEY": "slow-clients-secret-" + "x" * 40,
-        "TRUSTED_PROXIES": "1",  # as docker-compose.yml sets it behind nginx
-    }
-    log_path = workdir / "gunicorn.log"
-    with ProductionGunicorn(redis_server.url, mongo_uri, log_path, env) as server:
-        yield server.port, log_path
-
-
-def nginx_config(template, listen_port, upstream):
-    """The repository's template with its two variables filled in, as the nginx
-    image's envsubst does."""
-    with open(template) as source:
-        text = source.read()
-    text = text.replace("${NGINX_PORT}", f"127.0.0.1:{listen_port}")
-    text = text.replace("${FLASHCART_UPSTREAM}", upstream)
-    assert "${" not in text, "the template has a variable this test does not fill in"
-    return text
+    with _production_gunicorn(redis_server.url, mongo_uri, workdir) as server:
+        yield server.port, server.log_path
 
 
 @pytest.fixture(scope="module")
-def nginx(gunicorn, tmp_path_factory):
-    """Debian's nginx, in the foreground, running deploy/nginx/ in front of gunicorn;
+def logins_gunicorn(gunicorn, redis_server, mongo_uri, tmp_path_factory):
+    """Compose's `logins`: the same, with its two workers; yields (server, path of its log)."""
+    workdir = tmp_path_factory.mktemp("logins")
+    with _production_gunicorn(redis_server.url, mongo_uri, workdir, LOGINS_ENV) as server:
+        yield server, server.log_path
+
+
+@pytest.fixture(scope="module")
+def nginx(gunicorn, logins_gunicorn):
+    """Debian's nginx, in the foreground, running deploy/nginx/ in front of the two;
     yields its port."""
-    if not os.path.exists(NGINX):
+    if not proxy.installed():
         pytest.skip("needs nginx (apt-get install nginx; .ci/run installs it)")
-    prefix = tmp_path_factory.mktemp("nginx")
-    port = free_port()
-    (prefix / "flashcart.conf").write_text(
-        nginx_config(NGINX_TEMPLATE, port, f"127.0.0.1:{gunicorn[0]}")
-    )
-    # What the nginx image's own nginx.conf provides around conf.d/, with paths here.
-    temp_paths = "\n".join(
-        f"    {kind}_temp_path {prefix}/{kind}_temp;"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (prefix / "nginx.conf").write_text(
-        # Workers as this user (not `nobody`), so they can write in the temp paths.
-        f"daemon off;\nuser {getpass.getuser()};\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
-        f"error_log {prefix}/error.log warn;\n"
-        "events { worker_connections 4096; }\n"
-        f"http {{\n    access_log off;\n{temp_paths}\n    include {prefix}/flashcart.conf;\n}}\n"
-    )
-    with open(prefix / "stderr.log", "wb") as log:
-        process = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr"],
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "nginx", 20)
-        yield port
-    finally:
-        stop(process, timeout=10)
+    api = f"127.0.0.1:{gunicorn[0]}"
+    with proxy.Nginx(api, f"127.0.0.1:{logins_gunicorn[0].port}") as server:
+        yield server.port
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +272,21 @@ def test_the_same_slow_clients_straight_to_gunicorn_stall_reservations(gunicorn,
     wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "gunicorn again", 30)
 
 
-def test_a_forged_x_forwarded_for_is_not_the_clients_address_behind_nginx(nginx, gunicorn, drop):
+def _access_log(log_path):
+    """(path, client address) of each request in a gunicorn log, in order."""
+    seen = []
+    with open(log_path, errors="replace") as log:
+        for line in log:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("logger") == "flashcart.access":
+                    seen.append((record["path"], record["remote_addr"]))
+    return seen
+
+
+def test_a_forged_x_forwarded_for_is_not_the_clients_address_behind_nginx(
+    nginx, gunicorn, logins_gunicorn, drop
+):
     """The shoppers' sign-ups (in `drop`) came from one address, each forging another:
     nginx's address is the one that counts, so that address reaches the limit."""
     api = Api(nginx, timeout=CLIENT_TIMEOUT)
@@ -313,14 +307,56 @@ def test_a_forged_x_forwarded_for_is_not_the_clients_address_behind_nginx(nginx,
     )
     assert status == 201
 
-    seen = set()
-    with open(gunicorn[1], errors="replace") as log:
-        for line in log:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("logger") == "flashcart.access" and record["path"] == SIGNUP:
-                    seen.add(record["remote_addr"])
-    assert seen == {"127.0.0.1", "198.51.100.7"}
+    through_nginx = {addr for path, addr in _access_log(logins_gunicorn[1]) if path == SIGNUP}
+    straight_in = {addr for path, addr in _access_log(gunicorn[1]) if path == SIGNUP}
+    assert through_nginx == {"127.0.0.1"}
+    assert "198.51.100.7" in straight_in and not any(a.startswith("203.") for a in straight_in)
+
+
+def test_logins_and_signups_go_to_workers_of_their_own_and_the_rest_to_the_api(
+    nginx, gunicorn, logins_gunicorn, drop
+):
+    product_id, tokens = drop
+    api = Api(nginx, timeout=CLIENT_TIMEOUT)
+    status, _, _ = api.call("POST", RESERVE.format(product_id), tokens[4])
+    assert status == 201
+
+    # (Each also answered its readiness probe, /readyz, straight.)
+    to_logins = {path for path, _ in _access_log(logins_gunicorn[1]) if path.startswith("/api/")}
+    to_api = {path for path, _ in _access_log(gunicorn[1]) if path.startswith("/api/")}
+    assert to_logins == {LOGIN, SIGNUP}
+    assert RESERVE.format(product_id) in to_api
+    assert not to_api & {LOGIN}
+
+
+def test_reservations_go_through_while_every_login_worker_is_stuck(nginx, logins_gunicorn, drop):
+    """The logins' workers stopped dead (as if each were deep in a password check): a
+    storm of logins waits for them, and reservations are answered as before."""
+    product_id, tokens = drop
+    server = logins_gunicorn[0]
+    stuck = [server.process.pid, *children(server.process.pid)]
+    api = Api(nginx, timeout=CLIENT_TIMEOUT)
+    login = {"email": "shopper0@slow.example", "password": PASSWORD}
+    for pid in stuck:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+            waiting = [pool.submit(api.call, "POST", LOGIN, None, login) for _ in range(32)]
+            attempts = reserve_together(nginx, product_id, tokens[5:9], rounds=2)
+            assert not any(future.done() for future in waiting)
+            for pid in stuck:
+                os.kill(pid, signal.SIGCONT)
+            logins = [future.result()[0] for future in waiting]
+    finally:
+        for pid in stuck:
+            os.kill(pid, signal.SIGCONT)
+    latencies = sorted(seconds for _, seconds in attempts)
+    print(f"\nlogin workers stopped: reservations max {_ms(latencies[-1])} ms; logins {logins}")
+    assert [status for status, _ in attempts] == [201] * 8
+    assert latencies[-1] < 2
+    # Once the workers go on, every waiting login is answered: checked, or refused
+    # by the login limits (never dropped by nginx).
+    assert set(logins) <= {200, 429, 503} and 200 in logins
 
 
 def test_nginx_refuses_a_body_over_the_apps_limit_in_the_problem_shape(nginx):
