@@ -23,6 +23,7 @@ use those: that is how the figures "before" were taken.
 """
 
 import argparse
+import contextlib
 import heapq
 import http.client
 import json
@@ -41,6 +42,7 @@ from bench import http_level
 from bench import report as reports
 from bench.app import ACCOUNT_PASSWORD
 from bench.servers import LOAD_GENERATOR_CEILING, Gunicorn, RedisServer, cpu_seconds
+from tests.support import compose, nginx
 
 LOGIN = "/api/v1/auth/login"
 SECRET = "bench-secret-" + "x" * 40
@@ -85,6 +87,43 @@ def server(redis_url, emails, env):
     return Gunicorn(redis_url, env=env, app=f"bench.app:with_accounts({emails!r})")
 
 
+class Deployment:
+    """The API as docker-compose.yml deploys it on a host: nginx in front, sending
+    log-ins and sign-ups to the `logins` service's gunicorn (its workers and
+    settings) and everything else to the API's; both with `env` added."""
+
+    def __init__(self, redis_url, emails, env):
+        behind_nginx = {"TRUSTED_PROXIES": "1"}
+        self.api = server(redis_url, emails, {**behind_nginx, **env})
+        self.logins = server(redis_url, emails, {**compose.service_settings("logins"), **env})
+        self.proxy = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        with self._stack as stack:
+            stack.enter_context(self.api)
+            stack.enter_context(self.logins)
+            self.proxy = stack.enter_context(
+                nginx.Nginx(f"127.0.0.1:{self.api.port}", f"127.0.0.1:{self.logins.port}")
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+    @property
+    def url(self):
+        return self.proxy.url
+
+    def pids(self):
+        return {
+            "logins": self.logins.process.pid,
+            "api": self.api.process.pid,
+            "nginx": self.proxy.process.pid,
+        }
+
+
 def _percentile(values, q):
     if not values:
         return None
@@ -96,7 +135,7 @@ def _percentile(values, q):
 
 
 def login_table(app, redis_server, bodies, connections_levels, seconds, rounds=3):
-    watch = {"app": app.process.pid, "redis": redis_server.process.pid}
+    watch = {**app.pids(), "redis": redis_server.process.pid}
     rows, first = [], 0
     for connections in connections_levels:
         health, result = [], []
@@ -125,8 +164,10 @@ def login_table(app, redis_server, bodies, connections_levels, seconds, rounds=3
                 "result": result,
                 "health": health,
                 "logins_per_s": logins / duration if duration else 0.0,
-                # All the app's CPU, refusals' included, over the logins it made.
-                "app_cpu_ms_per_login": result["cpu_s"]["app"] / logins * 1000 if logins else None,
+                # The logins service's CPU, refusals' included, over the logins it made.
+                "app_cpu_ms_per_login": (
+                    result["cpu_s"]["logins"] / logins * 1000 if logins else None
+                ),
                 "cpu_ms_per_request": {
                     name: s / result["requests"] * 1000 for name, s in result["cpu_s"].items()
                 },
@@ -143,13 +184,24 @@ def _connect(url):
     return http.client.HTTPConnection(host, int(port), timeout=30)
 
 
-def _request(conn, url, method, path, body, headers):
+# A kept-alive connection the server has closed while idle (nginx does after its
+# keepalive_timeout) fails at the next request: HTTP clients then send it again on a
+# new connection, once.
+_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def _request(conn, url, method, path, body, headers, resend=True):
     """(status, Retry-After or None, connection) - reconnecting after a socket error."""
     try:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         response.read()
         return response.status, response.getheader("Retry-After"), conn
+    except _STALE_CONNECTION:
+        conn.close()
+        if resend:
+            return _request(_connect(url), url, method, path, body, headers, resend=False)
+        return None, None, _connect(url)
     except (OSError, http.client.HTTPException):
         conn.close()
         return None, None, _connect(url)
@@ -309,7 +361,7 @@ def storm(
     )
     reserves.start()
     time.sleep(calm_s)
-    cpu_before = cpu_seconds(app.process.pid)
+    cpu_before = cpu_seconds(app.logins.process.pid)
     logins = context.Process(
         target=_storm,
         args=(app.url, bodies, count, arrival_s, STORM_CLIENTS, limit_s, storm_out),
@@ -324,7 +376,7 @@ def storm(
         reserves.terminate()
         raise RuntimeError(f"the storm did not end within {limit_s + 120:.0f} s") from None
     logins.join()
-    cpu_during = cpu_seconds(app.process.pid) - cpu_before
+    cpu_during = cpu_seconds(app.logins.process.pid) - cpu_before
     time.sleep(calm_s)
     stop.set()
     records = reserve_out.get(timeout=120)
@@ -402,14 +454,14 @@ def measure(
         "in_flight": shipped.PASSWORD_CHECKS_IN_FLIGHT_PER_HOST,
     }
     try:
-        with server(redis_server.url, emails, CAPACITY_ENV) as app:
+        with Deployment(redis_server.url, emails, CAPACITY_ENV) as app:
             report["capacity"] = login_table(app, redis_server, bodies, connections_levels, seconds)
-        with server(redis_server.url, emails, STORM_ENV) as app:
+        with Deployment(redis_server.url, emails, STORM_ENV) as app:
             report["shipped"] = login_table(app, redis_server, bodies, connections_levels, seconds)
         if not with_storm:
             return report
         # A fresh server: no account has logged in yet, no limiter window is open.
-        with server(redis_server.url, emails, STORM_ENV) as app:
+        with Deployment(redis_server.url, emails, STORM_ENV) as app:
             report["storm"] = storm(
                 app,
                 redis_server.url,

@@ -9,9 +9,10 @@ from gunicorn.config import Config as GunicornConfig
 from bench import floor
 from bench.app import BenchConfig
 from bench.durability import ACKED_ENV
-from bench.logins import CAPACITY_ENV, STORM_ENV
+from bench.logins import CAPACITY_ENV, STORM_ENV, Deployment
 from bench.servers import LOAD_GENERATOR_CEILING, Floor, Gunicorn
 from config import MEMORY_URI, ProductionConfig
+from tests.support import compose
 
 # What the benchmark may set: where to find its stores and secret, and the one
 # per-address ceiling its single load generator would otherwise hit.
@@ -86,3 +87,12 @@ def test_only_the_capacity_table_lifts_the_per_host_admission_and_bound():
 def test_the_durability_variant_changes_only_the_replica_acknowledgement():
     assert set(ACKED_ENV) == {"REDIS_ACK_REPLICAS", "REDIS_ACK_TIMEOUT_MS"}
     assert ACKED_ENV["REDIS_ACK_REPLICAS"] == "1"
+
+
+def test_the_login_benchmark_runs_composes_logins_service_behind_nginx():
+    deployment = Deployment("redis://127.0.0.1:1/0", "accounts.txt", STORM_ENV)
+    logins = compose.service_settings("logins")
+
+    assert {key: deployment.logins.env[key] for key in logins} == logins
+    assert deployment.api.env["TRUSTED_PROXIES"] == logins["TRUSTED_PROXIES"] == "1"
+    assert deployment.api.env.get("WEB_CONCURRENCY") == os.environ.get("WEB_CONCURRENCY")
