@@ -56,6 +56,7 @@ clean:
 
 bench: $(BIN)/.installed  ## Benchmark: Redis level, HTTP level (wrk, gunicorn) and a drop rehearsal
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	@[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx >/dev/null)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 bench-cpu: $(BIN)/.installed  ## CPU per reservation and per request, without server or load (before/after a change)

@@ -1,8 +1,10 @@
 """Logins: `python -m bench.logins` (also part 4 of `make bench`).
 
 A password check is the most expensive request there is, and people log in during
-the minutes before a drop opens. This measures, on the app under gunicorn with the
-production settings and accounts in its (in-memory) MongoDB:
+the minutes before a drop opens. This measures, on the app deployed as
+docker-compose.yml deploys it (nginx in front; log-ins and sign-ups on the `logins`
+service's gunicorn, with its settings; the rest on the API's), with the production
+settings and accounts in each gunicorn's (in-memory) MongoDB:
   1. logins/s, p99 and CPU per login at 16 and 64 connections (wrk, a distinct
      account per request), each against /healthz next to it, alternating: once with
      every login checked (the host's capacity: the per-host admission and the bound
@@ -32,6 +34,7 @@ import multiprocessing
 import os
 import queue
 import random
+import sys
 import tempfile
 import threading
 import time
@@ -100,6 +103,8 @@ class Deployment:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self):
+        if not nginx.installed():
+            sys.exit("nginx is not installed (apt-get install nginx): the logins run behind it")
         with self._stack as stack:
             stack.enter_context(self.api)
             stack.enter_context(self.logins)
