@@ -216,8 +216,11 @@ def test_compose_runs_prometheus_with_the_repository_config_and_rules():
     assert mounts(prometheus)[folder] / name == CONFIG
     spec = yaml.safe_load(CONFIG.read_text())
     assert sorted(CONFIG.parent.glob(spec["rule_files"][0])) == [RULES]
-    assert spec["scrape_configs"][0]["dns_sd_configs"][0]["names"] == ["api"]
-    assert "8000" in compose_services()["api"]["expose"]
+    # Every service serving the API on gunicorn's port 8000 is scraped there.
+    services = compose_services()
+    gunicorns = [name for name, s in services.items() if "8000" in s.get("expose", [])]
+    assert sorted(gunicorns) == ["api", "logins"]
+    assert spec["scrape_configs"][0]["dns_sd_configs"][0]["names"] == gunicorns
 
 
 def test_grafana_is_provisioned_with_the_prometheus_source_and_the_dashboards():
