@@ -101,7 +101,7 @@ def gunicorn(redis_server, mongo_uri, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def logins_gunicorn(gunicorn, redis_server, mongo_uri, tmp_path_factory):
-    """Compose's `logins`: the same, with its two workers; yields (server, path of its log)."""
+    """Compose's `logins`: the same, with its settings; yields (server, path of its log)."""
     workdir = tmp_path_factory.mktemp("logins")
     with _production_gunicorn(redis_server.url, mongo_uri, workdir, LOGINS_ENV) as server:
         yield server, server.log_path
@@ -337,13 +337,15 @@ def test_reservations_go_through_while_every_login_worker_is_stuck(nginx, logins
     stuck = [server.process.pid, *children(server.process.pid)]
     api = Api(nginx, timeout=CLIENT_TIMEOUT)
     login = {"email": "shopper0@slow.example", "password": PASSWORD}
-    for pid in stuck:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in stuck:
+            os.kill(pid, signal.SIGSTOP)
         with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
             waiting = [pool.submit(api.call, "POST", LOGIN, None, login) for _ in range(32)]
-            attempts = reserve_together(nginx, product_id, tokens[5:9], rounds=2)
-            assert not any(future.done() for future in waiting)
+            attempts = reserve_together(nginx, product_id, tokens[5:9], rounds=1)
+            # Long enough for any of them to be answered, had it reached another worker.
+            time.sleep(1)
+            answered_while_stuck = sum(future.done() for future in waiting)
             for pid in stuck:
                 os.kill(pid, signal.SIGCONT)
             logins = [future.result()[0] for future in waiting]
@@ -352,7 +354,8 @@ def test_reservations_go_through_while_every_login_worker_is_stuck(nginx, logins
             os.kill(pid, signal.SIGCONT)
     latencies = sorted(seconds for _, seconds in attempts)
     print(f"\nlogin workers stopped: reservations max {_ms(latencies[-1])} ms; logins {logins}")
-    assert [status for status, _ in attempts] == [201] * 8
+    assert answered_while_stuck == 0
+    assert [status for status, _ in attempts] == [201] * 4
     assert latencies[-1] < 2
     # Once the workers go on, every waiting login is answered: checked, or refused
     # by the login limits (never dropped by nginx).
