@@ -102,9 +102,13 @@ class Deployment:
         self.proxy = None
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self):
+    @staticmethod
+    def require():
         if not nginx.installed():
             sys.exit("nginx is not installed (apt-get install nginx): the logins run behind it")
+
+    def __enter__(self):
+        self.require()
         with self._stack as stack:
             stack.enter_context(self.api)
             stack.enter_context(self.logins)
@@ -190,9 +194,10 @@ def _connect(url):
 
 
 # A kept-alive connection the server has closed while idle (nginx does after its
-# keepalive_timeout) fails at the next request: HTTP clients then send it again on a
-# new connection, once.
-_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# keepalive_timeout) fails at the next request before any answer: HTTP clients then
+# send it again on a new connection, once. (A reset may come after the server acted,
+# so it is not sent again.)
+_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError)
 
 
 def _request(conn, url, method, path, body, headers, resend=True):
@@ -493,7 +498,7 @@ def print_report(report):
     )
     print(
         f"   {'':<22} {'conns':>5} {'logins/s':>8} {'req/s':>7} {'health/s':>8} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'app CPU ms/login':>16}  statuses"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'CPU ms/login':>16}  statuses"
     )
     for name, key in (("every login checked", "capacity"), ("as shipped", "shipped")):
         for row in report[key]:

@@ -367,6 +367,8 @@ def main():
         f"{platform.python_version()})",
         "load_average": os.getloadavg(),
     }
+    if "logins" in parts:
+        logins.Deployment.require()  # before the other parts, not after them
     with RedisServer() as redis_server:
         if "redis" in parts:
             report["redis"] = redis_table(redis_server.url, (1, 8, 32, 128), seconds)
