@@ -96,8 +96,7 @@ class Deployment:
     settings) and everything else to the API's; both with `env` added."""
 
     def __init__(self, redis_url, emails, env):
-        behind_nginx = {"TRUSTED_PROXIES": "1"}
-        self.api = server(redis_url, emails, {**behind_nginx, **env})
+        self.api = server(redis_url, emails, {**compose.service_settings("api"), **env})
         self.logins = server(redis_url, emails, {**compose.service_settings("logins"), **env})
         self.proxy = None
         self._stack = contextlib.ExitStack()

@@ -91,8 +91,9 @@ def test_the_durability_variant_changes_only_the_replica_acknowledgement():
 
 def test_the_login_benchmark_runs_composes_logins_service_behind_nginx():
     deployment = Deployment("redis://127.0.0.1:1/0", "accounts.txt", STORM_ENV)
-    logins = compose.service_settings("logins")
 
-    assert {key: deployment.logins.env[key] for key in logins} == logins
-    assert deployment.api.env["TRUSTED_PROXIES"] == logins["TRUSTED_PROXIES"] == "1"
+    for server, name in ((deployment.api, "api"), (deployment.logins, "logins")):
+        settings = compose.service_settings(name)
+        assert {key: server.env[key] for key in settings} == settings
+    assert deployment.api.env["TRUSTED_PROXIES"] == "1"
     assert deployment.api.env.get("WEB_CONCURRENCY") == os.environ.get("WEB_CONCURRENCY")

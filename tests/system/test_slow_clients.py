@@ -54,7 +54,8 @@ RESERVE = "/api/v1/sales/reserve/{}"
 SIGNUP = "/api/v1/auth/signup"
 LOGIN = "/api/v1/auth/login"
 
-# Compose's `logins` service: its workers and settings.
+# Compose's `api` and `logins` services' own settings (behind nginx, its workers ...).
+API_ENV = compose.service_settings("api")
 LOGINS_ENV = compose.service_settings("logins")
 
 
@@ -71,7 +72,7 @@ def mongo_uri():
         yield uri
 
 
-def _production_gunicorn(redis_url, mongo_uri, workdir, env=None):
+def _production_gunicorn(redis_url, mongo_uri, workdir, env):
     return ProductionGunicorn(
         redis_url,
         mongo_uri,
@@ -79,8 +80,7 @@ def _production_gunicorn(redis_url, mongo_uri, workdir, env=None):
         {
             "PROMETHEUS_MULTIPROC_DIR": str(workdir),
             "JWT_SECRET_KEY": "slow-clients-secret-" + "x" * 40,
-            "TRUSTED_PROXIES": "1",  # as docker-compose.yml sets it behind nginx
-            **(env or {}),
+            **env,
         },
     )
 
@@ -95,7 +95,7 @@ def gunicorn(redis_server, mongo_uri, tmp_path_factory):
     store.flushdb()
     workdir = tmp_path_factory.mktemp("gunicorn")
     try:
-        with _production_gunicorn(redis_server.url, mongo_uri, workdir) as server:
+        with _production_gunicorn(redis_server.url, mongo_uri, workdir, API_ENV) as server:
             yield server.port, server.log_path
     finally:
         # The login limits these tests spent (per address: every test's is 127.0.0.1).
