@@ -191,13 +191,15 @@ class _Connections:
         self._indexed = False
         self._orders = None
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         _Connections._everyone.add(self)
 
     def _forget_inherited(self):
         """In a forked child: drop the parent's sockets (the in-memory stores are the
         data itself, and stay). Runs before the child does anything else."""
-        # Another thread of the parent may have held the lock: it is never released here.
+        # Another thread of the parent may have held a lock: it is never released here.
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         if self.config["MONGO_URI"] != MEMORY_URI:
             self._db = None
             self._indexed = False
@@ -214,10 +216,16 @@ class _Connections:
     @property
     def db(self):
         db = self._database()
-        if not self._indexed:
-            with self._lock:
+        # One thread makes sure of the indexes while the others wait, but no longer than
+        # one MongoDB timeout: behind a MongoDB that is down, each would otherwise wait
+        # out every earlier one's try.
+        wait = self.config["MONGO_TIMEOUT_MS"] / 1000
+        if not self._indexed and self._index_lock.acquire(timeout=wait):
+            try:
                 if not self._indexed:
                     self._ensure_indexes_once()
+            finally:
+                self._index_lock.release()
         return db
 
     def _database(self):
