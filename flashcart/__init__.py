@@ -7,6 +7,7 @@ from config import load_config
 # Each name bound here must not be a submodule's (say `stores` or `sales`): it would
 # replace `flashcart.stores` for everyone who reaches the module through the package.
 from flashcart import (
+    deadlines,
     extensions,
     health,
     json_bodies,
@@ -63,8 +64,9 @@ def _configure(app, config):
 
 
 def register_request_hooks(app):
-    """Proxy headers, request ids and logs, metrics, body and query checks, security
-    headers: ahead of other hooks."""
+    """The request's time bound, proxy headers, request ids and logs, metrics, body and
+    query checks, security headers: ahead of other hooks."""
+    deadlines.init_app(app)
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)

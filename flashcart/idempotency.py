@@ -4,7 +4,8 @@ The first request with a key runs and its answer is stored (per user, for
 IDEMPOTENCY_TTL_SECONDS). A retry with the same key and body gets that answer again
 (with `Idempotent-Replayed: true`); the same key with another body is a 422; a
 duplicate arriving while the first still runs gets a 409; if the first request died
-with its process, the key is free again once the request timeout has passed. Server
+with its process, the key is free again once the request timeout has passed (no
+request writes past it, flashcart/deadlines.py). Server
 errors (5xx) are not stored, so the client may retry them with the same key.
 """
 
@@ -24,9 +25,11 @@ from flashcart.errors import Conflict, DomainError, handle_domain_error, handle_
 from flashcart.extensions import stores
 
 HEADER = "Idempotency-Key"
-# How much longer than REQUEST_TIMEOUT_SECONDS a running key stays locked: gunicorn
-# kills a worker past its timeout within about a second.
-LOCK_MARGIN_SECONDS = 2
+# A running key stays locked REQUEST_TIMEOUT_SECONDS, plus the time a Redis command
+# sent just before the request's deadline may take (REDIS_TIMEOUT_SECONDS: nothing
+# else is sent past it, flashcart/deadlines.py), plus this, for clocks and for
+# gunicorn, which kills a sync worker past its timeout within about a second.
+LOCK_MARGIN_SECONDS = 1
 MAX_KEY_LENGTH = 255
 # Printable ASCII, as the spec publishes it (the fuzz test holds them to it).
 KEY_PATTERN = rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$"
@@ -50,6 +53,14 @@ class KeyInProgress(Conflict):
 
     code = "idempotency_key_in_progress"
     retry_after = 1
+
+
+def lock_milliseconds(config):
+    """How long a running key stays locked (see LOCK_MARGIN_SECONDS)."""
+    seconds = (
+        config["REQUEST_TIMEOUT_SECONDS"] + config["REDIS_TIMEOUT_SECONDS"] + LOCK_MARGIN_SECONDS
+    )
+    return int(seconds * 1000)
 
 
 def _fingerprint():
@@ -101,8 +112,7 @@ def idempotent(view):
         fingerprint = _fingerprint()
         claim = json.dumps({"state": "running", "fingerprint": fingerprint})
         # Locked no longer than a request may run: a retry takes over from one that died.
-        lock_seconds = current_app.config["REQUEST_TIMEOUT_SECONDS"] + LOCK_MARGIN_SECONDS
-        if not redis.set(record_key, claim, nx=True, ex=lock_seconds):
+        if not redis.set(record_key, claim, nx=True, px=lock_milliseconds(current_app.config)):
             record = json.loads(redis.get(record_key) or "null")
             if record is None:
                 raise KeyInProgress()

@@ -274,7 +274,7 @@ class TestAKeyWhoseRequestDied:
         self, app, client, live, user_headers, redis_client, monkeypatch
     ):
         killed_at = self.start_and_kill_a_keyed_reservation(app, monkeypatch, live, user_headers)
-        bound = app.config["REQUEST_TIMEOUT_SECONDS"] + idempotency.LOCK_MARGIN_SECONDS
+        bound = idempotency.lock_milliseconds(app.config) / 1000
 
         blocked = reserve(client, live, user_headers, key="dies")
         assert blocked.status_code == 409
@@ -290,3 +290,34 @@ class TestAKeyWhoseRequestDied:
         replay = reserve(client, live, user_headers, key="dies")
         assert replay.headers["Idempotent-Replayed"] == "true"
         assert replay.json == retry.json
+
+
+class TestARequestPastItsDeadline:
+    """The app bounds every request by REQUEST_TIMEOUT_SECONDS itself (a gthread
+    worker's threads are not killed at gunicorn's timeout): a reservation whose Redis
+    stalls past it changes nothing, answers 503 and frees its key; the retry reserves
+    once."""
+
+    @pytest.fixture
+    def app_config(self, app_config):
+        return app_config | {"REQUEST_TIMEOUT_SECONDS": 1}
+
+    def test_it_changes_nothing_and_the_retry_reserves_once(
+        self, client, live, user_headers, redis_client, redis_server
+    ):
+        if redis_server is None:
+            pytest.skip("needs a real redis-server (CLIENT PAUSE)")
+        redis_client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        late = reserve(client, live, user_headers, key="late")
+
+        assert late.status_code == 503, late.json
+        assert late.json["code"] == "deadline_passed"
+        assert late.headers["Retry-After"] == "1"
+        assert stock_of(redis_client, live) == 10
+        assert hold_ids(redis_client, live) == []
+        assert idempotency_records(redis_client) == []
+
+        retry = reserve(client, live, user_headers, key="late")
+        assert retry.status_code == 201, retry.json
+        assert hold_ids(redis_client, live) == [retry.json["id"]]
+        assert stock_of(redis_client, live) == 9

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis
 
+from flashcart import deadlines
 from flashcart.errors import Busy
 from flashcart.redis_wire import exec_and_wait, exec_packed, query, watch_and_read
 from flashcart.sales.engine.errors import (
@@ -229,6 +230,7 @@ class Inventory(SaleLifecycle):
             return self._short_of_units(reservation)
         expires_at = self.clock() + self.hold_seconds
         writes = _hold_writes(reservation, chosen_keys, stock_here, expires_at)
+        deadlines.check()
         if self.ack_replicas:
             reservation.replicas_acked = exec_and_wait(
                 pipe, writes, self.ack_replicas, self.ack_timeout_ms, keys.acked

@@ -5,6 +5,7 @@ import time
 
 import redis
 
+from flashcart import deadlines
 from flashcart.errors import Busy
 from flashcart.sales.engine.hints import EngineHints
 from flashcart.sales.engine.keys import DEFAULT_STRIPES, MAX_STRIPES
@@ -59,7 +60,8 @@ class Transactions:
         `body` WATCHes what it reads, checks it, then queues writes after
         `pipe.multi()` (or returns LOOK_AGAIN). A WatchError means another client
         changed a watched key: wait a little (full jitter, growing) and run the whole
-        body again. Afterwards this process's remembered stock read is stale.
+        body again. Afterwards this process's remembered stock read is stale. Nothing
+        is sent past the request's deadline (flashcart/deadlines.py).
         """
         attempt = looks = 0
         while attempt < self.max_attempts and looks <= MAX_STRIPES:
@@ -68,6 +70,7 @@ class Transactions:
                 try:
                     result = body(pipe)
                     if len(pipe):  # writes the body queued (on any kind of pipeline)
+                        deadlines.check()
                         pipe.execute()
                 except redis.WatchError:
                     self._back_off(attempt)
