@@ -1,8 +1,9 @@
 """gunicorn settings for production (`gunicorn wsgi:app` picks this file up).
 
-Sync workers: the hot path is short Redis round trips, and on a 2-core box four
-sync workers measured best (see docs/performance.md). Scale with WEB_CONCURRENCY
-on bigger hosts (about 2 x cores) and with more hosts behind the load balancer.
+Threaded workers (gthread) that keep connections alive: the hot path is short Redis
+round trips, and a new TCP connection for every request cost more than many of them
+(docs/performance.md). Scale with WEB_CONCURRENCY on bigger hosts (about 2 x cores)
+and with more hosts behind the load balancer.
 """
 
 import glob
@@ -15,16 +16,21 @@ os.environ.setdefault("FLASHCART_ENV", "production")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = "sync"
+# Requests each worker serves at once. WEB_THREADS=1 gives sync workers, which close
+# every connection and take the next request only from gunicorn's queue (the logins
+# service: its line waits there, docker-compose.yml).
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread" if threads > 1 else "sync"
 # The app is loaded once, in the master, and forked into each worker: a worker killed
 # or recycled mid-drop is back at once, without the ~0.5 s of CPU loading it costs.
 # (Building the app opens no connection, so none crosses the fork; a code change needs
 # a restart, not a HUP.)
 preload_app = True
-# A worker silent this long is killed; the app reads the same variable (an
-# Idempotency-Key whose request died is free again just after it).
+# A worker silent this long is killed. A gthread worker's threads are not watched: the
+# app bounds each request by the same variable itself (flashcart/deadlines.py).
 timeout = int(os.environ.get("REQUEST_TIMEOUT_SECONDS") or "30")
 graceful_timeout = 20
+# An idle kept-alive connection is closed after this; nginx lets its own go sooner.
 keepalive = 5
 # Recycle workers now and then so a slow leak can never take a drop down: rarely,
 # and spread out. Workers start together and share the load evenly, so a narrow

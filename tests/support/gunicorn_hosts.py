@@ -24,6 +24,9 @@ from tests.support.ports import free_port
 from tests.support.processes import ROOT, children, stop, wait_for
 
 HTTP_TIMEOUT = 10
+# The worker model gunicorn.conf.py ships (WEB_THREADS' default), which GunicornHost
+# runs too; tests/system/test_server_settings.py pins the two together.
+SHIPPED_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Answer:
 
 
 class Api:
-    """Plain HTTP/1.1 to the gunicorn server (sync workers close every connection)."""
+    """Plain HTTP/1.1 to the gunicorn server, a new connection for each request."""
 
     def __init__(self, port, timeout=HTTP_TIMEOUT):
         self.port = port
@@ -102,8 +105,9 @@ class Api:
 
 
 class GunicornHost:
-    """One API host: `gunicorn tests.support.chaos_app:make_app()`, its own master and sync workers
-    on a free loopback port, configured by `env` (chaos_app's CHAOS_* variables)."""
+    """One API host: `gunicorn tests.support.chaos_app:make_app()`, its own master and
+    workers (threaded, as shipped) on a free loopback port, configured by `env`
+    (chaos_app's CHAOS_* variables)."""
 
     def __init__(self, env, workdir, workers):
         self.port = free_port()
@@ -127,8 +131,8 @@ class GunicornHost:
             f"127.0.0.1:{self.port}",
             "--workers",
             str(self.workers),
-            "--worker-class",
-            "sync",
+            "--threads",
+            str(SHIPPED_THREADS),
             "--timeout",
             "30",
             "--graceful-timeout",

@@ -20,7 +20,10 @@ import urllib.request
 import pytest
 import redis
 
-from tests.support.gunicorn_hosts import ProductionGunicorn
+from flashcart import create_app
+from flashcart.auth import service as accounts
+from tests.support import chaos_app
+from tests.support.gunicorn_hosts import SHIPPED_THREADS, Api, ProductionGunicorn
 from tests.support.mongo import fresh_mongo_uri
 from tests.support.processes import ROOT, children, settled_cpu_seconds, wait_for
 
@@ -87,22 +90,61 @@ def test_a_killed_worker_is_replaced_from_the_preloaded_app(serve):
     assert counted and float(counted.group(1)) >= 20
 
 
-@pytest.mark.parametrize("setting", [None, "7"], ids=["default", "set"])
-def test_gunicorn_and_the_app_share_one_request_timeout(setting):
-    # The app bounds how long an Idempotency-Key stays locked by gunicorn's timeout.
-    env = {k: v for k, v in os.environ.items() if k != "REQUEST_TIMEOUT_SECONDS"}
-    if setting is not None:
-        env["REQUEST_TIMEOUT_SECONDS"] = setting
+def _settings_file(env, *expressions):
+    """What each expression gives with gunicorn.conf.py's settings as `conf`, the app's
+    Config imported, under `env`, in a fresh interpreter (the file sets variables)."""
     script = (
-        "import runpy; from config import Config; "
-        "print(runpy.run_path('gunicorn.conf.py')['timeout'], Config.REQUEST_TIMEOUT_SECONDS)"
+        "import runpy; from config import Config; conf = runpy.run_path('gunicorn.conf.py'); "
+        f"print({', '.join(expressions)})"
     )
     command = [sys.executable, "-c", script]
     result = subprocess.run(  # noqa: S603 - our own interpreter and script
         command, cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    gunicorn_timeout, app_timeout = result.stdout.split()
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("setting", [None, "7"], ids=["default", "set"])
+def test_gunicorn_and_the_app_share_one_request_timeout(setting):
+    # A sync worker is killed at gunicorn's timeout; every request bounds itself by the
+    # app's (flashcart/deadlines.py), and an Idempotency-Key's lock follows from it.
+    env = {k: v for k, v in os.environ.items() if k != "REQUEST_TIMEOUT_SECONDS"}
+    if setting is not None:
+        env["REQUEST_TIMEOUT_SECONDS"] = setting
+    gunicorn_timeout, app_timeout = _settings_file(
+        env, "conf['timeout']", "Config.REQUEST_TIMEOUT_SECONDS"
+    )
     assert gunicorn_timeout == app_timeout == (setting or "30")
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [(None, ["gthread", str(SHIPPED_THREADS)]), ("1", ["sync", "1"])],
+    ids=["default", "one"],
+)
+def test_workers_are_threaded_unless_told_one_thread(setting, expected):
+    # The chaos and scale-out hosts (GunicornHost) run SHIPPED_THREADS as well.
+    env = {k: v for k, v in os.environ.items() if k != "WEB_THREADS"}
+    if setting is not None:
+        env["WEB_THREADS"] = setting
+    assert _settings_file(env, "conf['worker_class']", "conf['threads']") == expected
+
+
+def test_one_kept_alive_connection_carries_request_after_request(serve):
+    with serve(WEB_CONCURRENCY="1") as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.connect()
+            sock = conn.sock
+            for _ in range(5):
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+                assert response.getheader("Connection") != "close"
+                assert conn.sock is sock  # the same connection: not closed in between
+        finally:
+            conn.close()
 
 
 def _post_chunked(port, path, body, content_type="application/json"):
@@ -140,3 +182,51 @@ def test_chunked_bodies_meet_the_body_checks_under_gunicorn(serve):
         "text": (415, "unsupported_media_type"),
         "too long": (413, "payload_too_large"),
     }
+
+
+def test_a_reservation_held_up_past_the_request_timeout_is_refused_whole(
+    serve, redis_server, mongo_uri
+):
+    """A gthread worker's threads outlive gunicorn's timeout: the app ends the request
+    itself. Redis stalls a keyed reservation past REQUEST_TIMEOUT_SECONDS: it answers
+    503 having held nothing, and its retry with the same key reserves once."""
+    admin = {"email": "admin@settings.example", "password": "correct horse battery staple"}
+    shopper = {"email": "shopper@settings.example", "password": "correct horse battery"}
+    operator = create_app(chaos_app.settings(mongo_uri, redis_server.url, 600))
+    with operator.app_context():
+        accounts.ensure_admin(**admin)
+        accounts.register(name="S", **shopper)
+    chaos_app.close_mongo(operator)
+    store = redis.Redis.from_url(redis_server.url)
+    with serve(REQUEST_TIMEOUT_SECONDS="1", WEB_CONCURRENCY="1") as server:
+        api = Api(server.port)
+        tokens = [api.call("POST", "/api/v1/auth/login", body=who)[1] for who in (admin, shopper)]
+        admin_token, token = (answer["access_token"] for answer in tokens)
+        product = {"name": "Late drop", "price": "5.00", "stock": 3, "per_user_limit": 3}
+        status, created, _ = api.call("POST", "/api/v1/products", admin_token, product)
+        assert status == 201, created
+        product_id = created["id"]
+        assert api.call("POST", f"/api/v1/sales/start/{product_id}", admin_token)[0] == 200
+
+        def reserve():
+            path = f"/api/v1/sales/reserve/{product_id}"
+            return api.request("POST", path, token, {"quantity": 1}, {"Idempotency-Key": "k"})
+
+        def available():
+            return api.call("GET", f"/api/v1/sales/stock/{product_id}")[1]["available"]
+
+        store.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        late = reserve()
+        assert (late.status, late.code, late.headers.get("Retry-After")) == (
+            503,
+            "deadline_passed",
+            "1",
+        )
+        assert available() == 3
+        retry, replay = reserve(), reserve()
+        available_after = available()
+    store.close()
+    assert retry.status == 201, retry.body
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.body == retry.body
+    assert available_after == 2
