@@ -1,9 +1,8 @@
 """gunicorn settings for production (`gunicorn wsgi:app` picks this file up).
 
-Threaded workers (gthread) that keep connections alive: the hot path is short Redis
-round trips, and a new TCP connection for every request cost more than many of them
-(docs/performance.md). Scale with WEB_CONCURRENCY on bigger hosts (about 2 x cores)
-and with more hosts behind the load balancer.
+Sync workers: the hot path is short Redis round trips, and on a 2-core box four
+sync workers measured best (see docs/performance.md). Scale with WEB_CONCURRENCY
+on bigger hosts (about 2 x cores) and with more hosts behind the load balancer.
 """
 
 import glob
@@ -16,10 +15,12 @@ os.environ.setdefault("FLASHCART_ENV", "production")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-# Requests each worker serves at once. WEB_THREADS=1 gives sync workers, which close
-# every connection and take the next request only from gunicorn's queue (the logins
-# service: its line waits there, docker-compose.yml).
-threads = int(os.environ.get("WEB_THREADS", "4"))
+# Requests each worker serves at once. Above 1, threaded workers (gthread) that keep
+# connections alive: measured, they saved the load generator its connections but not
+# the app its CPU, and a worker holding more kept-alive connections than the others
+# doubled the p99 (docs/performance.md). A sync worker takes each request from
+# gunicorn's one queue, whichever worker is free.
+threads = int(os.environ.get("WEB_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "sync"
 # The app is loaded once, in the master, and forked into each worker: a worker killed
 # or recycled mid-drop is back at once, without the ~0.5 s of CPU loading it costs.
@@ -30,7 +31,7 @@ preload_app = True
 # app bounds each request by the same variable itself (flashcart/deadlines.py).
 timeout = int(os.environ.get("REQUEST_TIMEOUT_SECONDS") or "30")
 graceful_timeout = 20
-# An idle kept-alive connection is closed after this; nginx lets its own go sooner.
+# With threads, an idle kept-alive connection is closed after this (nginx's sooner).
 keepalive = 5
 # Recycle workers now and then so a slow leak can never take a drop down: rarely,
 # and spread out. Workers start together and share the load evenly, so a narrow

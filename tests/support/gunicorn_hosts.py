@@ -24,9 +24,9 @@ from tests.support.ports import free_port
 from tests.support.processes import ROOT, children, stop, wait_for
 
 HTTP_TIMEOUT = 10
-# The worker model gunicorn.conf.py ships (WEB_THREADS' default), which GunicornHost
-# runs too; tests/system/test_server_settings.py pins the two together.
-SHIPPED_THREADS = 4
+# The worker model gunicorn.conf.py ships (WEB_THREADS' default, 1: sync workers),
+# which GunicornHost runs too; tests/system/test_server_settings.py pins the two.
+SHIPPED_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Api:
 
 class GunicornHost:
     """One API host: `gunicorn tests.support.chaos_app:make_app()`, its own master and
-    workers (threaded, as shipped) on a free loopback port, configured by `env`
+    workers (as shipped) on a free loopback port, configured by `env`
     (chaos_app's CHAOS_* variables)."""
 
     def __init__(self, env, workdir, workers):

@@ -119,10 +119,10 @@ def test_gunicorn_and_the_app_share_one_request_timeout(setting):
 
 @pytest.mark.parametrize(
     ("setting", "expected"),
-    [(None, ["gthread", str(SHIPPED_THREADS)]), ("1", ["sync", "1"])],
-    ids=["default", "one"],
+    [(None, ["sync", str(SHIPPED_THREADS)]), ("4", ["gthread", "4"])],
+    ids=["default", "threads"],
 )
-def test_workers_are_threaded_unless_told_one_thread(setting, expected):
+def test_workers_are_sync_unless_given_threads(setting, expected):
     # The chaos and scale-out hosts (GunicornHost) run SHIPPED_THREADS as well.
     env = {k: v for k, v in os.environ.items() if k != "WEB_THREADS"}
     if setting is not None:
@@ -130,8 +130,8 @@ def test_workers_are_threaded_unless_told_one_thread(setting, expected):
     assert _settings_file(env, "conf['worker_class']", "conf['threads']") == expected
 
 
-def test_one_kept_alive_connection_carries_request_after_request(serve):
-    with serve(WEB_CONCURRENCY="1") as server:
+def test_threaded_workers_carry_request_after_request_on_one_connection(serve):
+    with serve(WEB_CONCURRENCY="1", WEB_THREADS="4") as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         try:
             conn.connect()
@@ -187,9 +187,9 @@ def test_chunked_bodies_meet_the_body_checks_under_gunicorn(serve):
 def test_a_reservation_held_up_past_the_request_timeout_is_refused_whole(
     serve, redis_server, mongo_uri
 ):
-    """A gthread worker's threads outlive gunicorn's timeout: the app ends the request
-    itself. Redis stalls a keyed reservation past REQUEST_TIMEOUT_SECONDS: it answers
-    503 having held nothing, and its retry with the same key reserves once."""
+    """Threaded workers (WEB_THREADS) outlive gunicorn's timeout: the app ends the
+    request itself. Redis stalls a keyed reservation past REQUEST_TIMEOUT_SECONDS: it
+    answers 503 having held nothing, and its retry with the same key reserves once."""
     admin = {"email": "admin@settings.example", "password": "correct horse battery staple"}
     shopper = {"email": "shopper@settings.example", "password": "correct horse battery"}
     operator = create_app(chaos_app.settings(mongo_uri, redis_server.url, 600))
@@ -198,7 +198,7 @@ def test_a_reservation_held_up_past_the_request_timeout_is_refused_whole(
         accounts.register(name="S", **shopper)
     chaos_app.close_mongo(operator)
     store = redis.Redis.from_url(redis_server.url)
-    with serve(REQUEST_TIMEOUT_SECONDS="1", WEB_CONCURRENCY="1") as server:
+    with serve(REQUEST_TIMEOUT_SECONDS="1", WEB_CONCURRENCY="1", WEB_THREADS="4") as server:
         api = Api(server.port)
         tokens = [api.call("POST", "/api/v1/auth/login", body=who)[1] for who in (admin, shopper)]
         admin_token, token = (answer["access_token"] for answer in tokens)

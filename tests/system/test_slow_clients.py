@@ -1,9 +1,9 @@
-"""Slow and vanishing clients: nginx (deploy/nginx/) in front of gunicorn's workers.
+"""Slow and vanishing clients: nginx (deploy/nginx/) in front of gunicorn's sync workers.
 
-Each of a gunicorn worker's threads serves one request at a time: a client that
-sends half a request or never reads its answer holds one for up to 30 s, and a few
-hundred of them stall a drop. Here the production gunicorn (gunicorn.conf.py: four
-workers of four threads, `wsgi:app` in production mode) runs on
+A sync worker serves one connection at a time: a client that connects and says
+nothing, sends half a request, or never reads its answer holds a worker until
+gunicorn's 30 s timeout, and a few hundred of them stall a drop. Here the production
+gunicorn (gunicorn.conf.py: four sync workers, `wsgi:app` in production mode) runs on
 the suite's redis-server and a MongoDB (MONGO_TEST_URI's, else tests/support/mongo_standin.py),
 behind Debian's nginx running
 the repository's config. While hundreds of such clients hang on nginx, shoppers
@@ -173,8 +173,8 @@ def _half_body(sock, product_id):
 
 
 def _never_reads(sock, product_id):
-    """Asks for the 110 kB OpenAPI document and neither reads it nor closes: the
-    thread writing the answer waits until the socket takes it."""
+    """Asks for the 110 kB OpenAPI document and neither reads it nor closes: a sync
+    worker, its answer written, waits 2 s for the close (its graceful close)."""
     sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 
 
@@ -270,7 +270,7 @@ def test_the_same_slow_clients_straight_to_gunicorn_stall_reservations(gunicorn,
     with slow_clients(port, product_id):
         attempts = reserve_together(port, product_id, tokens[:4], rounds=1)
         print(f"\nstraight to gunicorn: {attempts}")
-        # Not one answered: every thread of every worker is held by a slow client.
+        # Not one answered: every worker is held by a slow client for up to 30 s.
         assert [status for status, _ in attempts] == [None] * 4
     # Not a broken server: once the slow clients are gone, it answers again.
     wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "gunicorn again", 30)
