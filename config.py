@@ -162,7 +162,10 @@ class Config:
     RATELIMIT_ENABLED = _flag("RATELIMIT_ENABLED", "true")
     # Defaults to REDIS_URL (see flashcart/rate_limits.py).
     RATELIMIT_STORAGE_URI = _env("RATELIMIT_STORAGE_URI")
-    RATELIMIT_GLOBAL = _limit("RATELIMIT_GLOBAL", "1200 per minute")
+    # Each client address's ceiling over the whole API. Off by default: the proxy in
+    # front counts it (deploy/nginx/, docs/security.md#rate-limits), for a fraction of
+    # what it costs every request here; set it where nothing in front does.
+    RATELIMIT_GLOBAL = _limit("RATELIMIT_GLOBAL", "")
     RATELIMIT_LOGIN_PER_IP = _limit("RATELIMIT_LOGIN_PER_IP", "30 per minute")
     # Failed logins: per account and address, and per account from the addresses that
     # have not logged in to it within LOGIN_KNOWN_ADDRESS_DAYS (docs/security.md).

@@ -28,7 +28,7 @@ from werkzeug.test import EnvironBuilder
 
 from bench import http_level, passwords
 from bench.reference import NaiveWatchReservations, ScriptReservations
-from bench.servers import LOAD_GENERATOR_CEILING, RedisServer
+from bench.servers import RedisServer
 from flashcart.sales.engine.inventory import Inventory
 from flashcart.sales.engine.records import SalePlan
 
@@ -78,7 +78,7 @@ def app_and_scenarios(url, requests, seen):
     from bench import floor
     from bench.app import create
 
-    app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET, RATELIMIT_GLOBAL=LOAD_GENERATOR_CEILING)
+    app = create(REDIS_URL=url, JWT_SECRET_KEY=SECRET)
     plenty = http_level.open_sale(url, stock=10**9, limit=10**9)
     sold_out = http_level.open_sale(url, stock=0, limit=1)
     http_level.cache_product(url, plenty)

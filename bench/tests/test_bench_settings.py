@@ -10,16 +10,15 @@ from bench import floor
 from bench.app import BenchConfig
 from bench.durability import ACKED_ENV
 from bench.logins import CAPACITY_ENV, STORM_ENV, Deployment
-from bench.servers import LOAD_GENERATOR_CEILING, Floor, Gunicorn
+from bench.servers import LOAD_GENERATOR_CEILING, LOAD_GENERATOR_EDGE_CEILING, Floor, Gunicorn
 from config import MEMORY_URI, ProductionConfig
 from tests.support import compose
 
-# What the benchmark may set: where to find its stores and secret, and the one
-# per-address ceiling its single load generator would otherwise hit.
-ALLOWED = {"FLASHCART_ENV", "PORT", "REDIS_URL", "JWT_SECRET_KEY", "RATELIMIT_GLOBAL"}
+# What the benchmark may set: where to find its stores and its secret.
+ALLOWED = {"FLASHCART_ENV", "PORT", "REDIS_URL", "JWT_SECRET_KEY"}
 
 
-def test_the_benchmark_server_changes_no_setting_but_its_stores_and_the_ceiling():
+def test_the_benchmark_server_changes_no_setting_but_its_stores():
     server = Gunicorn("redis://127.0.0.1:1/0", env={})
     changed = {key for key in server.env if os.environ.get(key) != server.env[key]}
 
@@ -55,10 +54,12 @@ def test_the_floor_is_one_bare_flask_json_endpoint():
     assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
 
 
-def test_the_load_generator_ceiling_is_a_limit_not_a_switch():
+def test_the_load_generator_ceilings_are_limits_not_switches():
     parsed = limits.parse_many(LOAD_GENERATOR_CEILING)
+    rate, burst = LOAD_GENERATOR_EDGE_CEILING
 
     assert len(parsed) == 1 and parsed[0].amount >= 10**6
+    assert rate.endswith("r/s") and int(rate[:-3]) >= 10**6 and int(burst) >= 10**6
 
 
 def test_the_benchmark_app_differs_from_production_only_in_its_in_memory_mongodb():
@@ -96,4 +97,6 @@ def test_the_login_benchmark_runs_composes_logins_service_behind_nginx():
         settings = compose.service_settings(name)
         assert {key: server.env[key] for key in settings} == settings
     assert deployment.api.env["TRUSTED_PROXIES"] == "1"
+    # nginx's ceiling is the one edge setting raised: one address stands for every shopper.
+    assert deployment.edge_ceiling == LOAD_GENERATOR_EDGE_CEILING
     assert deployment.api.env.get("WEB_CONCURRENCY") == os.environ.get("WEB_CONCURRENCY")

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import urllib.request
 
+from tests.support import compose
 from tests.support.ports import free_port
 from tests.support.processes import ROOT, stop, wait_for
 
@@ -20,15 +21,24 @@ def installed():
     return os.path.exists(BINARY)
 
 
-def render(listen_port, api, logins=None):
+# The per-address ceiling compose's nginx service runs with.
+SHIPPED = compose.service_settings("nginx")
+SHIPPED_CEILING = (SHIPPED["FLASHCART_PER_ADDRESS_RATE"], SHIPPED["FLASHCART_PER_ADDRESS_BURST"])
+
+
+def render(listen_port, api, logins=None, ceiling=SHIPPED_CEILING):
     """The template with its variables filled in, as the nginx image's envsubst does:
-    `api` and `logins` are host:port upstreams (logins: the API's, when None)."""
+    `api` and `logins` are host:port upstreams (logins: the API's, when None);
+    `ceiling` is each address's (rate, burst)."""
     with open(TEMPLATE) as source:
         text = source.read()
+    rate, burst = ceiling
     for name, value in (
         ("NGINX_PORT", f"127.0.0.1:{listen_port}"),
         ("FLASHCART_UPSTREAM", api),
         ("FLASHCART_LOGINS_UPSTREAM", logins or api),
+        ("FLASHCART_PER_ADDRESS_RATE", rate),
+        ("FLASHCART_PER_ADDRESS_BURST", burst),
     ):
         text = text.replace("${" + name + "}", value)
     if "${" in text:
@@ -37,10 +47,11 @@ def render(listen_port, api, logins=None):
 
 
 class Nginx:
-    """`with Nginx(api, logins) as proxy:` nginx in front of those upstreams; `proxy.port`."""
+    """`with Nginx(api, logins) as proxy:` nginx in front of those upstreams; `proxy.port`.
+    `ceiling`: each address's (rate, burst), compose's unless given."""
 
-    def __init__(self, api, logins=None):
-        self.api, self.logins = api, logins
+    def __init__(self, api, logins=None, ceiling=SHIPPED_CEILING):
+        self.api, self.logins, self.ceiling = api, logins, ceiling
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
@@ -50,7 +61,7 @@ class Nginx:
         self._prefix = tempfile.TemporaryDirectory(prefix="flashcart-nginx-")
         prefix = self._prefix.name
         with open(os.path.join(prefix, "flashcart.conf"), "w") as out:
-            out.write(render(self.port, self.api, self.logins))
+            out.write(render(self.port, self.api, self.logins, self.ceiling))
         # What the nginx image's own nginx.conf provides around conf.d/, with paths here.
         temp_paths = "\n".join(
             f"    {kind}_temp_path {prefix}/{kind}_temp;"

@@ -183,15 +183,18 @@ SLOW_KINDS = (_silent, _half_headers, _half_body, _never_reads)
 
 @contextlib.contextmanager
 def slow_clients(port, product_id, per_kind=SLOW_PER_KIND):
-    """`per_kind` connections of each slow kind to `port`, open until the block ends;
+    """`per_kind` connections of each slow kind to `port`, open until the block ends,
+    each from an address of its own (127.1.x.y: nginx's ceiling is per address);
     yields {kind name: its sockets}."""
     opened = {kind.__name__.strip("_"): [] for kind in SLOW_KINDS}
+    addresses = (f"127.1.{n // 250}.{n % 250 + 1}" for n in range(per_kind * len(SLOW_KINDS)))
     try:
         for _ in range(per_kind):
             for kind in SLOW_KINDS:
                 sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.settimeout(5)
+                sock.bind((next(addresses), 0))
                 sock.connect(("127.0.0.1", port))
                 kind(sock, product_id)
                 opened[kind.__name__.strip("_")].append(sock)
