@@ -19,7 +19,7 @@ _deadline = contextvars.ContextVar("flashcart_deadline", default=None)
 
 
 class DeadlinePassed(ServiceUnavailable):
-    """The request ran out of time before it changed anything; retry shortly."""
+    """The request ran out of time and stopped before its next change; retry shortly."""
 
     code = "deadline_passed"
     retry_after = 1

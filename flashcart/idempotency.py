@@ -5,7 +5,7 @@ IDEMPOTENCY_TTL_SECONDS). A retry with the same key and body gets that answer ag
 (with `Idempotent-Replayed: true`); the same key with another body is a 422; a
 duplicate arriving while the first still runs gets a 409; if the first request died
 with its process, the key is free again once the request timeout has passed (no
-request writes past it, flashcart/deadlines.py). Server
+reservation is made past it, flashcart/deadlines.py). Server
 errors (5xx) are not stored, so the client may retry them with the same key.
 """
 

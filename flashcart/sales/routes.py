@@ -7,6 +7,7 @@ from flashcart import idempotency, rate_limits
 from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id
 from flashcart.checkout import recovery
+from flashcart.deadlines import DeadlinePassed
 from flashcart.errors import Busy
 from flashcart.idempotency import idempotent
 from flashcart.products.service import ProductNotFound
@@ -85,6 +86,7 @@ def sold_out_first(view):
     InsufficientStock,
     LimitExceeded,
     Busy,
+    DeadlinePassed,
     service.SaleRecovering,
     NotReplicated,
 )
