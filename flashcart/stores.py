@@ -219,13 +219,14 @@ class _Connections:
         # One thread makes sure of the indexes while the others wait, but no longer than
         # one MongoDB timeout: behind a MongoDB that is down, each would otherwise wait
         # out every earlier one's try.
-        wait = self.config["MONGO_TIMEOUT_MS"] / 1000
-        if not self._indexed and self._index_lock.acquire(timeout=wait):
-            try:
-                if not self._indexed:
-                    self._ensure_indexes_once()
-            finally:
-                self._index_lock.release()
+        if not self._indexed:
+            wait = self.config["MONGO_TIMEOUT_MS"] / 1000
+            if self._index_lock.acquire(timeout=wait):
+                try:
+                    if not self._indexed:
+                        self._ensure_indexes_once()
+                finally:
+                    self._index_lock.release()
         return db
 
     def _database(self):

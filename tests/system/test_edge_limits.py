@@ -10,6 +10,7 @@ import json
 import pytest
 import redis
 
+from tests.support import compose
 from tests.support import nginx as proxy
 from tests.support.gunicorn_hosts import ProductionGunicorn
 from tests.support.mongo import fresh_mongo_uri
@@ -21,19 +22,19 @@ PRODUCTS = "/api/v1/products"
 
 @pytest.fixture(scope="module")
 def edge(redis_server, tmp_path_factory):
-    """nginx, as compose runs it, in front of the production gunicorn; yields
-    (nginx's port, a client of the app's Redis)."""
+    """nginx, as compose runs it, in front of the production gunicorn with compose's
+    `api` settings; yields (nginx's port, a client of the app's Redis)."""
     if redis_server is None:
         pytest.skip("needs a real redis-server")
     if not proxy.installed():
         pytest.skip("needs nginx (apt-get install nginx; .ci/run installs it)")
     store = redis.Redis.from_url(redis_server.url)
     store.flushdb()
-    workdir = tmp_path_factory.mktemp("edge")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(workdir), "TRUSTED_PROXIES": "1"}
+    log = tmp_path_factory.mktemp("edge") / "gunicorn.log"
+    env = compose.service_settings("api")
     with (
         fresh_mongo_uri() as mongo_uri,
-        ProductionGunicorn(redis_server.url, mongo_uri, workdir / "gunicorn.log", env) as app,
+        ProductionGunicorn(redis_server.url, mongo_uri, log, env) as app,
         proxy.Nginx(f"127.0.0.1:{app.port}") as nginx,
     ):
         yield nginx.port, store

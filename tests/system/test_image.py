@@ -184,10 +184,6 @@ def wait_for(condition, what, timeout):
         time.sleep(0.2)
 
 
-def compose():
-    return compose_file.load()
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("admin_configured", [False, True], ids=["plain", "admin configured"])
 def test_the_image_starts_without_mongodb_and_becomes_ready_when_it_answers(
@@ -218,7 +214,7 @@ def test_the_image_starts_without_mongodb_and_becomes_ready_when_it_answers(
         assert (status, problem["code"]) == (503, "database_unavailable")
         if admin_configured:
             # What compose runs before the API: it waits for MongoDB.
-            init = image.start(compose()["services"]["init"]["command"], "init")
+            init = image.start(compose_file.load()["services"]["init"]["command"], "init")
         time.sleep(3)  # a crash loop would show by now
         assert server.poll() is None
 
@@ -330,14 +326,14 @@ def test_docker_compose_yml_follows_the_compose_specification():
     jsonschema.Draft7Validator.check_schema(schema)
     errors = [
         f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in jsonschema.Draft7Validator(schema).iter_errors(compose())
+        for error in jsonschema.Draft7Validator(schema).iter_errors(compose_file.load())
     ]
     assert errors == []
 
 
 def test_the_schema_check_catches_a_broken_compose_file():
     schema = json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
-    broken = compose()
+    broken = compose_file.load()
     broken["services"]["api"]["depends_on"] = {"init": {"condition": "when_it_feels_like_it"}}
     broken["services"]["api"]["restart_policy"] = "always"
 
@@ -345,7 +341,7 @@ def test_the_schema_check_catches_a_broken_compose_file():
 
 
 def test_compose_prepares_mongodb_before_the_api_and_gives_every_app_service_its_settings():
-    services = compose()["services"]
+    services = compose_file.load()["services"]
     app_services = {name for name, service in services.items() if service.get("build") == "."}
 
     assert services["init"]["command"][:4] == ["flask", "--app", "wsgi", "init"]
@@ -355,7 +351,7 @@ def test_compose_prepares_mongodb_before_the_api_and_gives_every_app_service_its
 
 
 def test_compose_runs_the_webhook_deliverer_in_a_loop_with_its_metrics_port():
-    deliverer = compose()["services"]["deliverer"]
+    deliverer = compose_file.load()["services"]["deliverer"]
     command = deliverer["command"]
 
     assert command[:4] == ["flask", "--app", "wsgi", "deliver"]

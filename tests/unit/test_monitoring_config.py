@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import compose
 from tests.support.processes import ROOT
 from tests.support.prometheus import (
     CONFIG,
@@ -193,7 +194,7 @@ def test_every_dashboard_query_parses(tmp_path):
 
 
 def compose_services():
-    return yaml.safe_load((Path(ROOT) / "docker-compose.yml").read_text())["services"]
+    return compose.load()["services"]
 
 
 def mounts(service):
