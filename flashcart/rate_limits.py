@@ -1,60 +1,88 @@
-"""Rate limits (flask-limiter, counted in Redis).
+"""Rate limits, counted in Redis (flashcart/limit_counters.py).
 
-A ceiling per client IP over the whole API (RATELIMIT_GLOBAL, set on the limiter in
-extensions.py), login attempts per IP and failed ones per account and IP and per
-account from new addresses (auth/known_addresses.py), sign-ups per IP and
-reservations per user. Every limit is a config value (docs/configuration.md),
-read per request; an empty value turns that limit off. Behind a load balancer set
-TRUSTED_PROXIES, or every client shares the balancer's address.
+Login attempts per IP and failed ones per account and IP and per account from new
+addresses (auth/known_addresses.py), sign-ups per IP, the password checks each host
+admits, and reservations per user; and, where no proxy in front counts it, a ceiling
+per client IP over the whole API (RATELIMIT_GLOBAL). Every limit is a config value
+(docs/configuration.md), read per request; an empty value turns that limit off.
+Behind a load balancer set TRUSTED_PROXIES, or every client shares its address.
+
+Only the routes that carry a limit pay for one: the limits are counted in the views'
+own decorators, not in hooks every request runs (docs/decisions/0008).
 """
 
 import functools
 import hashlib
 import logging
 import socket
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import redis.exceptions
-from flask import current_app, request
-from flask_limiter import RateLimitExceeded
-from flask_limiter.util import get_remote_address
-from limits.errors import StorageError
-from limits.storage import RedisClusterStorage, Storage
+from flask import Response, after_this_request, current_app, request
+from limits import parse_many
 
-from flashcart import health, metrics, redis_cluster
+from flashcart import health, metrics
 from flashcart.apidoc import RETRY_AFTER, problem
 from flashcart.auth import emails, known_addresses
 from flashcart.auth.roles import current_user_id
-from flashcart.errors import Busy
-from flashcart.errors import problem as problem_response
-from flashcart.extensions import limiter
+from flashcart.errors import Busy, DomainError
 from flashcart.host_slots import HostSlots, NoSlotFree
+from flashcart.limit_counters import STORAGE_ERRORS, Counters
 
 log = logging.getLogger(__name__)
-STORAGE_ERRORS = (
-    redis.exceptions.RedisError,
-    redis.exceptions.RedisClusterException,  # not a RedisError
-    StorageError,
+COUNTERS = "flashcart.rate_limit_counters"
+LIMIT_SETTINGS = (
+    "RATELIMIT_GLOBAL",
+    "RATELIMIT_LOGIN_PER_IP",
+    "RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP",
+    "RATELIMIT_LOGIN_PER_ACCOUNT",
+    "RATELIMIT_SIGNUP_PER_IP",
+    "RATELIMIT_PASSWORD_CHECKS_PER_HOST",
+    "RATELIMIT_RESERVE_PER_USER",
 )
+# Probes and scrapes must never be refused.
+UNLIMITED_BLUEPRINTS = frozenset({health.blp.name, metrics.blp.name})
+
+
+class TooManyRequests(DomainError):
+    """Too many requests; retry later."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, limit, retry_after):
+        super().__init__(f"Too many requests: the limit is {limit}. Retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit of a route: its setting, whom it counts (`key`), and under what name.
+
+    Without `counts`, every request is counted before the view runs. With it, a
+    request is refused once the limit is spent, but counted only after the answer,
+    if `counts(response)` says so (failed logins, password checks that ran).
+    `exempt` lets a request past the limit uncounted."""
+
+    setting: str
+    scope: str
+    key: Callable[[], str]
+    counts: Callable[[Response], bool] | None = None
+    exempt: Callable[[], bool] | None = None
 
 
 def init_app(app):
-    """Bind the limiter: counters in RATELIMIT_STORAGE_URI, else REDIS_URL."""
+    """Counters in RATELIMIT_STORAGE_URI, else REDIS_URL; every limit checked at start."""
     config = app.config
+    for name in LIMIT_SETTINGS:
+        try:
+            _items(config[name])
+        except ValueError as error:
+            raise ValueError(f"{name} is not a rate limit: {config[name]!r}") from error
     uri = config["RATELIMIT_STORAGE_URI"] or config["REDIS_URL"]
-    options = {}
-    if redis_cluster.is_cluster_url(uri):
-        options = {"ssl": True} if uri.startswith("rediss") else {}
-        uri = ClusterCounters.STORAGE_SCHEME[0] + "://" + uri.partition("://")[2]
-    config["RATELIMIT_STORAGE_URI"] = uri
-    if uri.startswith(("redis", ClusterCounters.STORAGE_SCHEME[0])):
-        timeout = config["REDIS_TIMEOUT_SECONDS"]
-        config.setdefault(
-            "RATELIMIT_STORAGE_OPTIONS",
-            {"socket_timeout": timeout, "socket_connect_timeout": timeout, **options},
-        )
-    limiter.init_app(app)
-    app.register_error_handler(RateLimitExceeded, too_many_requests)
+    app.extensions[COUNTERS] = Counters(uri, config["REDIS_TIMEOUT_SECONDS"])
+    if config["RATELIMIT_ENABLED"] and config["RATELIMIT_GLOBAL"]:
+        app.before_request(_within_the_ceiling)
     for name in ("PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", "PASSWORD_CHECKS_WAITING_PER_HOST"):
         if config[name] < 1:
             raise ValueError(f"{name} must be 1 or more, not {config[name]}")
@@ -69,84 +97,66 @@ def init_app(app):
     )
 
 
-# Probes and scrapes must never be refused. A request filter, not `limiter.exempt` on
-# their blueprints: the limiter looks up blueprint exemptions on every request, which
-# cost every API request ~15% of /healthz's CPU; a filter costs one comparison, and
-# none at all once a probe is let through. Registered once: the limiter is shared by
-# every app of the process.
-UNLIMITED_BLUEPRINTS = frozenset({health.blp.name, metrics.blp.name})
+@functools.lru_cache(maxsize=64)
+def _items(text):
+    """The windows of a limit setting ("5 per minute;20 per hour"); () for ""."""
+    return tuple(parse_many(text)) if text.strip() else ()
 
 
-@limiter.request_filter
-def _probe_or_scrape():
-    return request.blueprint in UNLIMITED_BLUEPRINTS
+def _client_address():
+    return request.remote_addr or "127.0.0.1"
 
 
-class ClusterCounters(Storage):
-    """limits' Redis Cluster storage, connected on first use instead of at start-up.
-
-    limits' own `redis+cluster://` storage connects when the app is built, so an API
-    host could not even start while the cluster is unreachable; with one Redis it
-    starts and answers 503 until Redis is back. This keeps it so: until the cluster
-    answers, the limiter counts in memory (as in any Redis outage, extensions.py).
-    """
-
-    STORAGE_SCHEME = ["flashcart+redis-cluster"]
-
-    def __init__(self, uri, wrap_exceptions=False, **options):
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self._uri = "redis+cluster://" + uri.partition("://")[2]
-        self._options = options
-        self._storage = None
-
-    def _counters(self):
-        if self._storage is None:
-            try:
-                self._storage = RedisClusterStorage(self._uri, **self._options)
-            except redis.exceptions.RedisClusterException as error:  # no node answered
-                raise redis.exceptions.ConnectionError(str(error)) from error
-        return self._storage
-
-    @property
-    def base_exceptions(self):
-        return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
-
-    def incr(self, key, expiry, amount=1):
-        return self._counters().incr(key, expiry, amount=amount)
-
-    def get(self, key):
-        return self._counters().get(key)
-
-    def get_expiry(self, key):
-        return self._counters().get_expiry(key)
-
-    def check(self):
-        try:
-            return self._counters().check()
-        except redis.exceptions.RedisError:
-            return False
-
-    def reset(self):
-        return self._counters().reset()
-
-    def clear(self, key):
-        return self._counters().clear(key)
+CEILING = Limit("RATELIMIT_GLOBAL", "global", _client_address)
 
 
-def too_many_requests(error):
-    """429 in the problem shape, with Retry-After: when the breached window resets."""
-    breached = limiter.current_limit
-    seconds = max(1, round(breached.reset_at - time.time())) if breached else 1
-    return problem_response(
-        429,
-        "too_many_requests",
-        f"Too many requests: the limit is {error.description}. Retry in {seconds} s.",
-        headers={"Retry-After": str(seconds)},
-    )
+def _within_the_ceiling():
+    """Each client address's ceiling over the whole API, probes and scrapes aside: only
+    where set (a deployment with no proxy in front to count it, decision 0007)."""
+    if request.blueprint not in UNLIMITED_BLUEPRINTS:
+        _enforce((CEILING,))
 
 
-def _setting(name):
-    return lambda: current_app.config[name]
+def limited(*limits):
+    """Count `limits` when the view is called, in order; the first one spent answers
+    429 `too_many_requests` with Retry-After (when its window resets)."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            if current_app.config["RATELIMIT_ENABLED"]:
+                _enforce(limits)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _enforce(limits):
+    counters = current_app.extensions[COUNTERS]
+    counted_after = []
+    for limit in limits:
+        items = _items(current_app.config[limit.setting])
+        if not items or (limit.exempt and limit.exempt()):
+            continue
+        identifiers = (limit.key(), limit.scope)
+        spend = counters.test if limit.counts else counters.hit
+        for item in items:
+            if not spend(item, *identifiers):
+                raise TooManyRequests(item, counters.seconds_to_reset(item, *identifiers))
+        if limit.counts:
+            counted_after.append((limit, items, identifiers))
+    if counted_after:
+        after_this_request(functools.partial(_count_after, counters, counted_after))
+
+
+def _count_after(counters, counted_after, response):
+    for limit, items, identifiers in counted_after:
+        if limit.counts(response):
+            for item in items:
+                counters.hit(item, *identifiers)
+    return response
 
 
 def _login_email():
@@ -158,7 +168,7 @@ def _login_email():
 def _login_account():
     email = _login_email()
     if email is None:
-        return f"ip:{get_remote_address()}"
+        return f"ip:{_client_address()}"
     # In its stored spelling, so look-alike spellings share one count; hashed so that
     # Redis keys carry no email addresses.
     digest = hashlib.sha256(emails.normalise(email).encode()).hexdigest()[:32]
@@ -166,7 +176,7 @@ def _login_account():
 
 
 def _login_account_and_address():
-    return f"{_login_account()}:from:{get_remote_address()}"
+    return f"{_login_account()}:from:{_client_address()}"
 
 
 def _from_a_known_address():
@@ -175,7 +185,7 @@ def _from_a_known_address():
     if email is None:
         return False
     try:
-        return known_addresses.is_known(email, get_remote_address())
+        return known_addresses.is_known(email, _client_address())
     except STORAGE_ERRORS:
         return False  # counted like any address: the safe side
 
@@ -189,7 +199,7 @@ def _remembering_addresses(view):
     def wrapper(*args, **kwargs):
         response = view(*args, **kwargs)  # a wrong password raises instead
         try:
-            known_addresses.remember(_login_email(), get_remote_address())
+            known_addresses.remember(_login_email(), _client_address())
         except STORAGE_ERRORS:
             log.warning("could not remember the address of a login", exc_info=True)
         return response
@@ -215,19 +225,13 @@ def _checked_a_password(response):
     return response.status_code in (200, 201, 401, 409)
 
 
-def _password_checks(view):
-    """Admit password checks (logins and sign-ups together, from every address) at
-    the rate this host sustains, RATELIMIT_PASSWORD_CHECKS_PER_HOST; beyond it 429
-    with Retry-After. Counted per host name in the limiter's shared storage, so each
-    host guards its own CPU and a deployment admits the sum (docs/scaling-out.md).
-    Tested before the request and counted after it, only when a check ran: refused
-    requests (by this or the per-address limits) spend none of it."""
-    return limiter.shared_limit(
-        _setting("RATELIMIT_PASSWORD_CHECKS_PER_HOST"),
-        scope="password-checks",
-        key_func=_this_host,
-        deduct_when=_checked_a_password,
-    )(view)
+# Password checks (logins and sign-ups together, from every address) at the rate
+# this host sustains; counted per host name in the shared counters, so each host
+# guards its own CPU and a deployment admits the sum (docs/scaling-out.md). Counted
+# only when a check ran: requests refused (by this or another limit) spend none.
+PASSWORD_CHECKS = Limit(
+    "RATELIMIT_PASSWORD_CHECKS_PER_HOST", "password-checks", _this_host, counts=_checked_a_password
+)
 
 
 def _password_check_slot(view):
@@ -265,41 +269,41 @@ def _take_password_check_slot():
             return slots.take(current_app.config["PASSWORD_CHECK_WAIT_SECONDS"])
 
 
+LOGIN_LIMITS = (
+    Limit("RATELIMIT_LOGIN_PER_IP", "login-ip", _client_address),
+    Limit(
+        "RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP",
+        "login-account-ip",
+        _login_account_and_address,
+        counts=_failed_login,
+    ),
+    Limit(
+        "RATELIMIT_LOGIN_PER_ACCOUNT",
+        "login-account",
+        _login_account,
+        counts=_failed_login,
+        exempt=_from_a_known_address,
+    ),
+    PASSWORD_CHECKS,
+)
+SIGNUP_LIMITS = (Limit("RATELIMIT_SIGNUP_PER_IP", "signup-ip", _client_address), PASSWORD_CHECKS)
+RESERVE_LIMITS = (Limit("RATELIMIT_RESERVE_PER_USER", "reserve-user", current_user_id),)
+
+
 def login(view):
     """Limit login attempts per client IP; failed ones per account and address, and
     per account from addresses that have not logged in to it lately (OWASP: throttle
     guessing per account and address, never hand anyone a switch that locks the
     owner out); and the password checks this host admits."""
-    view = _remembering_addresses(view)
-    view = _password_checks(view)
-    view = limiter.limit(
-        _setting("RATELIMIT_LOGIN_PER_ACCOUNT"),
-        key_func=_login_account,
-        deduct_when=_failed_login,
-        exempt_when=_from_a_known_address,
-        scope="login-account",
-    )(view)
-    view = limiter.limit(
-        _setting("RATELIMIT_LOGIN_PER_ACCOUNT_AND_IP"),
-        key_func=_login_account_and_address,
-        deduct_when=_failed_login,
-        scope="login-account-ip",
-    )(view)
-    view = limiter.limit(_setting("RATELIMIT_LOGIN_PER_IP"), scope="login-ip")(view)
+    view = limited(*LOGIN_LIMITS)(_remembering_addresses(view))
     return _documented(_password_check_slot(view))
 
 
 def signup(view):
     """Limit sign-ups per client IP, and the password checks this host admits."""
-    view = _password_checks(view)
-    view = limiter.limit(_setting("RATELIMIT_SIGNUP_PER_IP"), scope="signup-ip")(view)
-    return _documented(_password_check_slot(view))
+    return _documented(_password_check_slot(limited(*SIGNUP_LIMITS)(view)))
 
 
 def reservations(view):
-    """Limit reservations per user (the token's subject). Apply after authentication:
-    flask-limiter counts a decorated limit when the view it wraps is called."""
-    view = limiter.limit(
-        _setting("RATELIMIT_RESERVE_PER_USER"), key_func=current_user_id, scope="reserve-user"
-    )(view)
-    return _documented(view)
+    """Limit reservations per user (the token's subject). Apply after authentication."""
+    return _documented(limited(*RESERVE_LIMITS)(view))

@@ -1,0 +1,126 @@
+"""Rate-limit counters: the `limits` library's fixed windows, kept in Redis.
+
+A Redis outage must not turn every request into an error, nor lift the limits: while
+Redis cannot be reached the counters are this process's memory, and Redis is tried
+again after 1, 2, 4 ... up to 32 s.
+"""
+
+import logging
+import time
+
+import redis.exceptions
+from limits import RateLimitItem
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, RedisClusterStorage, Storage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from flashcart import redis_cluster
+
+log = logging.getLogger(__name__)
+STORAGE_ERRORS = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,  # not a RedisError
+    StorageError,
+)
+KEY_PREFIX = "fc:rl"
+RETRY_SECONDS_MAX = 32
+
+
+class Counters:
+    """Hits and tests of rate limits, shared through the storage at `uri`."""
+
+    def __init__(self, uri, timeout):
+        options = {}
+        if redis_cluster.is_cluster_url(uri):
+            options = {"ssl": True} if uri.startswith("rediss") else {}
+            uri = ClusterCounters.STORAGE_SCHEME[0] + "://" + uri.partition("://")[2]
+        if uri.startswith(("redis", ClusterCounters.STORAGE_SCHEME[0])):
+            options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        self._shared = FixedWindowRateLimiter(storage_from_string(uri, **options))
+        self._local = None  # made on the first outage
+        self._shared_again_at = 0.0
+        self._wait_seconds = 0
+
+    def hit(self, item: RateLimitItem, *identifiers):
+        """Count one request; False if it is one too many."""
+        return self._count("hit", item, identifiers)
+
+    def test(self, item: RateLimitItem, *identifiers):
+        """Whether one more request would still be within the limit (counts nothing)."""
+        return self._count("test", item, identifiers)
+
+    def seconds_to_reset(self, item: RateLimitItem, *identifiers):
+        reset_at = self._count("get_window_stats", item, identifiers).reset_time
+        return max(1, round(reset_at - time.time()))
+
+    def _count(self, operation, item, identifiers):
+        if time.monotonic() >= self._shared_again_at:
+            try:
+                answer = getattr(self._shared, operation)(item, KEY_PREFIX, *identifiers)
+            except STORAGE_ERRORS:
+                self._shared_failed()
+            else:
+                if self._wait_seconds:
+                    log.info("rate-limit counters are in Redis again")
+                    self._wait_seconds = 0
+                return answer
+        return getattr(self._local, operation)(item, KEY_PREFIX, *identifiers)
+
+    def _shared_failed(self):
+        if self._local is None:
+            self._local = FixedWindowRateLimiter(MemoryStorage())
+        if not self._wait_seconds:
+            log.warning("rate-limit counters unreachable: counting in memory", exc_info=True)
+        self._wait_seconds = min(RETRY_SECONDS_MAX, self._wait_seconds * 2 or 1)
+        self._shared_again_at = time.monotonic() + self._wait_seconds
+
+
+class ClusterCounters(Storage):
+    """limits' Redis Cluster storage, connected on first use instead of at start-up.
+
+    limits' own `redis+cluster://` storage connects when it is made, so an API host
+    could not even start while the cluster is unreachable; with one Redis it starts
+    and answers 503 until Redis is back. This keeps it so: until the cluster answers,
+    the limits count in memory (as in any Redis outage).
+    """
+
+    STORAGE_SCHEME = ["flashcart+redis-cluster"]
+
+    def __init__(self, uri, wrap_exceptions=False, **options):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._uri = "redis+cluster://" + uri.partition("://")[2]
+        self._options = options
+        self._storage = None
+
+    def _counters(self):
+        if self._storage is None:
+            try:
+                self._storage = RedisClusterStorage(self._uri, **self._options)
+            except redis.exceptions.RedisClusterException as error:  # no node answered
+                raise redis.exceptions.ConnectionError(str(error)) from error
+        return self._storage
+
+    @property
+    def base_exceptions(self):
+        return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+    def incr(self, key, expiry, amount=1):
+        return self._counters().incr(key, expiry, amount=amount)
+
+    def get(self, key):
+        return self._counters().get(key)
+
+    def get_expiry(self, key):
+        return self._counters().get_expiry(key)
+
+    def check(self):
+        try:
+            return self._counters().check()
+        except redis.exceptions.RedisError:
+            return False
+
+    def reset(self):
+        return self._counters().reset()
+
+    def clear(self, key):
+        return self._counters().clear(key)
