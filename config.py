@@ -96,9 +96,8 @@ class Config:
     JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_ACCESS_TOKEN_SECONDS", 15 * 60))
     JWT_REFRESH_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_REFRESH_TOKEN_SECONDS", 7 * 24 * 3600))
     JWT_TOKEN_LOCATION = ["headers"]
-    # Every request's token is parsed four times over by the library, so claims it
-    # does not need cost on every request: a CSRF value (for cookies only) and nbf
-    # (always iat).
+    # Claims a token does not need cost every request that verifies it: a CSRF value
+    # (for cookies only) and nbf (always iat).
     JWT_COOKIE_CSRF_PROTECT = False
     JWT_ENCODE_NBF = False
     # Pinned so that a token naming another algorithm (`none`, RS256...) is refused.

@@ -4,9 +4,9 @@ A user's token is trusted as it stands (signature, expiry, type, not revoked), s
 the hot path costs no database read. An admin's is not: its role claim is confirmed
 against the stored account, so a demoted admin loses power at once.
 
-flask-jwt-extended parses a token about four times per request; each app remembers
-the access tokens it verified (`VerifiedTokens`), so a client's next request only
-checks expiry and revocation. The request's claims are read through
+An access token is checked in one pass (`tokens.verify_access`, which gives the
+library's answer), and each app remembers the tokens it verified (`VerifiedTokens`),
+so a client's next request only checks expiry and revocation. The request's claims are read through
 `current_claims()` and `current_user_id()` here, never through the library's own
 accessors (ruff bans them elsewhere): on a remembered token the library has not run.
 """
@@ -17,7 +17,7 @@ from functools import wraps
 from types import MappingProxyType
 
 from flask import abort, current_app, g, request
-from flask_jwt_extended import decode_token, verify_jwt_in_request
+from flask_jwt_extended import verify_jwt_in_request
 from flask_smorest import Blueprint
 
 from flashcart import apidoc
@@ -144,14 +144,14 @@ def _verify(header):
     """The claims of the token in `header` (None: read the request as the library
     does), checked by the library.
 
-    A plain bearer access token goes through `decode_token` (signature, algorithm,
-    expiry with leeway, required claims), then its type and revocation are checked
-    here: `verify_jwt_in_request` would parse the token once more for its header,
-    a quarter of its cost. Anything else (no token, another scheme, another type, an
-    OPTIONS request) takes `verify_jwt_in_request`, which gives the library's answer.
+    A plain bearer access token goes through `tokens.verify_access` (signature,
+    algorithm, expiry with leeway, required claims), then its type and revocation are
+    checked here: `verify_jwt_in_request` would parse the token twice more. Anything
+    else (no token, another scheme, another type, an OPTIONS request) takes
+    `verify_jwt_in_request`, which gives the library's answer.
     """
     encoded = _bearer_token(header) if request.method != "OPTIONS" else None
-    claims = decode_token(encoded) if encoded else None
+    claims = tokens.verify_access(encoded) if encoded else None
     if claims is None or claims.get("type") != "access":
         verified = verify_jwt_in_request()
         return None if verified is None else MappingProxyType(dict(verified[1]))

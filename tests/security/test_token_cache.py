@@ -11,7 +11,7 @@ from flask import current_app
 from flask_jwt_extended import create_access_token
 
 from flashcart import create_app
-from flashcart.auth import roles
+from flashcart.auth import roles, tokens
 from tests.support.app import app_settings
 
 from .helpers import LOGOUT, REFRESH, assert_problem, bearer, claims_of, login
@@ -32,9 +32,9 @@ def library_checks(monkeypatch):
 
         return counted
 
-    # auth_required reaches the library through either (roles._verify).
-    for name in ("decode_token", "verify_jwt_in_request"):
-        monkeypatch.setattr(roles, name, counting(getattr(roles, name)))
+    # auth_required verifies through either (roles._verify).
+    for module, name in ((tokens, "verify_access"), (roles, "verify_jwt_in_request")):
+        monkeypatch.setattr(module, name, counting(getattr(module, name)))
     return checked
 
 

@@ -1,0 +1,91 @@
+"""tokens.verify_access checks an access token in one pass, and gives for every token
+exactly the answer of flask-jwt-extended's own `decode_token`: the same claims, or
+the same error."""
+
+import time
+from datetime import timedelta
+
+import jwt
+import pytest
+from flask_jwt_extended import decode_token
+
+from flashcart.auth import tokens
+
+SECRET = "testing-secret-that-is-long-enough-0123456789"  # TestingConfig's
+
+
+def encoded(secret=SECRET, algorithm="HS256", **changes):
+    now = int(time.time())
+    claims = {
+        "sub": "6b0000000000000000000001",
+        "iat": now,
+        "exp": now + 600,
+        "type": "access",
+        "jti": "a-token",
+        "fresh": False,
+        "role": "user",
+        "sid": "a-session",
+    }
+    claims |= changes
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret, algorithm)
+
+
+def answer(verify, token):
+    try:
+        return ("claims", dict(verify(token)))
+    except Exception as error:  # noqa: BLE001 - the answer is the error's type
+        return ("error", type(error))
+
+
+TOKENS = {
+    "an access token": encoded(),
+    "one without jti or fresh": encoded(jti=None, fresh=None),
+    "a refresh token": encoded(type="refresh"),
+    "one without a type": encoded(type=None),
+    "one expired": encoded(exp=int(time.time()) - 120),
+    "one not valid yet": encoded(nbf=int(time.time()) + 120),
+    "one signed with another secret": encoded(secret="another-secret-that-is-long-enough-0123"),
+    "one signed with another algorithm": encoded(algorithm="HS512"),
+    "one unsigned": encoded(algorithm="none", secret=None),
+    "one without a subject": encoded(sub=None),
+    "one whose subject is no string": encoded(sub=42),
+    "one with an audience": encoded(aud="someone"),
+    "one that is no token": "not.a.token",
+    "an empty one": "",
+}
+
+
+@pytest.mark.parametrize("name", list(TOKENS))
+def test_every_token_gets_the_library_answer(app, name):
+    with app.app_context():
+        assert answer(tokens.verify_access, TOKENS[name]) == answer(decode_token, TOKENS[name])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"JWT_DECODE_LEEWAY": timedelta(seconds=300)},
+        {"JWT_DECODE_LEEWAY": 300},
+        {"JWT_VERIFY_SUB": False},
+        {"JWT_DECODE_AUDIENCE": "someone"},
+        {"JWT_DECODE_ALGORITHMS": ["HS256", "HS512"]},
+        {"JWT_IDENTITY_CLAIM": "uid"},
+    ],
+    ids=str,
+)
+def test_under_other_settings_too(app, settings):
+    app.config.update(settings)
+    with app.app_context():
+        for token in TOKENS.values():
+            assert answer(tokens.verify_access, token) == answer(decode_token, token)
+
+
+def test_an_access_token_is_parsed_once_not_by_the_library(app, monkeypatch):
+    library = []
+    monkeypatch.setattr(tokens, "decode_token", lambda token: library.append(token))
+    with app.app_context():
+        claims = tokens.verify_access(TOKENS["an access token"])
+        tokens.verify_access(TOKENS["a refresh token"])
+
+    assert claims["sub"] == "6b0000000000000000000001"
+    assert library == [TOKENS["a refresh token"]]
