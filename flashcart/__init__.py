@@ -83,7 +83,8 @@ def register_extensions(app, db, redis_client):
     init_jwt(jwt)
     init_verified_tokens(app)
     rate_limits.init_app(app)
-    cors.init_app(app)
+    if app.config["CORS_ORIGINS"]:  # else no browser origin is allowed: nothing to add
+        cors.init_app(app)
     api.init_app(app)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}

@@ -89,6 +89,23 @@ def test_a_preflight_allows_the_authorization_and_idempotency_headers(cors_clien
         assert header in allowed
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/products/ffffffffffffffffffffffff", 404),
+        ("POST", "/api/v1/sales/reserve/ffffffffffffffffffffffff", 401),
+        ("GET", "/api/v1/products?page=0", 422),
+        ("GET", "/api/v1/nowhere", 404),
+    ],
+)
+def test_a_storefront_may_read_error_answers_too(cors_client, method, path, status):
+    response = cors_client.open(path, method=method, headers={"Origin": SHOP})
+    assert response.status_code == status
+    assert response.content_type == "application/problem+json"
+    assert response.headers.getlist("Access-Control-Allow-Origin") == [SHOP]
+    assert response.headers.getlist("Vary") == ["Origin"]
+
+
 def test_other_origins_get_no_cors_headers(cors_client, client):
     foreign = cors_client.get("/api/v1/products", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in foreign.headers
