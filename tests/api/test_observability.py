@@ -214,6 +214,28 @@ def test_one_json_line_per_request_with_what_operators_need(
     assert line["level"] == "INFO" and "time" in line
 
 
+def test_an_access_line_has_its_fields_in_their_order(client, access_lines):
+    client.get("/healthz")
+    (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
+    assert list(line) == [
+        "time",
+        "level",
+        "logger",
+        "message",
+        "method",
+        "path",
+        "endpoint",
+        "status",
+        "duration_ms",
+        "user_id",
+        "request_id",
+        "remote_addr",
+    ]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", line["time"])
+    assert re.fullmatch(r"GET /healthz 200 \d+\.\d\dms", line["message"])
+    assert line["endpoint"] == "/healthz" and line["remote_addr"] == "127.0.0.1"
+
+
 def test_anonymous_requests_log_no_user(client, access_lines):
     client.get("/api/v1/products")
     (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
