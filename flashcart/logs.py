@@ -66,17 +66,19 @@ class JsonFormatter(logging.Formatter):
     and message, then an exception's or a stack's text, then the record's `extra`
     fields: byte for byte what python-json-logger's JsonFormatter wrote, as flashcart
     configured it (tests/unit/test_logs.py), for less, as every request pays it: the
-    fields are gathered in one pass and the encoder is built once."""
+    fields are gathered in one pass, the encoder is built once, the time formatted
+    once a second."""
 
     def __init__(self):
         super().__init__(datefmt=TIME_FORMAT)
         # Non-ASCII escaped too: U+2028 and NEL end a line for many log readers. The
         # library's encoder writes any other value (bytes, dates...) as it did.
         self._encoder = JsonEncoder(ensure_ascii=True)
+        self._last_time = (None, "")  # (a second, its formatted time)
 
     def format(self, record):
         message_fields = self._message_fields(record)
-        record.asctime = self.formatTime(record, self.datefmt)
+        record.asctime = self._time(record)
         fields = {
             "time": record.asctime,
             "level": record.levelname,
@@ -89,6 +91,15 @@ class JsonFormatter(logging.Formatter):
             if key not in _RECORD_ATTRIBUTES and not (isinstance(key, str) and key[:1] == "_"):
                 fields[key] = value
         return self._encoder.encode(fields)
+
+    def _time(self, record):
+        """formatTime's text, which shows whole seconds: worked out once a second."""
+        second = int(record.created)
+        last_second, text = self._last_time
+        if second != last_second:
+            text = self.formatTime(record, self.datefmt)
+            self._last_time = (second, text)
+        return text
 
     def _message_fields(self, record):
         """Sets `record.message`; returns the fields written after it: a dict message's
