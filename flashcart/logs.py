@@ -174,22 +174,26 @@ def _user_id():
 
 
 def _finish(response):
-    if "request_id" not in g:  # a before_request hook ahead of ours answered
+    # Each read of `g` or `request` goes through a context-local proxy: once apiece.
+    request_id = g.get("request_id")
+    if request_id is None:  # a before_request hook ahead of ours answered
         _begin()
-    request_id = g.request_id
+        request_id = g.request_id
     response.headers[REQUEST_ID_HEADER] = request_id
     duration_ms = round((time.perf_counter() - g.request_started) * 1000, 2)
+    method, path, rule = request.method, request.path, request.url_rule
+    status = response.status_code
     access_log.info(
         "%s %s %s %.2fms",
-        request.method,
-        request.path,
-        response.status_code,
+        method,
+        path,
+        status,
         duration_ms,
         extra={
-            "method": request.method,
-            "path": request.path,
-            "endpoint": request.url_rule.rule if request.url_rule else None,
-            "status": response.status_code,
+            "method": method,
+            "path": path,
+            "endpoint": rule.rule if rule else None,
+            "status": status,
             "duration_ms": duration_ms,
             "user_id": _user_id(),
             "request_id": request_id,

@@ -248,6 +248,18 @@ def test_a_callers_request_id_is_kept_and_returned(client, access_lines):
     assert access_lines()[-1]["request_id"] == "edge-1234:abc"
 
 
+def test_a_request_answered_before_it_got_its_id_is_logged_with_one(app, client, access_lines):
+    app.before_request_funcs.setdefault(None, []).insert(0, lambda: ("early", 418))
+
+    response = client.get("/healthz", headers={"X-Request-ID": "early-1"})
+
+    assert response.status_code == 418
+    assert response.headers["X-Request-ID"] == "early-1"
+    (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
+    assert line["status"] == 418 and line["request_id"] == "early-1"
+    assert line["duration_ms"] >= 0
+
+
 @pytest.mark.parametrize(
     ("sent", "kept"),
     [
