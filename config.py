@@ -126,6 +126,9 @@ class Config:
     # rarely WATCH the same one (docs/performance.md); a sale keeps its count.
     STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
+    # A worker may answer a product page from its own read this many seconds old (0 =
+    # always ask Redis); a change made through the same worker shows at once.
+    PRODUCT_READ_MAX_AGE = _float("PRODUCT_READ_MAX_AGE", 1.0)
     # A worker adds its pages' views to "trending" at most this often
     # (docs/performance.md).
     VIEW_FLUSH_SECONDS = _float("VIEW_FLUSH_SECONDS", 1.0)

@@ -27,6 +27,7 @@ from flashcart.errors import register_error_handlers
 from flashcart.events.routes import blp as event_routes
 from flashcart.extensions import api, cors, jwt
 from flashcart.orders.routes import blp as order_routes
+from flashcart.products import service as product_service
 from flashcart.products.routes import blp as product_routes
 from flashcart.sales import service as sale_service
 from flashcart.sales.routes import blp as sale_routes
@@ -106,8 +107,9 @@ def register_blueprints(app):
 
 
 def register_measures(app):
-    """What domains keep per worker and serve at /metrics (metrics knows no domain)."""
+    """What domains keep per worker, and serve at /metrics (metrics knows no domain)."""
     sale_service.init_app(app)
+    product_service.init_app(app)
     health.init_app(app)
     sweeper_report.init_app(app)
     webhook_service.init_app(app)

@@ -16,6 +16,7 @@ from flashcart.errors import NotFound
 from flashcart.events import outbox
 from flashcart.events.feed import SALE_ENDED, SALE_RESTOCKED, SALE_SOLD_OUT, SALE_STARTED
 from flashcart.extensions import stores
+from flashcart.local_cache import LocalCache
 from flashcart.products import view_counts
 from flashcart.products.schemas import ProductOut
 from flashcart.products.view_counts import TRENDING_KEY
@@ -23,6 +24,8 @@ from flashcart.sales.engine.errors import SaleEnded
 from flashcart.sales.engine.keys import product_prefix
 from flashcart.stores import as_utc, object_id_or_none, page_of, utcnow
 
+# The public products this worker read lately (PRODUCT_READ_MAX_AGE).
+RECENT_PRODUCTS = "flashcart.recent_products"
 # draft -> live -> ended (no new reservations) -> closed (figures written back).
 DRAFT, LIVE, ENDED, CLOSED = "draft", "live", "ended", "closed"
 
@@ -134,12 +137,20 @@ def list_products(*, page, per_page):
     return page_of(_products(), {}, page=page, per_page=per_page, render=public)
 
 
+def init_app(app):
+    app.extensions[RECENT_PRODUCTS] = LocalCache(max_age=app.config["PRODUCT_READ_MAX_AGE"])
+
+
 def _cached(product_id):
-    """The public product from the cache, else MongoDB (then cached)."""
-    raw = stores.redis.get(cache_key(product_id))
-    if raw is not None:
-        return _decode(raw)
-    return _fill_cache(product_id)
+    """The public product from this worker's recent reads, else the shared cache, else
+    MongoDB (then cached). Treat it as read-only: later requests share it."""
+    recent = current_app.extensions[RECENT_PRODUCTS]
+    product = recent.get(product_id)
+    if product is None:
+        raw = stores.redis.get(cache_key(product_id))
+        product = _decode(raw) if raw is not None else _fill_cache(product_id)
+        recent.put(product_id, product)
+    return product
 
 
 def _fill_cache(product_id):
@@ -180,8 +191,9 @@ def trending(limit=None):
 
 
 def _forget_cached(product_id):
-    """After a change: drop the shared cache entry."""
+    """After a change: drop the shared cache entry, and this worker's."""
     stores.redis.delete(cache_key(product_id))
+    current_app.extensions[RECENT_PRODUCTS].pop(product_id)
 
 
 def _change(product_id, allowed, changes, event=None):

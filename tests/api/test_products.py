@@ -1,5 +1,7 @@
 """The catalogue: creation, paging, the read-through cache and trending views."""
 
+import time
+
 import pytest
 import redis
 from bson import ObjectId
@@ -194,14 +196,25 @@ def test_first_read_fills_the_cache_with_an_expiry(client, make_product, redis_c
     assert 0 < redis_client.ttl(cache_key(product["id"])) <= 60
 
 
-def test_second_read_is_answered_from_the_cache_not_mongo(
-    client, make_product, mongo_db, redis_client
-):
-    product = make_product(name="Before", price="19.99")
-    first = client.get(f"{PRODUCTS}/{product['id']}")
+@pytest.fixture
+def short_product_reads(app_config):
+    """A worker keeps its product reads 0.3 s (must be requested before `app` is built)."""
+    app_config["PRODUCT_READ_MAX_AGE"] = 0.3
+
+
+def _changed_behind_the_apps_back(mongo_db, product):
     mongo_db.products.update_one(
         {"_id": ObjectId(product["id"])}, {"$set": {"name": "After", "price_cents": 1}}
     )
+
+
+def test_second_read_is_answered_from_the_cache_not_mongo(
+    short_product_reads, client, make_product, mongo_db, redis_client
+):
+    product = make_product(name="Before", price="19.99")
+    first = client.get(f"{PRODUCTS}/{product['id']}")
+    _changed_behind_the_apps_back(mongo_db, product)
+    time.sleep(0.35)  # past the worker's own read: Redis answers
 
     second = client.get(f"{PRODUCTS}/{product['id']}")
 
@@ -209,11 +222,43 @@ def test_second_read_is_answered_from_the_cache_not_mongo(
     assert second.json == first.json
     assert second.json["name"] == "Before"
     assert second.json["price"] == "19.99"
-    # Once the cache entry is gone, MongoDB answers again.
+    # Once the cache entry is gone (and the worker's read is old), MongoDB answers.
     redis_client.delete(cache_key(product["id"]))
+    time.sleep(0.35)
     third = client.get(f"{PRODUCTS}/{product['id']}")
     assert third.json["name"] == "After"
     assert third.json["price"] == "0.01"
+
+
+def test_a_worker_answers_from_its_own_read_until_it_is_older_than_the_max_age(
+    short_product_reads, client, make_product, mongo_db, redis_client
+):
+    product = make_product(name="Before")
+    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "Before"
+    # Another worker's change: the shared cache dropped, MongoDB changed.
+    _changed_behind_the_apps_back(mongo_db, product)
+    redis_client.delete(cache_key(product["id"]))
+
+    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "Before"
+    assert redis_client.get(cache_key(product["id"])) is None  # not asked: not refilled
+    time.sleep(0.35)
+    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "After"
+
+
+@pytest.fixture
+def no_product_reads_kept(app_config):
+    app_config["PRODUCT_READ_MAX_AGE"] = 0
+
+
+def test_with_no_max_age_every_product_read_asks_the_shared_cache(
+    no_product_reads_kept, client, make_product, mongo_db, redis_client
+):
+    product = make_product(name="Before")
+    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "Before"
+    _changed_behind_the_apps_back(mongo_db, product)
+    redis_client.delete(cache_key(product["id"]))
+
+    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "After"
 
 
 def test_starting_the_sale_invalidates_the_cached_product(client, make_product, admin_headers):
