@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flashcart import create_app, logs
 from flashcart.sales.engine.keys import Keys
+from tests.support.access_log import ACCESS_LINE_FIELDS
 from tests.support.app import PASSWORD, app_settings
 from tests.support.ports import free_port
 
@@ -217,20 +218,7 @@ def test_one_json_line_per_request_with_what_operators_need(
 def test_an_access_line_has_its_fields_in_their_order(client, access_lines):
     client.get("/healthz")
     (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
-    assert list(line) == [
-        "time",
-        "level",
-        "logger",
-        "message",
-        "method",
-        "path",
-        "endpoint",
-        "status",
-        "duration_ms",
-        "user_id",
-        "request_id",
-        "remote_addr",
-    ]
+    assert list(line) == ACCESS_LINE_FIELDS
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", line["time"])
     assert re.fullmatch(r"GET /healthz 200 \d+\.\d\dms", line["message"])
     assert line["endpoint"] == "/healthz" and line["remote_addr"] == "127.0.0.1"

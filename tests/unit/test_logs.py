@@ -17,6 +17,7 @@ import pytest
 from pythonjsonlogger.json import JsonFormatter
 
 from flashcart import logs
+from tests.support.access_log import ACCESS_LINE_FIELDS
 
 # What would end or rewrite a line for some reader, and text that is not ASCII.
 AWKWARD = "\u2028\u2029\x85\r\n\x0b\x0c\x1c\x1b[2K\x00\x7f\t é€😀"
@@ -158,20 +159,7 @@ def test_a_path_with_line_breaks_and_non_ascii_is_one_line_of_escapes(logged):
     assert "\\u2028\\u2029\\u0085\\r\\n\\u000b\\f\\u001c\\u001b[2K\\u0000\\u007f\\t" in line
     assert "\\u00e9\\u20ac\\ud83d\\ude00" in line
     written = json.loads(line)
-    assert list(written) == [
-        "time",
-        "level",
-        "logger",
-        "message",
-        "method",
-        "path",
-        "endpoint",
-        "status",
-        "duration_ms",
-        "user_id",
-        "request_id",
-        "remote_addr",
-    ]
+    assert list(written) == ACCESS_LINE_FIELDS
     assert written["path"] == f"/api/v1/products/{AWKWARD}"
     assert written["message"] == f"GET /api/v1/products/{AWKWARD} 200 1.50ms"
     assert written["status"] == 200 and written["duration_ms"] == 1.5
