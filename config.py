@@ -127,7 +127,7 @@ class Config:
     STOCK_STRIPES = _int("STOCK_STRIPES", 128)
     PRODUCT_CACHE_SECONDS = _int("PRODUCT_CACHE_SECONDS", 60)
     # A worker may answer a product page from its own read this many seconds old (0 =
-    # always ask Redis); a change made through the same worker shows at once.
+    # always ask Redis); a change made through that worker drops its copy.
     PRODUCT_READ_MAX_AGE = _float("PRODUCT_READ_MAX_AGE", 1.0)
     # A worker adds its pages' views to "trending" at most this often
     # (docs/performance.md).

@@ -6,6 +6,7 @@ again after 1, 2, 4 ... up to 32 s.
 """
 
 import logging
+import threading
 import time
 
 import redis.exceptions
@@ -37,9 +38,12 @@ class Counters:
         if uri.startswith(("redis", ClusterCounters.STORAGE_SCHEME[0])):
             options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         self._shared = FixedWindowRateLimiter(storage_from_string(uri, **options))
-        self._local = None  # made on the first outage
-        self._shared_again_at = 0.0
+        self._local = None  # made at the first outage (its storage starts a thread)
+        # While Redis is away (a wait of 0: it is not): when it is tried again. A
+        # worker's threads share these; one of them tries, the others count locally.
+        self._lock = threading.Lock()
         self._wait_seconds = 0
+        self._shared_again_at = 0.0
 
     def hit(self, item: RateLimitItem, *identifiers):
         """Count one request; False if it is one too many."""
@@ -54,25 +58,44 @@ class Counters:
         return max(1, round(reset_at - time.time()))
 
     def _count(self, operation, item, identifiers):
-        if time.monotonic() >= self._shared_again_at:
+        retrying = self._wait_seconds and self._claim_a_retry()
+        if not self._wait_seconds or retrying:
             try:
                 answer = getattr(self._shared, operation)(item, KEY_PREFIX, *identifiers)
             except STORAGE_ERRORS:
-                self._shared_failed()
+                self._shared_failed(retrying)
             else:
-                if self._wait_seconds:
-                    log.info("rate-limit counters are in Redis again")
-                    self._wait_seconds = 0
+                if retrying:
+                    self._shared_back()
                 return answer
         return getattr(self._local, operation)(item, KEY_PREFIX, *identifiers)
 
-    def _shared_failed(self):
-        if self._local is None:
-            self._local = FixedWindowRateLimiter(MemoryStorage())
-        if not self._wait_seconds:
-            log.warning("rate-limit counters unreachable: counting in memory", exc_info=True)
-        self._wait_seconds = min(RETRY_SECONDS_MAX, self._wait_seconds * 2 or 1)
-        self._shared_again_at = time.monotonic() + self._wait_seconds
+    def _claim_a_retry(self):
+        """Whether this thread is the one to try Redis again now."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._wait_seconds or now < self._shared_again_at:
+                return False
+            self._shared_again_at = now + self._wait_seconds  # the others wait
+            return True
+
+    def _shared_failed(self, retrying):
+        with self._lock:
+            if self._local is None:
+                self._local = FixedWindowRateLimiter(MemoryStorage())
+            if retrying:
+                self._wait_seconds = min(RETRY_SECONDS_MAX, self._wait_seconds * 2)
+            elif self._wait_seconds:
+                return  # another request in flight found it away first
+            else:
+                self._wait_seconds = 1
+                log.warning("rate-limit counters unreachable: counting in memory", exc_info=True)
+            self._shared_again_at = time.monotonic() + self._wait_seconds
+
+    def _shared_back(self):
+        with self._lock:
+            self._wait_seconds = 0
+        log.info("rate-limit counters are in Redis again")
 
 
 class ClusterCounters(Storage):

@@ -62,13 +62,21 @@ class Limit:
     Without `counts`, every request is counted before the view runs. With it, a
     request is refused once the limit is spent, but counted only after the answer,
     if `counts(response)` says so (failed logins, password checks that ran).
-    `exempt` lets a request past the limit uncounted."""
+    `exempt` lets a request past the limit uncounted. A `shared` limit is one count
+    across the routes that carry it; any other is counted per route."""
 
     setting: str
     scope: str
     key: Callable[[], str]
     counts: Callable[[Response], bool] | None = None
     exempt: Callable[[], bool] | None = None
+    shared: bool = False
+
+    def identifiers(self):
+        """Whom and what the request counts against: in Redis keys as flask-limiter
+        wrote them, so the counts carried over."""
+        scope = self.scope if self.shared else f"{request.endpoint}:{self.scope}"
+        return (self.key(), scope)
 
 
 def init_app(app):
@@ -107,19 +115,20 @@ def _client_address():
     return request.remote_addr or "127.0.0.1"
 
 
-CEILING = Limit("RATELIMIT_GLOBAL", "global", _client_address)
+CEILING = Limit("RATELIMIT_GLOBAL", "global", _client_address, shared=True)
 
 
 def _within_the_ceiling():
-    """Each client address's ceiling over the whole API, probes and scrapes aside: only
-    where set (a deployment with no proxy in front to count it, decision 0007)."""
-    if request.blueprint not in UNLIMITED_BLUEPRINTS:
+    """Each client address's ceiling over the API's routes, probes and scrapes aside:
+    only where set (a deployment with no proxy in front to count it, decision 0007)."""
+    if request.endpoint is not None and request.blueprint not in UNLIMITED_BLUEPRINTS:
         _enforce((CEILING,))
 
 
 def limited(*limits):
-    """Count `limits` when the view is called, in order; the first one spent answers
-    429 `too_many_requests` with Retry-After (when its window resets)."""
+    """Count `limits` when the view is called, the shortest windows first; the first
+    one spent answers 429 `too_many_requests` with Retry-After (when its window
+    resets), and the longer ones are not counted for it."""
 
     def decorator(view):
         @functools.wraps(view)
@@ -135,34 +144,45 @@ def limited(*limits):
 
 def _enforce(limits):
     counters = current_app.extensions[COUNTERS]
-    counted_after = []
+    windows = []  # (window, its limit, identifiers)
     for limit in limits:
         items = _items(current_app.config[limit.setting])
-        if not items or (limit.exempt and limit.exempt()):
-            continue
-        identifiers = (limit.key(), limit.scope)
+        if items and not (limit.exempt and limit.exempt()):
+            identifiers = limit.identifiers()
+            windows += [(item, limit, identifiers) for item in items]
+    # A second's window refuses before a minute's counts (as flask-limiter had it):
+    # a request the host's password-check rate refuses spends none of its address's.
+    windows.sort(key=lambda window: window[0])
+    for item, limit, identifiers in windows:
         spend = counters.test if limit.counts else counters.hit
-        for item in items:
-            if not spend(item, *identifiers):
-                raise TooManyRequests(item, counters.seconds_to_reset(item, *identifiers))
-        if limit.counts:
-            counted_after.append((limit, items, identifiers))
+        if not spend(item, *identifiers):
+            raise TooManyRequests(item, counters.seconds_to_reset(item, *identifiers))
+    counted_after = [window for window in windows if window[1].counts]
     if counted_after:
         after_this_request(functools.partial(_count_after, counters, counted_after))
 
 
 def _count_after(counters, counted_after, response):
-    for limit, items, identifiers in counted_after:
+    for item, limit, identifiers in counted_after:
         if limit.counts(response):
-            for item in items:
-                counters.hit(item, *identifiers)
+            counters.hit(item, *identifiers)
     return response
 
 
 def _login_email():
     body = request.get_json(silent=True)
     email = body.get("email") if isinstance(body, dict) else None
-    return email if isinstance(email, str) and email.strip() else None
+    if not isinstance(email, str) or not email.strip() or not _encodable(email):
+        return None  # counted by address; the body's check answers it later
+    return email
+
+
+def _encodable(text):
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
+        return False
+    return True
 
 
 def _login_account():
@@ -230,7 +250,11 @@ def _checked_a_password(response):
 # guards its own CPU and a deployment admits the sum (docs/scaling-out.md). Counted
 # only when a check ran: requests refused (by this or another limit) spend none.
 PASSWORD_CHECKS = Limit(
-    "RATELIMIT_PASSWORD_CHECKS_PER_HOST", "password-checks", _this_host, counts=_checked_a_password
+    "RATELIMIT_PASSWORD_CHECKS_PER_HOST",
+    "password-checks",
+    _this_host,
+    counts=_checked_a_password,
+    shared=True,
 )
 
 

@@ -102,7 +102,8 @@ def verify_access(encoded):
     shipped kind (a shared secret, no audience or issuer to check) PyJWT checks the
     token once with the settings the library would pass it. Anything else, and any
     token PyJWT refuses or that is no access token, goes to the library, whose
-    answer (claims or error) is the one given."""
+    answer (claims or error) is the one given. The app registers no
+    `decode_key_loader`; one that did would have to send every token there."""
     config = current_app.config
     algorithms = config["JWT_DECODE_ALGORITHMS"] or [config["JWT_ALGORITHM"]]
     secret = config["JWT_SECRET_KEY"]

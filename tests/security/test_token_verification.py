@@ -43,28 +43,30 @@ def answer(verify, token):
         return ("error", type(error))
 
 
+# Made when a test runs, never at collection: expiry and nbf are relative to now.
 TOKENS = {
-    "an access token": encoded(),
-    "one without jti or fresh": encoded(jti=None, fresh=None),
-    "a refresh token": encoded(type="refresh"),
-    "one without a type": encoded(type=None),
-    "one expired": encoded(exp=int(time.time()) - 120),
-    "one not valid yet": encoded(nbf=int(time.time()) + 120),
-    "one signed with another secret": encoded(secret="another-secret-that-is-long-enough-0123"),
-    "one signed with another algorithm": encoded(algorithm="HS512"),
-    "one unsigned": encoded(algorithm="none", secret=None),
-    "one without a subject": encoded(sub=None),
-    "one whose subject is no string": encoded(sub=42),
-    "one with an audience": encoded(aud="someone"),
-    "one that is no token": "not.a.token",
-    "an empty one": "",
+    "an access token": encoded,
+    "one without jti or fresh": lambda: encoded(jti=None, fresh=None),
+    "a refresh token": lambda: encoded(type="refresh"),
+    "one without a type": lambda: encoded(type=None),
+    "one expired": lambda: encoded(exp=int(time.time()) - 120),
+    "one not valid yet": lambda: encoded(nbf=int(time.time()) + 120),
+    "one signed with another secret": lambda: encoded(secret=SECRET.replace("testing", "another")),
+    "one signed with another algorithm": lambda: encoded(algorithm="HS512"),
+    "one unsigned": lambda: encoded(algorithm="none", secret=None),
+    "one without a subject": lambda: encoded(sub=None),
+    "one whose subject is no string": lambda: encoded(sub=42),
+    "one with an audience": lambda: encoded(aud="someone"),
+    "one that is no token": lambda: "not.a.token",
+    "an empty one": lambda: "",
 }
 
 
 @pytest.mark.parametrize("name", list(TOKENS))
 def test_every_token_gets_the_library_answer(app, name):
+    token = TOKENS[name]()
     with app.app_context():
-        assert answer(tokens.verify_access, TOKENS[name]) == answer(decode_token, TOKENS[name])
+        assert answer(tokens.verify_access, token) == answer(decode_token, token)
 
 
 @pytest.mark.parametrize(
@@ -82,16 +84,18 @@ def test_every_token_gets_the_library_answer(app, name):
 def test_under_other_settings_too(app, settings):
     app.config.update(settings)
     with app.app_context():
-        for token in TOKENS.values():
+        for make in TOKENS.values():
+            token = make()
             assert answer(tokens.verify_access, token) == answer(decode_token, token)
 
 
 def test_an_access_token_is_parsed_once_not_by_the_library(app, monkeypatch):
     library = []
     monkeypatch.setattr(tokens, "decode_token", lambda token: library.append(token))
+    access, refresh = TOKENS["an access token"](), TOKENS["a refresh token"]()
     with app.app_context():
-        claims = tokens.verify_access(TOKENS["an access token"])
-        tokens.verify_access(TOKENS["a refresh token"])
+        claims = tokens.verify_access(access)
+        tokens.verify_access(refresh)
 
     assert claims["sub"] == "6b0000000000000000000001"
-    assert library == [TOKENS["a refresh token"]]
+    assert library == [refresh]

@@ -1,5 +1,6 @@
 """Rate-limit counters through a Redis outage: counted in memory, then in Redis again."""
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -80,3 +81,25 @@ def test_each_failed_retry_doubles_the_wait(server, monkeypatch):
     now += 0.1
     counters.hit(THREE_A_MINUTE, "user-1", "reserve")
     assert counted_in_redis(server) == {"LIMITS:LIMITER/fc:rl/user-1/reserve/3/1/minute": 1}
+
+
+def test_requests_in_flight_when_redis_goes_away_wait_one_second_not_one_each(server):
+    counters = Counters(server.url, timeout=0.2)
+    server.stop()
+    threads = 8
+    together = threading.Barrier(threads)
+
+    def hit():
+        together.wait()
+        counters.hit(THREE_A_MINUTE, "user-1", "reserve")
+
+    workers = [threading.Thread(target=hit) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    server.start()
+    time.sleep(1.1)
+
+    counters.hit(THREE_A_MINUTE, "user-2", "reserve")
+    assert counted_in_redis(server) == {"LIMITS:LIMITER/fc:rl/user-2/reserve/3/1/minute": 1}
