@@ -405,12 +405,12 @@ def test_a_request_the_hosts_password_checks_refuse_spends_none_of_its_address_l
     limited, user, redis_client
 ):
     client = limited(
-        RATELIMIT_PASSWORD_CHECKS_PER_HOST="1 per second", RATELIMIT_LOGIN_PER_IP="2 per minute"
+        RATELIMIT_PASSWORD_CHECKS_PER_HOST="1 per minute", RATELIMIT_LOGIN_PER_IP="2 per hour"
     )
     assert _login(client, user, "192.0.2.7").status_code == 200
-    assert_limited(_login(client, user, "192.0.2.7"))  # the host's second is spent
+    assert_limited(_login(client, user, "192.0.2.7"))  # the host's minute is spent
 
-    assert redis_client.get("LIMITS:LIMITER/fc:rl/192.0.2.7/auth.login:login-ip/2/1/minute") == "1"
+    assert redis_client.get("LIMITS:LIMITER/fc:rl/192.0.2.7/auth.login:login-ip/2/1/hour") == "1"
 
 
 def test_an_email_that_cannot_be_encoded_is_refused_by_validation_not_an_error(limited):
