@@ -6,9 +6,10 @@ against the stored account, so a demoted admin loses power at once.
 
 An access token is checked in one pass (`tokens.verify_access`, which gives the
 library's answer), and each app remembers the tokens it verified (`VerifiedTokens`),
-so a client's next request only checks expiry and revocation. The request's claims are read through
-`current_claims()` and `current_user_id()` here, never through the library's own
-accessors (ruff bans them elsewhere): on a remembered token the library has not run.
+so a client's next request only checks expiry and revocation. The request's claims
+are read through `current_claims()` and `current_user_id()` here, never through the
+library's own accessors (ruff bans them elsewhere): on a remembered token the
+library has not run.
 """
 
 import time
