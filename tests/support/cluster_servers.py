@@ -9,7 +9,6 @@ Both binaries come in Debian's `redis-server` package.
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,22 +16,15 @@ import time
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from tests.support.ports import free_port
+
 MASTERS = 3
 NODE_TIMEOUT_MS = 1000
 
 
 def free_ports(count):
-    """`count` distinct free loopback ports (held open together while choosing)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """`count` distinct free loopback ports."""
+    return [free_port() for _ in range(count)]
 
 
 def available():

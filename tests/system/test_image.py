@@ -156,6 +156,9 @@ class Image:
         self.logs.append(log_path)
         return process
 
+    def log_text(self):
+        return "\n".join(f"--- {path.name}\n{path.read_text()}" for path in self.logs)
+
     def remove(self):
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -172,15 +175,19 @@ def get(url, body=None):
         return error.code, json.loads(error.read())
 
 
-def wait_for(condition, what, timeout):
+def wait_for(condition, what, timeout, image, server):
+    """`condition()`'s first true value; fails at once, with the server's log, if the
+    server exits, and with it too after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError):
             value = condition()
             if value:
                 return value
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited ({server.returncode}):\n{image.log_text()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}:\n{image.log_text()}")
         time.sleep(0.2)
 
 
@@ -209,7 +216,8 @@ def test_the_image_starts_without_mongodb_and_becomes_ready_when_it_answers(
     server = image.start(image.dockerfile["cmd"], "server")
     init = None
     try:
-        assert wait_for(lambda: get(base + "/healthz"), "/healthz", 60) == (200, {"status": "ok"})
+        healthz = wait_for(lambda: get(base + "/healthz"), "/healthz", 60, image, server)
+        assert healthz == (200, {"status": "ok"})
         status, problem = get(base + "/readyz")
         assert (status, problem["code"]) == (503, "database_unavailable")
         if admin_configured:
@@ -219,7 +227,7 @@ def test_the_image_starts_without_mongodb_and_becomes_ready_when_it_answers(
         assert server.poll() is None
 
         mongo.start()
-        assert wait_for(lambda: get(base + "/readyz")[0] == 200, "/readyz 200", 60)
+        assert wait_for(lambda: get(base + "/readyz")[0] == 200, "/readyz 200", 60, image, server)
         assert [get(base + "/readyz")[0] for _ in range(8)] == [200] * 8
         if admin_configured:
             assert init.wait(timeout=60) == 0
@@ -274,7 +282,7 @@ def test_the_image_serves_the_docs_page_and_swagger_ui_itself(image_venv, redis_
     base = f"http://127.0.0.1:{port}"
     server = image.start(image.dockerfile["cmd"], "server")
     try:
-        wait_for(lambda: get(base + "/healthz")[0] == 200, "/healthz", 60)
+        wait_for(lambda: get(base + "/healthz")[0] == 200, "/healthz", 60, image, server)
         status, content_type, html = fetch(base + "/docs")
         page = PageReferences(html.decode())
         files = {url: fetch(base + url) for url in page.urls}
