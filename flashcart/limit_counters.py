@@ -12,7 +12,13 @@ import time
 import redis.exceptions
 from limits import RateLimitItem
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, RedisClusterStorage, Storage, storage_from_string
+from limits.storage import (
+    MemoryStorage,
+    RedisClusterStorage,
+    RedisStorage,
+    Storage,
+    storage_from_string,
+)
 from limits.strategies import FixedWindowRateLimiter
 
 from flashcart import redis_cluster
@@ -30,14 +36,20 @@ RETRY_SECONDS_MAX = 32
 class Counters:
     """Hits and tests of rate limits, shared through the storage at `uri`."""
 
-    def __init__(self, uri, timeout):
+    def __init__(self, uri, timeout, *, the_apps_redis=False):
+        """`the_apps_redis`: `uri` is the Redis the app's other commands go to, so
+        they may count a window in their round trips (`key_of`)."""
         options = {}
         if redis_cluster.is_cluster_url(uri):
             options = {"ssl": True} if uri.startswith("rediss") else {}
             uri = ClusterCounters.STORAGE_SCHEME[0] + "://" + uri.partition("://")[2]
         if uri.startswith(("redis", ClusterCounters.STORAGE_SCHEME[0])):
             options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        self._shared = FixedWindowRateLimiter(storage_from_string(uri, **options))
+        storage = storage_from_string(uri, **options)
+        self._shared = FixedWindowRateLimiter(storage)
+        self._key_prefix = None
+        if the_apps_redis and isinstance(storage, RedisStorage):
+            self._key_prefix = storage.key_prefix
         self._local = None  # made at the first outage (its storage starts a thread)
         # While Redis is away (a wait of 0: it is not): when it is tried again. A
         # worker's threads share these; one of them tries, the others count locally.
@@ -52,6 +64,14 @@ class Counters:
     def test(self, item: RateLimitItem, *identifiers):
         """Whether one more request would still be within the limit (counts nothing)."""
         return self._count("test", item, identifiers)
+
+    def key_of(self, item: RateLimitItem, *identifiers):
+        """The Redis key of a window, where another round trip to the app's Redis may
+        count it (the limits library's fixed window: INCRBY, then an expiry if it has
+        none); None where the counters are elsewhere, or in memory for an outage."""
+        if self._key_prefix is None or self._wait_seconds:
+            return None
+        return f"{self._key_prefix}:{item.key_for(KEY_PREFIX, *identifiers)}"
 
     def seconds_to_reset(self, item: RateLimitItem, *identifiers):
         reset_at = self._count("get_window_stats", item, identifiers).reset_time

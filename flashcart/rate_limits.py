@@ -88,7 +88,9 @@ def init_app(app):
         except ValueError as error:
             raise ValueError(f"{name} is not a rate limit: {config[name]!r}") from error
     uri = config["RATELIMIT_STORAGE_URI"] or config["REDIS_URL"]
-    app.extensions[COUNTERS] = Counters(uri, config["REDIS_TIMEOUT_SECONDS"])
+    app.extensions[COUNTERS] = Counters(
+        uri, config["REDIS_TIMEOUT_SECONDS"], the_apps_redis=not config["RATELIMIT_STORAGE_URI"]
+    )
     if config["RATELIMIT_ENABLED"] and config["RATELIMIT_GLOBAL"]:
         app.before_request(_within_the_ceiling)
     for name in ("PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", "PASSWORD_CHECKS_WAITING_PER_HOST"):
@@ -227,7 +229,8 @@ def _remembering_addresses(view):
     return wrapper
 
 
-def _documented(view):
+def refusals_documented(view):
+    """The 429 a rate-limited route may answer, in the API's documentation."""
     return problem(
         429,
         {"too_many_requests": "Too many requests: the limit is 5 per 1 minute. Retry in 42 s."},
@@ -320,14 +323,52 @@ def login(view):
     guessing per account and address, never hand anyone a switch that locks the
     owner out); and the password checks this host admits."""
     view = limited(*LOGIN_LIMITS)(_remembering_addresses(view))
-    return _documented(_password_check_slot(view))
+    return refusals_documented(_password_check_slot(view))
 
 
 def signup(view):
     """Limit sign-ups per client IP, and the password checks this host admits."""
-    return _documented(_password_check_slot(limited(*SIGNUP_LIMITS)(view)))
+    return refusals_documented(_password_check_slot(limited(*SIGNUP_LIMITS)(view)))
 
 
-def reservations(view):
-    """Limit reservations per user (the token's subject). Apply after authentication."""
-    return _documented(limited(*RESERVE_LIMITS)(view))
+def counted_with_the_session(*limits):
+    """For `auth_required(along=...)`: `limits` counted in the round trip that checks
+    the request's session, not in one of their own.
+
+    Where the counters are the app's Redis and the limits come to one window that
+    every request counts (no `counts`, no `exempt`), its INCRBY and EXPIRE NX go with
+    the session's GET: the key, expiry and count of the limits library's fixed window.
+    A request whose session has ended is counted too. Otherwise, and where the
+    library checked the session, they are counted as `limited` counts them."""
+
+    def along():
+        if not current_app.config["RATELIMIT_ENABLED"]:
+            return (), None
+        windows = [
+            (item, limit) for limit in limits for item in _items(current_app.config[limit.setting])
+        ]
+        if not windows:
+            return (), None
+        key = None
+        if len(windows) == 1 and not (windows[0][1].counts or windows[0][1].exempt):
+            item, limit = windows[0]
+            identifiers = limit.identifiers()
+            key = current_app.extensions[COUNTERS].key_of(item, *identifiers)
+        if key is None:
+            return (), lambda _replies: _enforce(limits)
+        commands = (("INCRBY", key, 1), ("EXPIRE", key, item.get_expiry(), "NX"))
+        return commands, functools.partial(_settle, limits, item, identifiers)
+
+    return along
+
+
+def _settle(limits, item, identifiers, replies):
+    if replies is None:  # no round trip carried the counters
+        _enforce(limits)
+    elif replies[0] > item.amount:
+        counters = current_app.extensions[COUNTERS]
+        raise TooManyRequests(item, counters.seconds_to_reset(item, *identifiers))
+
+
+# Reservations per user (the token's subject): `auth_required(along=...)` counts them.
+reservations_per_user = counted_with_the_session(*RESERVE_LIMITS)

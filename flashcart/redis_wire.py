@@ -40,10 +40,11 @@ def round_trip(connection, commands):
 
 
 def query(client, commands):
-    """Run read `commands` (no transaction) in one round trip; returns their replies.
+    """Run `commands` (no transaction) in one round trip; returns their replies.
 
     Retried on a lost connection as the connection's Retry says, like a redis-py
-    command (reads only: a write could run twice). A Redis Cluster client takes its
+    command, so a write could run twice: only reads, and writes that may (a
+    rate-limit counter counting a request twice). A Redis Cluster client takes its
     own pipeline, which routes each command to the node owning its key.
     """
     if not isinstance(client, redis.Redis):

@@ -57,16 +57,31 @@ class AdminOnly(Forbidden):
     code = "admin_only"
 
 
-def auth_required(role=None):
-    """Require a valid access token, and the given role if one is named."""
+def auth_required(role=None, *, along=None):
+    """Require a valid access token, and the given role if one is named.
+
+    `along()`, called once the token is verified, gives Redis commands to send in the
+    session check's round trip and what to do with their replies (`settle(replies)`,
+    None where the library checked the session): rate_limits.counted_with_the_session.
+    """
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            claims = _verified_claims()
+            claims, session_checked = _verified_claims()
             if claims is not None:  # None: an OPTIONS request, which the library exempts
                 setattr(g, CLAIMS_ATTRIBUTE, claims)
                 setattr(g, USER_ID_ATTRIBUTE, claims["sub"])
+                commands, settle = along() if along else ((), None)
+                along_replies = None
+                if not session_checked:
+                    revoked, along_replies = tokens.revocation(claims, commands)
+                    if revoked:
+                        delattr(g, CLAIMS_ATTRIBUTE)
+                        delattr(g, USER_ID_ATTRIBUTE)
+                        abort(_token_revoked())
+                if settle:
+                    settle(along_replies)
             if role and not _has_role(role):
                 raise AdminOnly()
             return view(*args, **kwargs)
@@ -124,41 +139,40 @@ def init_verified_tokens(app):
 
 
 def _verified_claims():
-    """The request's access token claims, or None where the library checks nothing.
+    """(The request's access token claims, whether its session was checked), claims
+    None where the library checks nothing.
 
-    A token this app verified recently is not verified again, but its revocation is
-    checked on every request all the same, with the library's answer."""
+    A token this app verified recently is not verified again; its session is checked
+    on every request all the same (by the caller, unless the library did)."""
     verified_tokens = current_app.extensions["flashcart.verified_tokens"]
     header = request.headers.get("Authorization")
     claims = verified_tokens.remembered(header)
-    if claims is None:
-        # Where tokens may come from elsewhere, the header alone says nothing.
-        claims = _verify(header if verified_tokens.enabled else None)
-        if claims is not None:
-            verified_tokens.remember(header, claims)
-    elif tokens.is_revoked(claims):
-        abort(_token_revoked())
-    return claims
+    if claims is not None:
+        return claims, False
+    # Where tokens may come from elsewhere, the header alone says nothing.
+    claims, session_checked = _verify(header if verified_tokens.enabled else None)
+    if claims is not None:
+        verified_tokens.remember(header, claims)
+    return claims, session_checked
 
 
 def _verify(header):
-    """The claims of the token in `header` (None: read the request as the library
-    does), checked by the library.
+    """(The claims of the token in `header`, whether its session was checked), read
+    from the request as the library does when `header` is None, checked by the library.
 
     A plain bearer access token goes through `tokens.verify_access` (signature,
-    algorithm, expiry with leeway, required claims), then its type and revocation are
-    checked here: `verify_jwt_in_request` would parse the token twice more. Anything
-    else (no token, another scheme, another type, an OPTIONS request) takes
-    `verify_jwt_in_request`, which gives the library's answer.
+    algorithm, expiry with leeway, required claims) and its type is checked here,
+    its session by the caller: `verify_jwt_in_request` would parse the token twice
+    more. Anything else (no token, another scheme, another type, an OPTIONS request)
+    takes `verify_jwt_in_request`, which gives the library's answer, its revocation
+    check included.
     """
     encoded = _bearer_token(header) if request.method != "OPTIONS" else None
     claims = tokens.verify_access(encoded) if encoded else None
     if claims is None or claims.get("type") != "access":
         verified = verify_jwt_in_request()
-        return None if verified is None else MappingProxyType(dict(verified[1]))
-    if tokens.is_revoked(claims):
-        abort(_token_revoked())
-    return MappingProxyType(dict(claims))
+        return (None if verified is None else MappingProxyType(dict(verified[1]))), True
+    return MappingProxyType(dict(claims)), False
 
 
 def _bearer_token(header):

@@ -121,17 +121,19 @@ def end(*, session_id, reason=LOGOUT):
         _cache_ended(session_id, _seconds_until(session["expires_at"]))
 
 
-def is_live(session_id, *, token_expires_at):
-    """Whether the session is live. Asked on every authenticated request: one raw
-    Redis round trip (redis_wire), and a MongoDB read only when Redis has no answer.
-    `token_expires_at` (epoch seconds) bounds how long an unknown id is cached."""
-    state = query(stores.redis, [("GET", _cache_key(session_id))])[0]
+def is_live(session_id, *, token_expires_at, along=()):
+    """Whether the session is live, and the replies of `along`. Asked on every
+    authenticated request: one raw Redis round trip (redis_wire), and a MongoDB read
+    only when Redis has no answer. `token_expires_at` (epoch seconds) bounds how long
+    an unknown id is cached. `along`: more Redis commands the request sends in the
+    same round trip (the rate-limit counters it pays, flashcart/rate_limits.py)."""
+    state, *along_replies = query(stores.redis, [("GET", _cache_key(session_id)), *along])
     if state is not None:
-        return state == LIVE
+        return state == LIVE, along_replies
     session = _sessions().find_one({"_id": session_id})
     if session is None or session["ended_at"] is not None:
         ttl = _seconds_until(session["expires_at"]) if session else 0
         _cache_ended(session_id, max(ttl, math.ceil(token_expires_at - utcnow().timestamp())))
-        return False
+        return False, along_replies
     cache_live(session_id, session["expires_at"])
-    return True
+    return True, along_replies

@@ -136,10 +136,17 @@ def verify_access(encoded):
 def is_revoked(claims):
     """Whether the token's session has ended. A token without one (signed before
     sessions existed) cannot be revoked by a logout, so it is refused."""
+    return revocation(claims)[0]
+
+
+def revocation(claims, along=()):
+    """(whether the token's session has ended, the replies of `along`): Redis
+    commands sent in the session check's round trip; None where none was made."""
     session_id = claims.get("sid")
     if not isinstance(session_id, str):
-        return True
-    return not sessions.is_live(session_id, token_expires_at=claims["exp"])
+        return True, None
+    live, along_replies = sessions.is_live(session_id, token_expires_at=claims["exp"], along=along)
+    return not live, along_replies
 
 
 def redeem(refresh_token):

@@ -72,8 +72,8 @@ def sold_out_first(view):
 
 @blp.route("/reserve/<product_id>", methods=["POST"])
 @sold_out_first
-@auth_required()
-@rate_limits.reservations
+@auth_required(along=rate_limits.reservations_per_user)
+@rate_limits.refusals_documented
 @idempotent
 @blp.arguments(ReserveIn(), required=False)
 @blp.response(201, ReservationOut)

@@ -5,8 +5,10 @@ import threading
 import time
 
 import pytest
+from limits import parse
 
 from flashcart import create_app
+from flashcart.auth import service as accounts
 from flashcart.host_slots import NoSlotFree
 from tests.support.app import PASSWORD, app_settings
 from tests.support.ports import free_port
@@ -122,6 +124,64 @@ def test_the_reservation_limit_counts_each_authenticated_user_apart(
         f"LIMITS:LIMITER/fc:rl/{user['id']}/sales.reserve:reserve-user/1/1/minute"
         for user in (first_user, second_user)
     )
+
+
+def test_the_reservation_limit_is_counted_in_the_session_checks_round_trip(
+    limited, make_user, headers_for, redis_client
+):
+    client = limited(RATELIMIT_RESERVE_PER_USER="3 per minute")
+    reserve = _sale(client, headers_for, make_user)
+    shopper = make_user()
+    headers = headers_for(shopper)
+    scripts_before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    assert client.post(reserve, json={}, headers=headers).status_code == 201
+
+    # No round trip of the limits library's own (its counter is a script)...
+    scripts_after = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    assert scripts_after == scripts_before
+    # ...but its counter all the same: the library's key, with the window's expiry.
+    key = f"LIMITS:LIMITER/fc:rl/{shopper['id']}/sales.reserve:reserve-user/3/1/minute"
+    assert redis_client.get(key) == "1"
+    assert 0 < redis_client.ttl(key) <= 60
+    # The library reads and adds to the same count.
+    counters = client.application.extensions["flashcart.rate_limit_counters"]
+    window, identifiers = parse("3 per minute"), (shopper["id"], "sales.reserve:reserve-user")
+    assert counters.hit(window, *identifiers)
+    assert client.post(reserve, json={}, headers=headers).status_code == 201
+    assert not counters.test(window, *identifiers)
+    assert_limited(client.post(reserve, json={}, headers=headers))
+    assert 0 < redis_client.ttl(key) <= 60  # the window's first expiry stands
+
+
+def test_a_revoked_token_is_refused_as_such_over_the_limit_too(
+    limited, make_user, headers_for, app
+):
+    client = limited(RATELIMIT_RESERVE_PER_USER="1 per minute")
+    reserve = _sale(client, headers_for, make_user)
+    with app.app_context():
+        tokens = accounts.issue_token(make_user())
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert client.post(reserve, json={}, headers=headers).status_code == 201
+
+    logout = {"refresh_token": tokens["refresh_token"]}
+    assert client.post("/api/v1/auth/logout", json=logout, headers=headers).status_code == 204
+    refused = client.post(reserve, json={}, headers=headers)
+    assert (refused.status_code, refused.json["code"]) == (401, "token_revoked")
+
+
+def test_the_reservation_limit_holds_where_the_library_checks_the_session(
+    limited, make_user, headers_for
+):
+    # Tokens also taken from the query string: every request goes through the
+    # library, which checks the session itself, and the limit is counted on its own.
+    client = limited(
+        RATELIMIT_RESERVE_PER_USER="1 per minute", JWT_TOKEN_LOCATION=["headers", "query_string"]
+    )
+    reserve = _sale(client, headers_for, make_user)
+    headers = headers_for(make_user())
+    assert client.post(reserve, json={}, headers=headers).status_code == 201
+    assert_limited(client.post(reserve, json={}, headers=headers))
 
 
 def test_reservations_stay_limited_per_user_while_the_counters_store_is_down(
