@@ -26,8 +26,10 @@ from flashcart.apidoc import RETRY_AFTER, problem
 from flashcart.auth import emails, known_addresses
 from flashcart.auth.roles import current_user_id
 from flashcart.errors import Busy, DomainError
+from flashcart.extensions import stores
 from flashcart.host_slots import HostSlots, NoSlotFree
 from flashcart.limit_counters import STORAGE_ERRORS, Counters
+from flashcart.redis_wire import query
 
 log = logging.getLogger(__name__)
 COUNTERS = "flashcart.rate_limit_counters"
@@ -331,6 +333,17 @@ def signup(view):
     return refusals_documented(_password_check_slot(limited(*SIGNUP_LIMITS)(view)))
 
 
+@dataclass(frozen=True)
+class SessionShare:
+    """A request's share of its session check's round trip (`auth_required(along=...)`):
+    `commands` sent with it, `settle(replies)` once the session is live (replies None
+    where no round trip carried them), `withdraw()` if the session has ended."""
+
+    commands: tuple = ()
+    settle: Callable = lambda _replies: None
+    withdraw: Callable = lambda: None
+
+
 def counted_with_the_session(*limits):
     """For `auth_required(along=...)`: `limits` counted in the round trip that checks
     the request's session, not in one of their own.
@@ -338,26 +351,31 @@ def counted_with_the_session(*limits):
     Where the counters are the app's Redis and the limits come to one window that
     every request counts (no `counts`, no `exempt`), its INCRBY and EXPIRE NX go with
     the session's GET: the key, expiry and count of the limits library's fixed window.
-    A request whose session has ended is counted too. Otherwise, and where the
-    library checked the session, they are counted as `limited` counts them."""
+    A request whose session has ended has its count taken back, so a revoked token
+    cannot spend its owner's limit. Otherwise, and where the library checked the
+    session, the limits are counted as `limited` counts them."""
 
     def along():
         if not current_app.config["RATELIMIT_ENABLED"]:
-            return (), None
+            return SessionShare()
         windows = [
             (item, limit) for limit in limits for item in _items(current_app.config[limit.setting])
         ]
         if not windows:
-            return (), None
+            return SessionShare()
         key = None
         if len(windows) == 1 and not (windows[0][1].counts or windows[0][1].exempt):
             item, limit = windows[0]
             identifiers = limit.identifiers()
             key = current_app.extensions[COUNTERS].key_of(item, *identifiers)
         if key is None:
-            return (), lambda _replies: _enforce(limits)
-        commands = (("INCRBY", key, 1), ("EXPIRE", key, item.get_expiry(), "NX"))
-        return commands, functools.partial(_settle, limits, item, identifiers)
+            return SessionShare(settle=lambda _replies: _enforce(limits))
+        expiry = item.get_expiry()
+        return SessionShare(
+            commands=(("INCRBY", key, 1), ("EXPIRE", key, expiry, "NX")),
+            settle=functools.partial(_settle, limits, item, identifiers),
+            withdraw=functools.partial(_take_back, key, expiry),
+        )
 
     return along
 
@@ -368,6 +386,15 @@ def _settle(limits, item, identifiers, replies):
     elif replies[0] > item.amount:
         counters = current_app.extensions[COUNTERS]
         raise TooManyRequests(item, counters.seconds_to_reset(item, *identifiers))
+
+
+def _take_back(key, expiry):
+    # The expiry again: the window may have ended in between, and a key made now by
+    # DECRBY must not outlive its window.
+    try:
+        query(stores.redis, [("DECRBY", key, 1), ("EXPIRE", key, expiry, "NX")])
+    except STORAGE_ERRORS:
+        log.warning("could not take back a revoked request's count", exc_info=True)
 
 
 # Reservations per user (the token's subject): `auth_required(along=...)` counts them.

@@ -60,9 +60,10 @@ class AdminOnly(Forbidden):
 def auth_required(role=None, *, along=None):
     """Require a valid access token, and the given role if one is named.
 
-    `along()`, called once the token is verified, gives Redis commands to send in the
-    session check's round trip and what to do with their replies (`settle(replies)`,
-    None where the library checked the session): rate_limits.counted_with_the_session.
+    `along()`, called once the token is verified, gives what the request sends in its
+    session check's round trip (rate_limits.counted_with_the_session): `commands`;
+    `settle(replies)` once the session is live (replies None where the library
+    checked the session); `withdraw()` if it has ended.
     """
 
     def decorator(view):
@@ -72,16 +73,23 @@ def auth_required(role=None, *, along=None):
             if claims is not None:  # None: an OPTIONS request, which the library exempts
                 setattr(g, CLAIMS_ATTRIBUTE, claims)
                 setattr(g, USER_ID_ATTRIBUTE, claims["sub"])
-                commands, settle = along() if along else ((), None)
-                along_replies = None
-                if not session_checked:
-                    revoked, along_replies = tokens.revocation(claims, commands)
-                    if revoked:
-                        delattr(g, CLAIMS_ATTRIBUTE)
-                        delattr(g, USER_ID_ATTRIBUTE)
-                        abort(_token_revoked())
-                if settle:
-                    settle(along_replies)
+                share = along() if along else None
+                try:
+                    revoked, along_replies = (
+                        (False, None)
+                        if session_checked
+                        else tokens.revocation(claims, share.commands if share else ())
+                    )
+                except BaseException:
+                    _forget_claims()  # never logged as a user whose token did not pass
+                    raise
+                if revoked:
+                    if share and along_replies is not None:
+                        share.withdraw()
+                    _forget_claims()
+                    abort(_token_revoked())
+                if share:
+                    share.settle(along_replies)
             if role and not _has_role(role):
                 raise AdminOnly()
             return view(*args, **kwargs)
@@ -94,6 +102,11 @@ def auth_required(role=None, *, along=None):
         return Blueprint.doc(security=BEARER)(wrapper)
 
     return decorator
+
+
+def _forget_claims():
+    g.pop(CLAIMS_ATTRIBUTE, None)
+    g.pop(USER_ID_ATTRIBUTE, None)
 
 
 class VerifiedTokens:

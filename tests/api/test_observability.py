@@ -14,6 +14,7 @@ from bson import ObjectId
 from prometheus_client.parser import text_string_to_metric_families
 
 from flashcart import create_app, logs
+from flashcart.auth import tokens
 from flashcart.sales.engine.keys import Keys
 from tests.support.access_log import ACCESS_LINE_FIELDS
 from tests.support.app import PASSWORD, app_settings
@@ -228,6 +229,20 @@ def test_anonymous_requests_log_no_user(client, access_lines):
     client.get("/api/v1/products")
     (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
     assert line["user_id"] is None
+
+
+def test_a_token_whose_session_could_not_be_checked_logs_no_user(
+    client, user_headers, access_lines, monkeypatch
+):
+    def redis_away(claims, along=()):
+        raise redis.ConnectionError("Redis is away")
+
+    monkeypatch.setattr(tokens, "revocation", redis_away)
+    response = client.get("/api/v1/orders", headers=user_headers)
+
+    assert response.status_code == 503
+    (line,) = [entry for entry in access_lines() if entry["logger"] == "flashcart.access"]
+    assert (line["status"], line["user_id"]) == (503, None)
 
 
 def test_a_callers_request_id_is_kept_and_returned(client, access_lines):

@@ -154,20 +154,29 @@ def test_the_reservation_limit_is_counted_in_the_session_checks_round_trip(
     assert 0 < redis_client.ttl(key) <= 60  # the window's first expiry stands
 
 
-def test_a_revoked_token_is_refused_as_such_over_the_limit_too(
-    limited, make_user, headers_for, app
+def test_a_revoked_token_is_refused_as_such_and_spends_none_of_its_owners_limit(
+    limited, make_user, headers_for, app, redis_client
 ):
-    client = limited(RATELIMIT_RESERVE_PER_USER="1 per minute")
+    client = limited(RATELIMIT_RESERVE_PER_USER="2 per minute")
     reserve = _sale(client, headers_for, make_user)
+    owner = make_user()
     with app.app_context():
-        tokens = accounts.issue_token(make_user())
-    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-    assert client.post(reserve, json={}, headers=headers).status_code == 201
+        stolen = accounts.issue_token(owner)
+    stolen_headers = {"Authorization": f"Bearer {stolen['access_token']}"}
+    assert client.post(reserve, json={}, headers=stolen_headers).status_code == 201
+    logout = {"refresh_token": stolen["refresh_token"]}
+    logged_out = client.post("/api/v1/auth/logout", json=logout, headers=stolen_headers)
+    assert logged_out.status_code == 204
 
-    logout = {"refresh_token": tokens["refresh_token"]}
-    assert client.post("/api/v1/auth/logout", json=logout, headers=headers).status_code == 204
-    refused = client.post(reserve, json={}, headers=headers)
-    assert (refused.status_code, refused.json["code"]) == (401, "token_revoked")
+    for _ in range(3):
+        refused = client.post(reserve, json={}, headers=stolen_headers)
+        assert (refused.status_code, refused.json["code"]) == (401, "token_revoked")
+
+    key = f"LIMITS:LIMITER/fc:rl/{owner['id']}/sales.reserve:reserve-user/2/1/minute"
+    assert redis_client.get(key) == "1"
+    assert 0 < redis_client.ttl(key) <= 60
+    # The owner's other login still has its second reservation of the minute.
+    assert client.post(reserve, json={}, headers=headers_for(owner)).status_code == 201
 
 
 def test_the_reservation_limit_holds_where_the_library_checks_the_session(

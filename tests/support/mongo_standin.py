@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import socketserver
 import struct
 import subprocess
@@ -1048,16 +1047,13 @@ def serve(port, host="127.0.0.1"):
     server.serve_forever()
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class MongoStandIn:
     """The stand-in as a subprocess on `port` (a free one unless named)."""
 
     def __init__(self, port=None, database="flashcart"):
+        # Here, not at the top: run as a script, this file has no `tests` package.
+        from tests.support.ports import free_port
+
         self.port = port or free_port()
         self.database = database
         self.process = None
