@@ -10,6 +10,7 @@ from flashcart import (
     deadlines,
     extensions,
     health,
+    http_caching,
     json_bodies,
     json_provider,
     logs,
@@ -87,6 +88,7 @@ def register_extensions(app, db, redis_client):
     if app.config["CORS_ORIGINS"]:  # else no browser origin is allowed: nothing to add
         cors.init_app(app)
     api.init_app(app)
+    http_caching.init_app(app)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )

@@ -3,7 +3,7 @@ from marshmallow import RAISE
 
 from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id
-from flashcart.http_caching import cacheable
+from flashcart.http_caching import cacheable, rendered
 from flashcart.products import service
 from flashcart.products.schemas import (
     ProductIn,
@@ -12,6 +12,8 @@ from flashcart.products.schemas import (
     ProductPage,
     TrendingOut,
 )
+
+PRODUCT_PAGE = ProductOut()
 
 blp = Blueprint("products", __name__, url_prefix="/api/v1/products", description="The catalogue.")
 
@@ -47,4 +49,4 @@ def trending():
 @problems(service.ProductNotFound)
 def get_product(product_id):
     """One product, from the cache when it is warm; the view counts toward trending."""
-    return service.view_product(product_id)
+    return rendered(PRODUCT_PAGE, service.view_product(product_id))

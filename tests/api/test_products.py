@@ -1,13 +1,16 @@
 """The catalogue: creation, paging, the read-through cache and trending views."""
 
 import time
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 import redis
 from bson import ObjectId
+from werkzeug.http import generate_etag
 
 from flashcart import local_cache
+from flashcart.products import service as product_service
 from tests.support.http import assert_problem
 
 PRODUCTS = "/api/v1/products"
@@ -232,6 +235,14 @@ def test_second_read_is_answered_from_the_cache_not_mongo(
     assert third.json["price"] == "0.01"
 
 
+def _page(client, product):
+    """(name, ETag) of a product page, its ETag checked against the body it came with."""
+    response = client.get(f"{PRODUCTS}/{product['id']}")
+    assert response.status_code == 200
+    assert response.headers["ETag"] == f'"{generate_etag(response.data)}"'
+    return response.json["name"], response.headers["ETag"]
+
+
 @pytest.mark.parametrize(("max_age", "kept"), [(1, True), (0, False)])
 def test_a_worker_answers_from_its_own_read_until_it_is_older_than_the_max_age(
     app_config, request, mongo_db, redis_client, monkeypatch, max_age, kept
@@ -241,16 +252,36 @@ def test_a_worker_answers_from_its_own_read_until_it_is_older_than_the_max_age(
     app_config["PRODUCT_READ_MAX_AGE"] = max_age  # before the app is built
     client = request.getfixturevalue("client")
     product = request.getfixturevalue("make_product")(name="Before")
-    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "Before"
+    first = _page(client, product)
+    assert first[0] == "Before"
     # Another worker's change: the shared cache dropped, MongoDB changed.
     _changed_behind_the_apps_back(mongo_db, product)
     redis_client.delete(cache_key(product["id"]))
 
     now += 0.5
-    second = client.get(f"{PRODUCTS}/{product['id']}").json["name"]
-    assert second == ("Before" if kept else "After")
+    second = _page(client, product)
+    assert (second == first) is kept  # the same page, rendered once, or the new one
+    assert second[0] == ("Before" if kept else "After")
     now += 0.5  # a second after the first read
-    assert client.get(f"{PRODUCTS}/{product['id']}").json["name"] == "After"
+    third = _page(client, product)
+    assert third[0] == "After" and third[1] != first[1]
+
+
+def test_a_page_rendered_once_still_shows_its_sale_status_as_of_now(
+    app_config, request, monkeypatch
+):
+    app_config["PRODUCT_READ_MAX_AGE"] = 60  # the worker's read outlives the sale
+    client = request.getfixturevalue("client")
+    ends_at = datetime.now(UTC) + timedelta(minutes=5)
+    product = request.getfixturevalue("make_product")(live=True, ends_at=ends_at.isoformat())
+    live = client.get(f"{PRODUCTS}/{product['id']}")
+    assert live.json["sale_status"] == "live"
+
+    monkeypatch.setattr(product_service, "utcnow", lambda: ends_at + timedelta(seconds=1))
+    ended = client.get(f"{PRODUCTS}/{product['id']}")
+
+    assert ended.json["sale_status"] == "ended"
+    assert ended.headers["ETag"] == f'"{generate_etag(ended.data)}"' != live.headers["ETag"]
 
 
 def test_starting_the_sale_invalidates_the_cached_product(client, make_product, admin_headers):
