@@ -13,6 +13,7 @@ sweeper's report). They are exact at scrape time, cost nothing on the hot path
 and need no cross-worker gauge. This module imports no domain: domains call it.
 """
 
+import functools
 import logging
 import os
 import time
@@ -88,8 +89,16 @@ blp = Blueprint("metrics", __name__)
 STORE_ERRORS = (redis.exceptions.RedisError, pymongo.errors.PyMongoError)
 
 
+@functools.cache
+def _series(metric, *label_values):
+    """`metric`'s series for these label values, asked of prometheus_client once: its
+    `labels()` checks and locks on every call, and every request counts two. The
+    label values are few (methods, URL rules, statuses, outcomes)."""
+    return metric.labels(*label_values)
+
+
 def reservation(outcome):
-    RESERVATIONS.labels(outcome=outcome).inc()
+    _series(RESERVATIONS, outcome).inc()
 
 
 def holds_returned(units, reason="expired"):
@@ -126,8 +135,8 @@ def _observe(response):
         started = time.perf_counter()
     endpoint = request.url_rule.rule if request.url_rule else "<unmatched>"
     labels = (request.method, endpoint, str(response.status_code))
-    REQUESTS.labels(*labels).inc()
-    LATENCY.labels(*labels).observe(time.perf_counter() - started)
+    _series(REQUESTS, *labels).inc()
+    _series(LATENCY, *labels).observe(time.perf_counter() - started)
     return response
 
 

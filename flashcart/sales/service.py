@@ -292,7 +292,10 @@ def record_if_sold_out(product_id):
 
 
 def refuse_if_sold_out(product_id):
-    """Refuse a reservation from this process's sold-out mark (no-op without one)."""
+    """Refuse a reservation from this process's sold-out mark (no-op without one, and
+    then no engine is built: most reservations find none)."""
+    if not engine_hints().marked_sold_out(product_id):
+        return
     try:
         inventory().refuse_if_sold_out(product_id)
     except DomainError as error:

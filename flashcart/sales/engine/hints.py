@@ -64,6 +64,11 @@ class EngineHints:
         self.stock_reads = LocalCache(None, max_entries)
         self.probe = StripeProbe()
 
+    def marked_sold_out(self, product_id):
+        """Whether a read found the product sold out lately (Inventory.refuse_if_sold_out
+        says what that mark is worth now)."""
+        return self.sold_out.age(product_id) is not None
+
     def pick_stripe(self, product_id, count):
         """The stripe to try first: this thread's probe among those seen with units."""
         probe = self.probe.value()
