@@ -8,7 +8,7 @@ from flashcart.apidoc import problems
 from flashcart.auth.roles import auth_required, current_user_id
 from flashcart.checkout import recovery
 from flashcart.deadlines import DeadlinePassed
-from flashcart.errors import Busy
+from flashcart.errors import Busy, DomainError, handle_domain_error
 from flashcart.idempotency import idempotent
 from flashcart.products.service import ProductNotFound
 from flashcart.sales import service
@@ -64,7 +64,12 @@ def sold_out_first(view):
     @wraps(view)
     def wrapper(*args, product_id, **kwargs):
         if idempotency.HEADER not in request.headers:
-            service.refuse_if_sold_out(product_id)
+            try:
+                service.refuse_if_sold_out(product_id)
+            except DomainError as refusal:
+                # Answered here, not through Flask's error dispatch: it is most of a
+                # drop's traffic. The same problem as the registered handler's.
+                return handle_domain_error(refusal)
         return view(*args, product_id=product_id, **kwargs)
 
     return wrapper
