@@ -65,6 +65,13 @@ class LocalCache:
             self._entries.clear()
         self._entries[key] = (time.monotonic(), value)
 
+    def replace(self, key, value):
+        """Put `value` in place of `key`'s, as old as the entry it replaces (nothing if
+        there is none)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries[key] = (entry[0], value)
+
     def pop(self, key):
         self._entries.pop(key, None)
 

@@ -167,7 +167,10 @@ def view_product(product_id):
         raise ProductNotFound()
     product = _cached(product_id)
     view_counts.count(product_id)
-    return _as_of_now(product)
+    now = _as_of_now(product)
+    if now is not product:  # its sale ended since the read: the same copy for the rest
+        current_app.extensions[RECENT_PRODUCTS].replace(product_id, now)
+    return now
 
 
 def _as_of_now(product):

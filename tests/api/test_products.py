@@ -10,6 +10,7 @@ from bson import ObjectId
 from werkzeug.http import generate_etag
 
 from flashcart import local_cache
+from flashcart.products import routes as product_routes
 from flashcart.products import service as product_service
 from tests.support.http import assert_problem
 
@@ -235,6 +236,15 @@ def test_second_read_is_answered_from_the_cache_not_mongo(
     assert third.json["price"] == "0.01"
 
 
+def _counting_renders(monkeypatch):
+    """The product pages rendered from here on, one entry each."""
+    renders, dump = [], product_routes.PRODUCT_PAGE.dump
+    monkeypatch.setattr(
+        product_routes.PRODUCT_PAGE, "dump", lambda product: renders.append(1) or dump(product)
+    )
+    return renders
+
+
 def _page(client, product):
     """(name, ETag) of a product page, its ETag checked against the body it came with."""
     response = client.get(f"{PRODUCTS}/{product['id']}")
@@ -252,6 +262,7 @@ def test_a_worker_answers_from_its_own_read_until_it_is_older_than_the_max_age(
     app_config["PRODUCT_READ_MAX_AGE"] = max_age  # before the app is built
     client = request.getfixturevalue("client")
     product = request.getfixturevalue("make_product")(name="Before")
+    renders = _counting_renders(monkeypatch)
     first = _page(client, product)
     assert first[0] == "Before"
     # Another worker's change: the shared cache dropped, MongoDB changed.
@@ -260,8 +271,9 @@ def test_a_worker_answers_from_its_own_read_until_it_is_older_than_the_max_age(
 
     now += 0.5
     second = _page(client, product)
-    assert (second == first) is kept  # the same page, rendered once, or the new one
+    assert (second == first) is kept
     assert second[0] == ("Before" if kept else "After")
+    assert len(renders) == (1 if kept else 2)  # the worker's read rendered once
     now += 0.5  # a second after the first read
     third = _page(client, product)
     assert third[0] == "After" and third[1] != first[1]
@@ -278,10 +290,13 @@ def test_a_page_rendered_once_still_shows_its_sale_status_as_of_now(
     assert live.json["sale_status"] == "live"
 
     monkeypatch.setattr(product_service, "utcnow", lambda: ends_at + timedelta(seconds=1))
-    ended = client.get(f"{PRODUCTS}/{product['id']}")
+    renders = _counting_renders(monkeypatch)
+    ended = [client.get(f"{PRODUCTS}/{product['id']}") for _ in range(5)]
 
-    assert ended.json["sale_status"] == "ended"
-    assert ended.headers["ETag"] == f'"{generate_etag(ended.data)}"' != live.headers["ETag"]
+    assert {page.json["sale_status"] for page in ended} == {"ended"}
+    assert {page.headers["ETag"] for page in ended} == {f'"{generate_etag(ended[0].data)}"'}
+    assert ended[0].headers["ETag"] != live.headers["ETag"]
+    assert len(renders) == 1  # the late clicks after a drop share one page
 
 
 def test_starting_the_sale_invalidates_the_cached_product(client, make_product, admin_headers):
