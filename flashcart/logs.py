@@ -182,23 +182,38 @@ def _finish(response):
         request_id = g.request_id
     response.headers[REQUEST_ID_HEADER] = request_id
     duration_ms = round((time.perf_counter() - g.request_started) * 1000, 2)
+    if not access_log.isEnabledFor(logging.INFO):
+        return response
     method, path, rule = request.method, request.path, request.url_rule
     status = response.status_code
-    access_log.info(
-        "%s %s %s %.2fms",
-        method,
-        path,
-        status,
-        duration_ms,
-        extra={
-            "method": method,
-            "path": path,
-            "endpoint": rule.rule if rule else None,
-            "status": status,
-            "duration_ms": duration_ms,
-            "user_id": _user_id(),
-            "request_id": request_id,
-            "remote_addr": request.remote_addr,
-        },
+    fields = {
+        "method": method,
+        "path": path,
+        "endpoint": rule.rule if rule else None,
+        "status": status,
+        "duration_ms": duration_ms,
+        "user_id": _user_id(),
+        "request_id": request_id,
+        "remote_addr": request.remote_addr,
+    }
+    # What `access_log.info` does, less its walk up the stack for the caller, which is
+    # always this function: made and handled through the logger, so its level, filters
+    # and handlers apply as configured.
+    record = access_log.makeRecord(
+        access_log.name,
+        logging.INFO,
+        __file__,
+        _FINISH_LINE,
+        ACCESS_MESSAGE,
+        (method, path, status, duration_ms),
+        None,
+        func="_finish",
+        extra=fields,
     )
+    access_log.handle(record)
     return response
+
+
+ACCESS_MESSAGE = "%s %s %s %.2fms"
+# The access record's origin (the stack walk gave the line of the call within it).
+_FINISH_LINE = _finish.__code__.co_firstlineno

@@ -245,6 +245,19 @@ def test_a_token_whose_session_could_not_be_checked_logs_no_user(
     assert (line["status"], line["user_id"]) == (503, None)
 
 
+def test_the_access_record_goes_through_the_logger_as_configured(client, caplog):
+    with caplog.at_level(logging.INFO, logger="flashcart.access"):
+        client.get("/healthz")
+    (record,) = [entry for entry in caplog.records if entry.name == "flashcart.access"]
+    assert (record.module, record.funcName, record.levelname) == ("logs", "_finish", "INFO")
+    assert re.fullmatch(r"GET /healthz 200 \d+\.\d\dms", record.getMessage())
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flashcart.access"):
+        client.get("/healthz")
+    assert [entry for entry in caplog.records if entry.name == "flashcart.access"] == []
+
+
 def test_a_callers_request_id_is_kept_and_returned(client, access_lines):
     response = client.get("/healthz", headers={"X-Request-ID": "edge-1234:abc"})
     assert response.headers["X-Request-ID"] == "edge-1234:abc"
