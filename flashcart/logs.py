@@ -181,9 +181,9 @@ def _finish(response):
         _begin()
         request_id = g.request_id
     response.headers[REQUEST_ID_HEADER] = request_id
-    duration_ms = round((time.perf_counter() - g.request_started) * 1000, 2)
     if not access_log.isEnabledFor(logging.INFO):
         return response
+    duration_ms = round((time.perf_counter() - g.request_started) * 1000, 2)
     method, path, rule = request.method, request.path, request.url_rule
     status = response.status_code
     fields = {
