@@ -25,18 +25,22 @@ def _usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _workers():
-    return int(os.environ.get("WEB_CONCURRENCY") or 4)  # gunicorn.conf.py's default
+def _request_slots():
+    """Requests the host's gunicorn serves at once: workers x threads (gunicorn.conf.py's
+    defaults, 2 x 4)."""
+    workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+    threads = int(os.environ.get("WEB_THREADS") or 4)
+    return workers * max(1, threads)
 
 
 def _password_checks_at_once():
-    """A check a core, and at most half the workers."""
-    return max(1, min(_usable_cores(), _workers() // 2))
+    """A check a core, and at most half the request slots."""
+    return max(1, min(_usable_cores(), _request_slots() // 2))
 
 
 def _password_checks_waiting():
-    """Half as many: checks and waiters leave at least a quarter of the workers free."""
-    return max(1, min(_usable_cores() // 2, _workers() // 4))
+    """Half as many: checks and waiters leave at least a quarter of the slots free."""
+    return max(1, min(_usable_cores() // 2, _request_slots() // 4))
 
 
 def _env(name, default=None):
@@ -187,7 +191,8 @@ class Config:
     )
     # Password checks running at once on an API host, across its workers, and requests
     # waiting up to PASSWORD_CHECK_WAIT_SECONDS for one of them; beyond both, 503 `busy`.
-    # Keep the two together below the host's workers: the rest serve everyone else.
+    # Keep the two together below the requests the host serves at once (workers x
+    # threads): the rest serve everyone else.
     PASSWORD_CHECKS_IN_FLIGHT_PER_HOST = _int(
         "PASSWORD_CHECKS_IN_FLIGHT_PER_HOST", _password_checks_at_once()
     )

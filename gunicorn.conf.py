@@ -1,8 +1,9 @@
 """gunicorn settings for production (`gunicorn wsgi:app` picks this file up).
 
-Sync workers: the hot path is short Redis round trips, and on a 2-core box four
-sync workers measured best (see docs/performance.md). Scale with WEB_CONCURRENCY
-on bigger hosts (about 2 x cores) and with more hosts behind the load balancer.
+Two threaded workers of four threads each that keep connections alive: on a 2-core
+box they served 20-50% more than four sync workers, directly and behind nginx (see
+docs/performance.md). Scale with WEB_CONCURRENCY on bigger hosts (about one per
+core) and with more hosts behind the load balancer.
 """
 
 import glob
@@ -14,13 +15,12 @@ import tempfile
 os.environ.setdefault("FLASHCART_ENV", "production")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-# Requests each worker serves at once. Above 1, threaded workers (gthread) that keep
-# connections alive: measured, they saved the load generator its connections but not
-# the app its CPU, and a worker holding more kept-alive connections than the others
-# doubled the p99 (docs/performance.md). A sync worker takes each request from
-# gunicorn's one queue, whichever worker is free.
-threads = int(os.environ.get("WEB_THREADS", "1"))
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Requests each worker serves at once, on threads (gthread) that keep connections
+# alive: no TCP handshake, accept and close per request, on either side, and a
+# reservation's Redis round trips wait while another thread runs. 1 means sync
+# workers, which close every connection (the `logins` service keeps them).
+threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread" if threads > 1 else "sync"
 # The app is loaded once, in the master, and forked into each worker: a worker killed
 # or recycled mid-drop is back at once, without the ~0.5 s of CPU loading it costs.
@@ -31,7 +31,7 @@ preload_app = True
 # app bounds each request by the same variable itself (flashcart/deadlines.py).
 timeout = int(os.environ.get("REQUEST_TIMEOUT_SECONDS") or "30")
 graceful_timeout = 20
-# With threads, an idle kept-alive connection is closed after this (nginx's sooner).
+# An idle kept-alive connection is closed after this (nginx closes its own sooner).
 keepalive = 5
 # Recycle workers now and then so a slow leak can never take a drop down: rarely,
 # and spread out. Workers start together and share the load evenly, so a narrow

@@ -28,7 +28,8 @@ HEADER = "Idempotency-Key"
 # A running key stays locked REQUEST_TIMEOUT_SECONDS, plus the time a Redis command
 # sent just before the request's deadline may take (REDIS_TIMEOUT_SECONDS: nothing
 # else is sent past it, flashcart/deadlines.py), plus this, for clocks and for
-# gunicorn, which kills a sync worker past its timeout within about a second.
+# gunicorn, which kills a sync worker (WEB_THREADS=1) past its timeout within about a
+# second.
 LOCK_MARGIN_SECONDS = 1
 MAX_KEY_LENGTH = 255
 # Printable ASCII, as the spec publishes it (the fuzz test holds them to it).

@@ -24,9 +24,9 @@ from tests.support.ports import free_port
 from tests.support.processes import ROOT, children, stop, wait_for
 
 HTTP_TIMEOUT = 10
-# The worker model gunicorn.conf.py ships (WEB_THREADS' default, 1: sync workers),
-# which GunicornHost runs too; tests/system/test_server_settings.py pins the two.
-SHIPPED_THREADS = 1
+# The worker model gunicorn.conf.py ships (WEB_THREADS' default: threaded workers of
+# 4), which GunicornHost runs too; tests/system/test_server_settings.py pins the two.
+SHIPPED_THREADS = 4
 
 
 @dataclass(frozen=True)

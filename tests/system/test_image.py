@@ -245,7 +245,7 @@ def test_the_image_starts_without_mongodb_and_becomes_ready_when_it_answers(
         tmpdir = Path(image.env["TMPDIR"])
         left_in_tmpdir = sorted(str(path.relative_to(tmpdir)) for path in tmpdir.rglob("*"))
         image.remove()
-    workers = int(image.env.get("WEB_CONCURRENCY", 4))
+    workers = int(image.env.get("WEB_CONCURRENCY", 2))  # gunicorn.conf.py's default
     assert logs["server.log"].count("Booting worker") == workers, logs["server.log"]
     for name, text in logs.items():
         assert "Traceback" not in text, f"{name}:\n{text}"

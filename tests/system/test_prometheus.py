@@ -1,6 +1,6 @@
 """Debian's Prometheus scraping the app as shipped, through a small drop.
 
-The production gunicorn (gunicorn.conf.py, two sync workers: /metrics adds up both
+The production gunicorn (gunicorn.conf.py, two workers: /metrics adds up both
 workers' samples) runs on the suite's redis-server and a MongoDB (MONGO_TEST_URI's,
 else tests/support/mongo_standin.py). A real `prometheus` scrapes it every second
 and evaluates the repository's alert rules (deploy/prometheus/rules/) as often.

@@ -1,6 +1,6 @@
 """Scale-out: several API hosts selling one stock, and a Redis Cluster failover mid-rush.
 
-Each "host" is its own gunicorn master with its own sync workers on its own loopback
+Each "host" is its own gunicorn master with its own workers on its own loopback
 port, as separate machines behind a load balancer would be. They share only what
 production hosts share: Redis (one server, or the Redis Cluster) and MongoDB, reached
 with PyMongo through MONGO_URI: a fresh database on MONGO_TEST_URI's server, else

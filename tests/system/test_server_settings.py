@@ -119,15 +119,16 @@ def test_gunicorn_and_the_app_share_one_request_timeout(setting):
 
 @pytest.mark.parametrize(
     ("setting", "expected"),
-    [(None, ["sync", str(SHIPPED_THREADS)]), ("4", ["gthread", "4"])],
-    ids=["default", "threads"],
+    [(None, ["2", "gthread", str(SHIPPED_THREADS)]), ("1", ["2", "sync", "1"])],
+    ids=["default", "one thread"],
 )
-def test_workers_are_sync_unless_given_threads(setting, expected):
+def test_workers_are_threaded_unless_given_one_thread(setting, expected):
     # The chaos and scale-out hosts (GunicornHost) run SHIPPED_THREADS as well.
-    env = {k: v for k, v in os.environ.items() if k != "WEB_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("WEB_THREADS", "WEB_CONCURRENCY")}
     if setting is not None:
         env["WEB_THREADS"] = setting
-    assert _settings_file(env, "conf['worker_class']", "conf['threads']") == expected
+    settings = _settings_file(env, "conf['workers']", "conf['worker_class']", "conf['threads']")
+    assert settings == expected
 
 
 def test_threaded_workers_carry_request_after_request_on_one_connection(serve):

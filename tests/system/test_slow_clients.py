@@ -1,9 +1,9 @@
-"""Slow and vanishing clients: nginx (deploy/nginx/) in front of gunicorn's sync workers.
+"""Slow and vanishing clients: nginx (deploy/nginx/) in front of gunicorn's workers.
 
-A sync worker serves one connection at a time: a client that connects and says
-nothing, sends half a request, or never reads its answer holds a worker until
-gunicorn's 30 s timeout, and a few hundred of them stall a drop. Here the production
-gunicorn (gunicorn.conf.py: four sync workers, `wsgi:app` in production mode) runs on
+A gunicorn thread serves one connection at a time: a client that sends half a
+request, or never reads its answer, holds it until a timeout, and a few hundred of
+them stall a drop. Here the production gunicorn (gunicorn.conf.py: two workers of
+four threads, `wsgi:app` in production mode) runs on
 the suite's redis-server and a MongoDB (MONGO_TEST_URI's, else tests/support/mongo_standin.py),
 behind Debian's nginx running
 the repository's config. While hundreds of such clients hang on nginx, shoppers
@@ -273,7 +273,7 @@ def test_the_same_slow_clients_straight_to_gunicorn_stall_reservations(gunicorn,
     with slow_clients(port, product_id):
         attempts = reserve_together(port, product_id, tokens[:4], rounds=1)
         print(f"\nstraight to gunicorn: {attempts}")
-        # Not one answered: every worker is held by a slow client for up to 30 s.
+        # Not one answered: every thread is held by a slow client for up to 30 s.
         assert [status for status, _ in attempts] == [None] * 4
     # Not a broken server: once the slow clients are gone, it answers again.
     wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "gunicorn again", 30)

@@ -1,6 +1,6 @@
 """The storm: a drop on real processes under faults in series, with no operator.
 
-Four gunicorn sync workers, a local Redis Cluster (3 primaries, 3 replicas), MongoDB
+Four gunicorn workers of four threads, a local Redis Cluster (3 primaries, 3 replicas), MongoDB
 shared by every process (the wire-protocol stand-in, or a fresh database on
 MONGO_TEST_URI's server), the sweeper (`flask sweep --every 1`) and the webhook
 deliverer (`flask deliver`) beside them, and client threads that log in, reserve,
