@@ -1,9 +1,10 @@
 """gunicorn settings for production (`gunicorn wsgi:app` picks this file up).
 
 Two threaded workers of four threads each that keep connections alive: on a 2-core
-box they served 20-50% more than four sync workers, directly and behind nginx (see
-docs/performance.md). Scale with WEB_CONCURRENCY on bigger hosts (about one per
-core) and with more hosts behind the load balancer.
+box they served more than four sync workers in nearly every trial, directly and
+behind nginx (typically a fifth to two fifths more), at a higher p99 (see
+docs/performance.md and docs/decisions/0009). Scale with WEB_CONCURRENCY on bigger
+hosts (about one per core) and with more hosts behind the load balancer.
 """
 
 import glob

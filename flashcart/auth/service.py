@@ -1,5 +1,7 @@
 """Accounts: sign-up, login, token refresh and roles."""
 
+import threading
+
 import pymongo.errors
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
@@ -44,20 +46,28 @@ def normalise_email(email):
     return emails.normalise(email)
 
 
+# A worker's threads may log in together on its first request: one builds the hasher.
+_HASHER_BUILT = threading.Lock()
+
+
 def _hasher():
     app = current_app
     hasher = app.extensions.get("flashcart.password_hasher")
-    if hasher is None:
-        hasher = Hasher(
-            time_cost=app.config["ARGON2_TIME_COST"],
-            memory_kib=app.config["ARGON2_MEMORY_KIB"],
-            parallelism=app.config["ARGON2_PARALLELISM"],
-            niceness=app.config["PASSWORD_CHECK_NICENESS"],
-            threads=app.config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"],
-        )
-        # Verified when no such user exists, so both failures cost the same time.
-        app.extensions["flashcart.dummy_hash"] = hasher.hash("no such user")
-        app.extensions["flashcart.password_hasher"] = hasher
+    if hasher is not None:
+        return hasher
+    with _HASHER_BUILT:
+        hasher = app.extensions.get("flashcart.password_hasher")
+        if hasher is None:
+            hasher = Hasher(
+                time_cost=app.config["ARGON2_TIME_COST"],
+                memory_kib=app.config["ARGON2_MEMORY_KIB"],
+                parallelism=app.config["ARGON2_PARALLELISM"],
+                niceness=app.config["PASSWORD_CHECK_NICENESS"],
+                threads=app.config["PASSWORD_CHECKS_IN_FLIGHT_PER_HOST"],
+            )
+            # Verified when no such user exists, so both failures cost the same time.
+            app.extensions["flashcart.dummy_hash"] = hasher.hash("no such user")
+            app.extensions["flashcart.password_hasher"] = hasher
     return hasher
 
 

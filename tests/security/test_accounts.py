@@ -1,6 +1,9 @@
 """Accounts: password rules, argon2id upgraded on login, one answer (and one hash
 check) for "no such user" and "wrong password", and login throttling."""
 
+import concurrent.futures
+import threading
+
 import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
@@ -426,3 +429,29 @@ def test_guessing_from_one_address_is_stopped_there_only(limited, user):
     # ...while every other address is not, the owner's first login included.
     assert through_the_proxy(client, "203.0.113.2", email, "guess 6").status_code == 401
     assert through_the_proxy(client, OWNER_AWAY, email, PASSWORD).status_code == 200
+
+
+def test_threads_logging_in_together_on_a_fresh_worker_share_one_hasher(app, monkeypatch):
+    """A threaded worker's first logins may arrive at once: one hasher (one pool of
+    hashing threads, one dummy hash) is built, and every thread gets it."""
+    from flashcart.auth import service
+
+    built = []
+
+    class CountedHasher(service.Hasher):
+        def __init__(self, **settings):
+            built.append(self)
+            super().__init__(**settings)
+
+    monkeypatch.setattr(service, "Hasher", CountedHasher)
+    start = threading.Barrier(8)
+
+    def first_login(_):
+        start.wait(timeout=10)
+        with app.app_context():
+            return service._hasher()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        hashers = list(pool.map(first_login, range(8)))
+    assert len(built) == 1
+    assert all(hasher is built[0] for hasher in hashers)

@@ -1,7 +1,8 @@
 """Chaos: a drop under load on real gunicorn workers while Redis restarts and a worker dies.
 
 The set-up is as close to production as this machine allows:
-- the API runs in gunicorn (threaded workers as shipped, real processes, loopback HTTP);
+- the API runs in gunicorn (workers of 4 threads as shipped, real processes, loopback
+  HTTP);
 - Redis is a real redis-server without persistence, restarted once mid-drop (its data
   is lost, as after a failover to an empty replica);
 - MongoDB is reached with PyMongo through MONGO_URI by every worker and by the test:

@@ -131,6 +131,16 @@ def test_workers_are_threaded_unless_given_one_thread(setting, expected):
     assert settings == expected
 
 
+def test_nginx_lets_go_of_its_idle_connections_to_the_api_before_gunicorn_does():
+    # Else nginx may send a request down a kept-alive connection gunicorn is closing.
+    with open(os.path.join(ROOT, "deploy", "nginx", "flashcart.conf.template")) as file:
+        template = file.read()
+    upstream = re.search(r"^upstream flashcart_api \{$(.*?)^\}$", template, re.S | re.M).group(1)
+    nginx_idle = int(re.search(r"^\s*keepalive_timeout (\d+)s;", upstream, re.M).group(1))
+    (gunicorn_idle,) = _settings_file(dict(os.environ), "conf['keepalive']")
+    assert nginx_idle < int(gunicorn_idle)
+
+
 def test_threaded_workers_carry_request_after_request_on_one_connection(serve):
     with serve(WEB_CONCURRENCY="1", WEB_THREADS="4") as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)

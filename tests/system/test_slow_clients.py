@@ -44,8 +44,8 @@ SHOPPERS = 12
 ROUNDS = 3  # reservations per shopper through nginx
 SLOW_PER_KIND = 100  # connections of each kind: 400 in all
 SIGNUP_LIMIT = 20  # RATELIMIT_SIGNUP_PER_IP's default, "20 per hour"
-# A reservation answered within this is going through; gunicorn's worker timeout,
-# what a stalled reservation waits for at least, is 30 s.
+# A reservation answered within this is going through; a stalled one waits until the
+# slow clients holding gunicorn's threads go.
 CLIENT_TIMEOUT = 10
 # nginx's client_header_timeout (10 s), with room.
 NGINX_DROPS_WITHIN = 20
@@ -173,8 +173,8 @@ def _half_body(sock, product_id):
 
 
 def _never_reads(sock, product_id):
-    """Asks for the 110 kB OpenAPI document and neither reads it nor closes: a sync
-    worker, its answer written, waits 2 s for the close (its graceful close)."""
+    """Asks for the 110 kB OpenAPI document and neither reads it nor closes: the thread
+    writing the answer waits until the client reads or goes."""
     sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 
 
@@ -273,7 +273,7 @@ def test_the_same_slow_clients_straight_to_gunicorn_stall_reservations(gunicorn,
     with slow_clients(port, product_id):
         attempts = reserve_together(port, product_id, tokens[:4], rounds=1)
         print(f"\nstraight to gunicorn: {attempts}")
-        # Not one answered: every thread is held by a slow client for up to 30 s.
+        # Not one answered: every thread is held by a slow client.
         assert [status for status, _ in attempts] == [None] * 4
     # Not a broken server: once the slow clients are gone, it answers again.
     wait_for(lambda: Api(port, timeout=1).call("GET", "/healthz")[0] == 200, "gunicorn again", 30)

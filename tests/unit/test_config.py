@@ -199,21 +199,22 @@ def test_passwords_are_hashed_with_a_setting_owasp_lists():
 
 
 @pytest.mark.parametrize(
-    ("server", "expected"),
+    ("server", "cores", "expected"),
     [
-        ({}, (2, 1)),  # gunicorn.conf.py's defaults: 2 workers x 4 threads
-        ({"WEB_CONCURRENCY": "2"}, (2, 1)),  # a thread is a slot: 2 x 4 threads
-        ({"WEB_CONCURRENCY": "2", "WEB_THREADS": "1"}, (1, 1)),  # compose's `logins`
-        ({"WEB_CONCURRENCY": "8", "WEB_THREADS": "4"}, (2, 1)),  # a core a check, at most
+        ({}, 2, (2, 1)),  # gunicorn.conf.py's defaults: 2 workers x 4 threads
+        ({}, 8, (4, 2)),  # half the 8 request slots, a quarter waiting
+        ({"WEB_CONCURRENCY": "2"}, 2, (2, 1)),  # a thread is a slot: 2 x 4 threads
+        ({"WEB_CONCURRENCY": "2", "WEB_THREADS": "1"}, 2, (1, 1)),  # compose's `logins`
+        ({"WEB_CONCURRENCY": "8", "WEB_THREADS": "4"}, 2, (2, 1)),  # a core a check, at most
     ],
-    ids=["default", "two threaded workers", "two sync workers", "more workers"],
+    ids=["default", "default on 8 cores", "two threaded workers", "two sync workers", "more"],
 )
 def test_password_checks_by_default_leave_most_of_the_request_slots_to_others(
-    monkeypatch, server, expected
+    monkeypatch, server, cores, expected
 ):
     for name in ("WEB_CONCURRENCY", "WEB_THREADS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in server.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(config, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(config, "_usable_cores", lambda: cores)
     assert (config._password_checks_at_once(), config._password_checks_waiting()) == expected
